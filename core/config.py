@@ -1,0 +1,115 @@
+"""``endcap.yaml``: the one configuration file of a workspace, read into pydantic models.
+
+Values may reference environment variables as ``${NAME}``. Every section rejects unknown keys;
+each component block is ``{type: <registered type name>, ...settings}`` and its settings are
+validated against the component's own ``Config`` model when the plugin host builds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from endcap.errors import ConfigError
+
+CONFIG_FILE = "endcap.yaml"
+BUILTIN_PLUGINS = (
+    "popularity",
+    "repurchase",
+    "als",
+    "item2item",
+    "linear_ranker",
+    "blocklist",
+    "structlog_monitor",
+)
+
+
+class ComponentBlock(BaseModel):
+    """One configured component: a registered type name plus that type's own settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    default_k: int = Field(10, ge=1, le=1000)
+    max_k: int = Field(1000, ge=1)
+    candidates_per_source: int = Field(100, ge=1, le=10_000)
+    similar_items_source: str = "als"
+    """Name of the candidate generator that answers SimilarItems."""
+    fallback_source: str = "popularity"
+    """Name of the candidate generator that serves when every other source returned nothing."""
+    max_workers: int = Field(8, ge=1)
+
+
+def _default_candidates() -> dict[str, ComponentBlock]:
+    return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "als", "item2item")}
+
+
+class EndcapConfig(BaseModel):
+    """The whole ``endcap.yaml``. Every key has a default, so the file is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    plugins: tuple[str, ...] = BUILTIN_PLUGINS
+    """Allow-list of plugins (entry-point names in the ``endcap`` group) to load."""
+    serving: ServingConfig = ServingConfig()
+    candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)
+    ranker: ComponentBlock = ComponentBlock(type="linear")
+    filters: dict[str, ComponentBlock] = Field(default_factory=dict)
+    monitors: dict[str, ComponentBlock] = Field(
+        default_factory=lambda: {"request_log": ComponentBlock(type="structlog")}
+    )
+    source: str = "<defaults>"
+    """Where this configuration was read from (set by :func:`load_config`)."""
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(text: str, path: Path) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            line = text.count("\n", 0, match.start()) + 1
+            raise ConfigError(f"{path}:{line}: environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def load_config(workspace: Path) -> EndcapConfig:
+    """Read ``<workspace>/endcap.yaml``; defaults when the file is absent."""
+    path = workspace / CONFIG_FILE
+    if not path.exists():
+        return EndcapConfig()
+    try:
+        raw = yaml.safe_load(_expand_env(path.read_text(), path)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return EndcapConfig.model_validate({**raw, "source": str(path)})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: the dotted key and what is wrong with it."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{key}: {message}")
+    return "; ".join(problems)

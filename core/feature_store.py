@@ -1,0 +1,83 @@
+"""The Feast adapter: configuration, ``apply`` + ``materialize``, and the online reads serving needs.
+
+``import feast`` costs seconds, so this module is imported only by the commands that use Feast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from feast import FeatureStore, RepoConfig
+
+from endcap.errors import FailedPrecondition
+from endcap.feature_repo import definitions
+from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
+from endcap.workspace import Workspace
+
+USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_STATS_COLUMNS] + [
+    f"{definitions.USER_PRODUCT_STATS}:{c}" for c in ("item_ids", *USER_PRODUCT_COLUMNS)
+]
+PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_COLUMNS]
+
+
+def repo_config(workspace: Workspace) -> RepoConfig:
+    """``feature_repo/feature_store.yaml`` with ``${ENDCAP_WORKSPACE}`` set to ``workspace``."""
+    text = files("endcap.feature_repo").joinpath("feature_store.yaml").read_text()
+    raw = yaml.safe_load(text.replace("${ENDCAP_WORKSPACE}", str(workspace.root)))
+    config = RepoConfig(**raw)
+    config.repo_path = workspace.feast
+    return config
+
+
+def open_store(workspace: Workspace) -> FeatureStore:
+    workspace.feast.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(workspace))
+
+
+@dataclass(frozen=True)
+class MaterializeSummary:
+    tables: Mapping[str, int]
+    as_of: pd.Timestamp
+
+
+def write_and_materialize(workspace: Workspace, tables: Mapping[str, pd.DataFrame]) -> MaterializeSummary:
+    """Write the offline tables, ``apply`` the definitions, and materialize to the online store."""
+    workspace.features.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        target = workspace.features / f"{name}.parquet"
+        partial = target.with_suffix(".parquet.partial")
+        frame.to_parquet(partial, index=False)
+        os.replace(partial, target)
+    store = open_store(workspace)
+    store.apply(definitions.build(workspace.root).all())
+    as_of = max(frame["event_timestamp"].max() for frame in tables.values())
+    end = max(pd.Timestamp.now(tz="UTC"), as_of) + pd.Timedelta(seconds=1)
+    store.materialize(start_date=(as_of - pd.Timedelta(days=1)).to_pydatetime(), end_date=end.to_pydatetime())
+    return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of)
+
+
+class OnlineFeatures:
+    """Reads from the Feast online store: one lookup per user, all products at load time."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        if not (workspace.feast / "registry.db").exists():
+            raise FailedPrecondition(f"no feature store in {workspace.root}; run 'endcap features' first")
+        self.store = open_store(workspace)
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        """The user's statistics and purchase arrays; values are ``None`` for an unknown user."""
+        row = self.store.get_online_features(features=USER_FEATURES, entity_rows=[{"user_id": user_id}]).to_dict()
+        return {name: values[0] for name, values in row.items()}
+
+    def products(self, item_ids: Sequence[str]) -> pd.DataFrame:
+        """Product statistics for ``item_ids`` in that order; missing products are NaN."""
+        rows = [{"item_id": item_id} for item_id in item_ids]
+        frame = self.store.get_online_features(features=PRODUCT_FEATURES, entity_rows=rows).to_df()
+        return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)

@@ -1,0 +1,87 @@
+"""Feature tables computed from the canonical purchase log (pure pandas, no Feast).
+
+Every table carries ``event_timestamp`` (the newest purchase in the log: the time the
+statistics are valid for) and ``created_timestamp`` (when they were computed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
+PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
+USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought")
+
+
+def add_basket_index(log: pd.DataFrame) -> pd.DataFrame:
+    """Add ``basket_index``: 0 for each user's first basket, counting up in time order."""
+    baskets = (
+        log[["user_id", "basket_id", "timestamp"]]
+        .drop_duplicates(["user_id", "basket_id"])
+        .sort_values(["user_id", "timestamp", "basket_id"], kind="stable")
+    )
+    baskets["basket_index"] = baskets.groupby("user_id", sort=False).cumcount().astype(np.int32)
+    return log.merge(baskets[["user_id", "basket_id", "basket_index"]], on=["user_id", "basket_id"], how="left")
+
+
+def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
+    frame["event_timestamp"] = as_of
+    frame["created_timestamp"] = created
+    return frame.reset_index(drop=True)
+
+
+def compute_feature_tables(log: pd.DataFrame, created: pd.Timestamp | None = None) -> Mapping[str, pd.DataFrame]:
+    """``user_stats``, ``product_stats`` and ``user_product_stats`` from the canonical log."""
+    log = add_basket_index(log) if "basket_index" not in log.columns else log
+    as_of = log["timestamp"].max()
+    created = created if created is not None else pd.Timestamp.now(tz="UTC")
+
+    baskets = log.groupby(["user_id", "basket_index"], sort=False).agg(
+        size=("item_id", "size"), timestamp=("timestamp", "first")
+    )
+    per_user = baskets.groupby(level="user_id")
+    span_days = (per_user["timestamp"].max() - per_user["timestamp"].min()).dt.total_seconds() / 86400.0
+    orders = per_user.size()
+    user_stats = pd.DataFrame(
+        {
+            "orders": orders.astype(np.int64),
+            "avg_basket_size": per_user["size"].mean().astype(np.float32),
+            "avg_days_between_orders": (span_days / (orders - 1).clip(lower=1)).astype(np.float32),
+            "distinct_items": log.groupby("user_id")["item_id"].nunique().astype(np.int64),
+        }
+    ).rename_axis("user_id").reset_index()
+
+    pairs = log.groupby(["user_id", "item_id"], sort=True).agg(
+        times_bought=("basket_index", "size"), last_basket=("basket_index", "max")
+    ).reset_index()
+    pairs["orders_since_last_bought"] = (
+        pairs["user_id"].map(orders).to_numpy() - 1 - pairs["last_basket"].to_numpy()
+    ).astype(np.int64)
+
+    per_item = pairs.groupby("item_id", sort=True)
+    purchases = per_item["times_bought"].sum()
+    product_stats = pd.DataFrame(
+        {
+            "purchases": purchases.astype(np.int64),
+            "distinct_buyers": per_item.size().astype(np.int64),
+            "reorder_rate": ((purchases - per_item.size()) / purchases).astype(np.float32),
+        }
+    ).rename_axis("item_id").reset_index()
+
+    per_user_pairs = pairs.groupby("user_id", sort=True)
+    user_product_stats = pd.DataFrame(
+        {
+            "item_ids": per_user_pairs["item_id"].agg(list),
+            "times_bought": per_user_pairs["times_bought"].agg(lambda s: s.astype(np.int64).tolist()),
+            "orders_since_last_bought": per_user_pairs["orders_since_last_bought"].agg(list),
+        }
+    ).rename_axis("user_id").reset_index()
+
+    return {
+        "user_stats": _stamp(user_stats, as_of, created),
+        "product_stats": _stamp(product_stats, as_of, created),
+        "user_product_stats": _stamp(user_product_stats, as_of, created),
+    }

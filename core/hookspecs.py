@@ -1,0 +1,80 @@
+"""Every Endcap hook, grouped by lifecycle. These docstrings are the hook reference.
+
+A plugin is a module (or object) registered under the ``endcap`` entry-point group whose
+functions are decorated with :data:`endcap.hookimpl` and named after the hooks below.
+
+Hooks *register* things; they are not called on the request path. Candidate generators,
+rankers, filters and monitors are objects (subclasses of the base classes in
+:mod:`endcap.types`) that the request pipeline calls directly, each isolated from the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from endcap.registry import ComponentRegistry
+    from endcap.types import Component, TrainingData
+
+hookspec = pluggy.HookspecMarker("endcap")
+
+# ---------------------------------------------------------------------------------------------
+# Start-up: registering component types
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def endcap_register_components(registry: ComponentRegistry) -> None:
+    """Register the component types this plugin provides.
+
+    Called once when the plugin host loads, for every enabled plugin. Add each class with
+    ``registry.add(cls)`` (or ``registry.add(cls, type_name="alias")``); the class must subclass
+    :class:`~endcap.types.CandidateGenerator`, :class:`~endcap.types.Ranker`,
+    :class:`~endcap.types.Filter` or :class:`~endcap.types.Monitor` and may declare a
+    ``Config`` pydantic model (a :class:`~endcap.types.ComponentConfig`) for its settings.
+
+    ``endcap.yaml`` then instantiates registered types by name::
+
+        candidates:
+          weekly_deals: {type: deals, max_items: 50}
+
+    :param registry: The typed registry to add component classes to; a type name already
+        taken by another plugin is refused with an error naming both plugins.
+
+    Example::
+
+        @endcap.hookimpl
+        def endcap_register_components(registry):
+            registry.add(DealsCandidates, type_name="deals")
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def endcap_train_component(
+    component: Component, data: TrainingData, directory: Path
+) -> Mapping[str, Any] | None:
+    """Fit one configured component on the ingested purchase log and save it under ``directory``.
+
+    Called by ``endcap train`` once per configured component, with an empty ``directory`` inside
+    the new model version that belongs to that component alone. Endcap's own implementation runs
+    last and calls ``component.fit(data, directory)``; a plugin can implement this hook to train
+    a component another way, or as a ``wrapper=True`` hook to time or track training runs.
+
+    :param component: The configured component instance (its ``name`` and ``config`` are set).
+    :param data: The ingested log as catalogue indices plus the users × items matrix.
+    :param directory: Where this component's artifacts must be written.
+    :return: Parameters to record in the model manifest. Stops at first non-None result.
+
+    .. versionadded:: 0.1
+    """

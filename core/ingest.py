@@ -1,0 +1,264 @@
+"""``endcap ingest``: read a purchase log, validate every row, write the canonical parquet.
+
+Two input formats, CSV or Parquet:
+
+* ``instacart``: ``order_id,user_id,order_number,product_id`` (+ optional
+  ``days_since_prior_order``, ``order_hour_of_day``, ``quantity``). Instacart has no absolute
+  dates, so each user's orders are laid on a timeline from the gaps between them, ending at
+  :data:`INSTACART_ANCHOR`.
+* ``generic``: ``user_id,item_id,timestamp[,quantity]``; timestamps are ISO-8601 or epoch
+  seconds; one basket per (user, timestamp).
+
+The canonical log has ``user_id, item_id, basket_id`` (strings), ``timestamp`` (UTC) and
+``quantity`` (int32), one row per basket line, sorted by user and time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from endcap.errors import InputFileError, InvalidArgument
+from endcap.workspace import Workspace
+
+INSTACART_REQUIRED = ("order_id", "user_id", "order_number", "product_id")
+GENERIC_REQUIRED = ("user_id", "item_id", "timestamp")
+FORMATS = ("auto", "instacart", "generic")
+INSTACART_ANCHOR = pd.Timestamp("2017-06-01", tz="UTC")
+CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    source: str
+    format: str
+    rows: int
+    users: int
+    items: int
+    baskets: int
+    fingerprint: str
+    """sha256 of the input file."""
+
+
+class _Table:
+    """The raw input, all values as strings, with enough bookkeeping to locate a bad cell."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_csv = path.suffix.lower() not in (".parquet", ".pq")
+        self.frame = _read_raw(path, self.is_csv)
+        self.header = [str(c) for c in self.frame.columns]
+
+    def fail(self, row: int, column: str, reason: str) -> InputFileError:
+        line = row + 2 if self.is_csv else row + 1  # CSV: header is line 1; parquet: row number
+        return InputFileError(str(self.path), line, self.header.index(column) + 1, reason)
+
+    def integers(self, column: str, minimum: int, default: int | None = None) -> np.ndarray:
+        if column not in self.frame.columns:
+            if default is None:
+                raise InputFileError(str(self.path), 1, 0, f"missing column {column!r}")
+            return np.full(len(self.frame), default, dtype=np.int64)
+        raw = self.frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() | (values < minimum) | (values != np.floor(values))
+        if default is not None:
+            blank = raw.astype(str).str.strip() == ""
+            values = values.where(~blank, default)
+            bad &= ~blank
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise self.fail(row, column, f"{column} must be an integer >= {minimum}, got {raw.iloc[row]!r}")
+        return values.to_numpy(dtype=np.int64)
+
+    def floats(self, column: str, minimum: float) -> np.ndarray:
+        """Optional non-negative numbers; blanks become NaN."""
+        if column not in self.frame.columns:
+            return np.full(len(self.frame), np.nan)
+        raw = self.frame[column]
+        blank = raw.astype(str).str.strip() == ""
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = ~blank & (values.isna() | (values < minimum))
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise self.fail(row, column, f"{column} must be a number >= {minimum} or empty, got {raw.iloc[row]!r}")
+        return values.to_numpy(dtype=np.float64)
+
+    def ids(self, column: str) -> np.ndarray:
+        values = self.frame[column].astype(str).str.strip()
+        values = values.str.replace(r"\.0$", "", regex=True)  # ids written as floats by pandas
+        bad = values == ""
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise self.fail(row, column, f"{column} is empty")
+        return values.to_numpy(dtype=object)
+
+    def timestamps(self, column: str) -> pd.DatetimeIndex:
+        raw = self.frame[column].astype(str).str.strip()
+        numeric = pd.to_numeric(raw, errors="coerce")
+        if numeric.notna().all():
+            parsed = pd.to_datetime(numeric, unit="s", utc=True, errors="coerce")
+        else:
+            parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+        bad = parsed.isna()
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise self.fail(row, column, f"{column} is not an ISO-8601 time or epoch seconds: {raw.iloc[row]!r}")
+        return pd.DatetimeIndex(parsed)
+
+
+def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
+    if not path.exists():
+        raise InputFileError(str(path), 0, 0, "no such file")
+    try:
+        if is_csv:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        else:
+            frame = pd.read_parquet(path).astype(str)
+    except UnicodeDecodeError as exc:
+        with path.open("rb") as handle:
+            head = handle.read(exc.start)
+        line = head.count(b"\n") + 1
+        column = exc.start - (head.rfind(b"\n") + 1) + 1
+        raise InputFileError(str(path), line, column, "not valid UTF-8 text") from exc
+    except pd.errors.ParserError as exc:
+        raise InputFileError(str(path), _line_in(str(exc)), 0, f"malformed CSV: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise InputFileError(str(path), 0, 0, f"cannot read: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise InputFileError(str(path), 1, 0, "no rows")
+    return frame
+
+
+def _line_in(message: str) -> int:
+    words = message.replace(",", " ").split()
+    for before, word in zip(words, words[1:], strict=False):
+        if before == "line" and word.isdigit():
+            return int(word)
+    return 0
+
+
+def detect_format(columns: list[str]) -> str | None:
+    if all(c in columns for c in INSTACART_REQUIRED):
+        return "instacart"
+    if all(c in columns for c in GENERIC_REQUIRED):
+        return "generic"
+    return None
+
+
+def _instacart(table: _Table) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "user_id": table.ids("user_id"),
+            "item_id": table.ids("product_id"),
+            "basket_id": table.ids("order_id"),
+            "order_number": table.integers("order_number", 1),
+            "gap_days": table.floats("days_since_prior_order", 0.0),
+            "hour": table.integers("order_hour_of_day", 0, default=12),
+            "quantity": table.integers("quantity", 1, default=1),
+        }
+    )
+    orders = frame.drop_duplicates("basket_id")[["basket_id", "user_id", "order_number", "gap_days", "hour"]]
+    owners = frame.groupby("basket_id", sort=False)["user_id"].nunique()
+    if (owners > 1).any():
+        basket = owners.index[int(np.argmax((owners > 1).to_numpy()))]
+        row = int(np.flatnonzero(frame["basket_id"].to_numpy() == basket)[0])
+        raise table.fail(row, "order_id", f"order {basket} belongs to more than one user_id")
+    orders = orders.sort_values(["user_id", "order_number"], kind="stable")
+    gaps = orders["gap_days"].fillna(0.0)
+    day = gaps.groupby(orders["user_id"], sort=False).cumsum()
+    last_day = day.groupby(orders["user_id"], sort=False).transform("max")
+    offset = pd.to_timedelta(last_day - day, unit="D")
+    orders["timestamp"] = INSTACART_ANCHOR - offset + pd.to_timedelta(orders["hour"], unit="h")
+    frame = frame.merge(orders[["basket_id", "timestamp"]], on="basket_id", how="left")
+    return frame[list(CANONICAL_COLUMNS)]
+
+
+def _generic(table: _Table) -> pd.DataFrame:
+    timestamps = table.timestamps("timestamp")
+    users = table.ids("user_id")
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "item_id": table.ids("item_id"),
+            "basket_id": pd.Series(users).astype(str) + "@" + pd.Series(timestamps.astype("int64")).astype(str),
+            "timestamp": timestamps,
+            "quantity": table.integers("quantity", 1, default=1),
+        }
+    )
+
+
+def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]:
+    """Validate ``path`` and return the canonical log and the format it was read as."""
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    table = _Table(path)
+    chosen = detect_format(table.header) if fmt == "auto" else fmt
+    if chosen is None:
+        raise InputFileError(
+            str(path), 1, 0,
+            f"cannot tell the format from the header {table.header}; expected the Instacart columns "
+            f"{', '.join(INSTACART_REQUIRED)} or the generic columns {', '.join(GENERIC_REQUIRED)}",
+        )
+    required = INSTACART_REQUIRED if chosen == "instacart" else GENERIC_REQUIRED
+    missing = [c for c in required if c not in table.header]
+    if missing:
+        raise InputFileError(str(path), 1, 0, f"{chosen} format needs column(s) {', '.join(missing)}")
+    frame = _instacart(table) if chosen == "instacart" else _generic(table)
+    frame = (
+        frame.groupby(["user_id", "basket_id", "item_id"], sort=False, as_index=False)
+        .agg(timestamp=("timestamp", "first"), quantity=("quantity", "sum"))
+        .sort_values(["user_id", "timestamp", "basket_id", "item_id"], kind="stable")
+        .reset_index(drop=True)
+    )
+    frame["timestamp"] = frame["timestamp"].astype("datetime64[us, UTC]")
+    frame["quantity"] = frame["quantity"].astype(np.int32)
+    for column in ("user_id", "item_id", "basket_id"):
+        frame[column] = frame[column].astype(str)
+    return frame[list(CANONICAL_COLUMNS)], chosen
+
+
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ingest(path: Path, workspace: Workspace, fmt: str = "auto") -> IngestSummary:
+    """Validate ``path`` and replace the workspace's canonical log with it (atomically)."""
+    frame, chosen = read_purchase_log(path, fmt)
+    summary = IngestSummary(
+        source=str(path),
+        format=chosen,
+        rows=len(frame),
+        users=int(frame["user_id"].nunique()),
+        items=int(frame["item_id"].nunique()),
+        baskets=int(frame["basket_id"].nunique()),
+        fingerprint=file_fingerprint(path),
+    )
+    target = workspace.interactions
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".parquet.partial")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, target)
+    workspace.ingest_manifest.write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def load_interactions(workspace: Workspace) -> pd.DataFrame:
+    """The canonical log; a clear error when ``endcap ingest`` has not run."""
+    from endcap.errors import FailedPrecondition
+
+    if not workspace.interactions.exists():
+        raise FailedPrecondition(
+            f"no purchase log in {workspace.root}; run 'endcap ingest PATH' (or 'endcap ingest --demo') first"
+        )
+    return pd.read_parquet(workspace.interactions)

@@ -1,0 +1,232 @@
+"""The typed plugin boundary: frozen dataclasses of numpy arrays and the component base classes.
+
+Inside Endcap an item or a user is a dense ``int32`` index into the model version's catalogue;
+string ids exist only at the edges (gRPC, files). Components never see protobuf messages.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import scipy.sparse as sp
+
+IndexArray = npt.NDArray[np.int32]
+ScoreArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+
+EMPTY_INDEX: IndexArray = np.empty(0, dtype=np.int32)
+EMPTY_SCORES: ScoreArray = np.empty(0, dtype=np.float32)
+EMPTY_INDEX.flags.writeable = False
+EMPTY_SCORES.flags.writeable = False
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's config model: unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The id ↔ index mapping of one model version."""
+
+    user_ids: npt.NDArray[np.str_]
+    item_ids: npt.NDArray[np.str_]
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request, as components see it."""
+
+    user_id: str
+    user_index: int
+    """Index of the user in the catalogue, or -1 for a user the model has not seen."""
+    k: int
+    exclude: IndexArray = field(default_factory=lambda: EMPTY_INDEX)
+    """Known item indices the caller excluded (e.g. the cart)."""
+    context: Mapping[str, str] = field(default_factory=dict)
+    variant: str = ""
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    """What the feature store holds for one user, read in one online lookup."""
+
+    stats: Mapping[str, float]
+    """Scalar user statistics by feature name (0.0 when the user is unknown)."""
+    items: IndexArray = field(default_factory=lambda: EMPTY_INDEX)
+    """Catalogue indices of the items the user bought, sorted ascending."""
+    item_stats: Mapping[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    """User×item statistics aligned with ``items`` (e.g. ``times_bought``)."""
+
+    @property
+    def known(self) -> bool:
+        return bool(self.stats)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Items proposed by one source: parallel arrays of catalogue indices and scores."""
+
+    ids: IndexArray
+    scores: ScoreArray
+
+    def __post_init__(self) -> None:
+        if self.ids.shape != self.scores.shape:
+            raise ValueError(f"ids {self.ids.shape} and scores {self.scores.shape} differ in shape")
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(EMPTY_INDEX, EMPTY_SCORES)
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """Ranking features for the merged candidates: one row per candidate, one column per name."""
+
+    ids: IndexArray
+    names: tuple[str, ...]
+    values: npt.NDArray[np.float32]
+
+    def column(self, name: str) -> npt.NDArray[np.float32]:
+        return self.values[:, self.names.index(name)]
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Milliseconds spent in each pipeline stage of one request."""
+
+    ms: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What monitors see after a request was answered. Read-only by construction."""
+
+    request_id: str
+    query: Query
+    model_version: str
+    candidates_per_source: Mapping[str, int]
+    item_ids: tuple[str, ...]
+    scores: ScoreArray
+    timings: StageTimings
+    errors: Mapping[str, str] = field(default_factory=dict)
+    """Sources that failed for this request and why; their contribution was dropped."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A shopper event accepted by ``RecordEvents``."""
+
+    user_id: str
+    item_id: str
+    type: str
+    """``purchase``, ``add_to_cart`` or ``view``."""
+    quantity: int
+    timestamp: float
+    """Seconds since the epoch, UTC."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The ingested purchase log, as components see it at training time."""
+
+    catalog: Catalog
+    interactions: pd.DataFrame
+    """Columns ``user_index``, ``item_index`` (int32), ``basket_index`` (per-user order number,
+    0-based, int32), ``timestamp`` (UTC), ``quantity`` (int32), sorted by user then time."""
+    user_items: sp.csr_matrix
+    """Users × items purchase counts (float32)."""
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a component receives when its trained state is loaded for serving."""
+
+    catalog: Catalog
+    user_items: sp.csr_matrix
+    directory: Path
+    """This component's own directory inside the model version."""
+
+
+class Component(ABC):  # noqa: B024 - a marker base; each kind adds its abstract methods
+    """Base of all components: built from its typed config by the plugin host."""
+
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
+        """Train on ``data`` and save the learned state under ``directory``.
+
+        Returns the parameters to record in the model manifest. Components with nothing to
+        learn keep this default.
+        """
+        return {}
+
+    def load(self, context: ModelContext) -> None:  # noqa: B027 - optional step
+        """Load the state ``fit`` saved; called once per model version before serving."""
+
+
+class CandidateGenerator(Component):
+    """Proposes items for a user. Several run per request; their results are merged."""
+
+    @abstractmethod
+    def generate(self, query: Query, user: UserFeatures, n: int) -> Candidates:
+        """Return at most ``n`` candidates (unique indices, higher score = better)."""
+
+    def similar(self, item_index: int, n: int) -> Candidates | None:
+        """Items similar to / bought with ``item_index``; ``None`` when not supported."""
+        return None
+
+
+class Ranker(Component):
+    """Scores the merged candidates of a request."""
+
+    @abstractmethod
+    def score(self, query: Query, features: FeatureMatrix) -> ScoreArray:
+        """Return one score per row of ``features`` (higher = better)."""
+
+
+class Filter(Component):
+    """A business rule: keeps or drops candidates."""
+
+    @abstractmethod
+    def keep(self, query: Query, ids: IndexArray) -> BoolArray:
+        """Return a boolean mask over ``ids``: ``True`` keeps the item."""
+
+
+class Monitor(Component):
+    """Observes the service. Return values are ignored and exceptions are logged and dropped."""
+
+    def on_request(self, record: RequestRecord) -> None:  # noqa: B027 - optional hook
+        """Called after a Recommend answer was computed."""
+
+    def on_error(self, request_id: str, query: Query | None, error: BaseException) -> None:  # noqa: B027
+        """Called when a request failed."""
+
+    def on_events(self, events: tuple[Event, ...]) -> None:  # noqa: B027
+        """Called after events were written to the event log."""

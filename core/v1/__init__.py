@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for endcap.v1 (see protos/; regenerate with make protos)."""

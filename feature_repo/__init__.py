@@ -1,0 +1,1 @@
+"""Endcap's Feast feature repository (see definitions.py and feature_store.yaml)."""

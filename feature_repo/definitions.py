@@ -1,0 +1,100 @@
+"""Feast definitions: entities ``user`` and ``product`` and Endcap's three feature views.
+
+The parquet sources live in the workspace named by ``$ENDCAP_WORKSPACE`` (``feast apply``) or
+passed to :func:`build` (``endcap features``). User×product statistics are stored as arrays in
+one row per user, so serving reads a user's whole history with a single online lookup.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Float32, Int64, String
+
+TTL = timedelta(days=3650)
+USER_STATS = "user_stats"
+PRODUCT_STATS = "product_stats"
+USER_PRODUCT_STATS = "user_product_stats"
+
+
+@dataclass(frozen=True)
+class Definitions:
+    user: Entity
+    product: Entity
+    user_stats: FeatureView
+    product_stats: FeatureView
+    user_product_stats: FeatureView
+
+    def all(self) -> list[object]:
+        return [self.user, self.product, self.user_stats, self.product_stats, self.user_product_stats]
+
+
+def _source(features_dir: Path, name: str) -> FileSource:
+    return FileSource(
+        name=f"{name}_source",
+        path=str(features_dir / f"{name}.parquet"),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created_timestamp",
+    )
+
+
+def build(workspace: Path) -> Definitions:
+    """Feast objects whose sources are the feature tables under ``<workspace>/features``."""
+    features_dir = workspace / "features"
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A shopper")
+    product = Entity(name="product", join_keys=["item_id"], value_type=ValueType.STRING, description="A product")
+    return Definitions(
+        user=user,
+        product=product,
+        user_stats=FeatureView(
+            name=USER_STATS,
+            entities=[user],
+            ttl=TTL,
+            schema=[
+                Field(name="orders", dtype=Int64, description="Orders placed"),
+                Field(name="avg_basket_size", dtype=Float32, description="Mean items per order"),
+                Field(name="avg_days_between_orders", dtype=Float32, description="Mean gap between orders"),
+                Field(name="distinct_items", dtype=Int64, description="Distinct products bought"),
+            ],
+            source=_source(features_dir, USER_STATS),
+        ),
+        product_stats=FeatureView(
+            name=PRODUCT_STATS,
+            entities=[product],
+            ttl=TTL,
+            schema=[
+                Field(name="purchases", dtype=Int64, description="Order lines with the product"),
+                Field(name="distinct_buyers", dtype=Int64, description="Users who bought it"),
+                Field(name="reorder_rate", dtype=Float32, description="Share of purchases that were re-buys"),
+            ],
+            source=_source(features_dir, PRODUCT_STATS),
+        ),
+        user_product_stats=FeatureView(
+            name=USER_PRODUCT_STATS,
+            entities=[user],
+            ttl=TTL,
+            schema=[
+                Field(name="item_ids", dtype=Array(String), description="Products the user bought"),
+                Field(name="times_bought", dtype=Array(Int64), description="Orders containing each product"),
+                Field(
+                    name="orders_since_last_bought",
+                    dtype=Array(Int64),
+                    description="Orders since each product was last bought (0 = in the last order)",
+                ),
+            ],
+            source=_source(features_dir, USER_PRODUCT_STATS),
+        ),
+    )
+
+
+# Module-level objects for `feast apply`, which collects them from this module's globals.
+_definitions = build(Path(os.environ.get("ENDCAP_WORKSPACE", ".endcap")).resolve())
+user = _definitions.user
+product = _definitions.product
+user_stats = _definitions.user_stats
+product_stats = _definitions.product_stats
+user_product_stats = _definitions.user_product_stats
