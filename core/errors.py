@@ -33,6 +33,12 @@ class FailedPrecondition(EndcapError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Unavailable(EndcapError):
+    """The service cannot answer yet (still loading) or any more (shutting down); retry."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
 class ConfigError(FailedPrecondition):
     """``endcap.yaml`` or a plugin's configuration is invalid."""
 

@@ -64,6 +64,10 @@ class ComponentRegistry:
     def get(self, kind: str, type_name: str) -> RegisteredType | None:
         return self._types.get((kind, type_name))
 
+    def find(self, cls: type) -> RegisteredType | None:
+        """The registration of ``cls``, or ``None`` when it was named by dotted path."""
+        return next((t for t in self._types.values() if t.cls is cls), None)
+
     def names(self, kind: str) -> list[str]:
         return sorted(name for (k, name) in self._types if k == kind)
 

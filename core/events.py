@@ -1,0 +1,44 @@
+"""The event log: shopper events appended as JSON lines, fsynced before ``RecordEvents`` returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from endcap.types import Event
+
+EVENT_TYPES = ("purchase", "add_to_cart", "view")
+
+
+class EventLog:
+    """Append-only, one JSON object per line. Appends are serialised and durable when they return."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, events: Sequence[Event]) -> int:
+        if not events:
+            return 0
+        payload = "".join(json.dumps(asdict(e), separators=(",", ":")) + "\n" for e in events).encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return len(events)
+
+    def read(self) -> Iterator[Event]:
+        if not self.path.exists():
+            return
+        with self.path.open() as handle:
+            for line in handle:
+                if line.strip():
+                    yield Event(**json.loads(line))

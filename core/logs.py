@@ -1,0 +1,35 @@
+"""structlog set-up: JSON lines on stderr, with the request id of the call being served."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+
+import structlog
+
+request_id_var: ContextVar[str] = ContextVar("endcap_request_id", default="")
+
+
+def _add_request_id(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:
+    request_id = request_id_var.get()
+    if request_id and "request_id" not in event:
+        event["request_id"] = request_id
+    return event
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    """JSON lines (``json_lines``) or a console renderer, at ``level``."""
+    renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            _add_request_id,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

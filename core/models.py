@@ -1,0 +1,131 @@
+"""The model registry: versioned directories written complete, made current by an atomic switch.
+
+Layout under ``<workspace>/models``::
+
+    <version>/manifest.json      what was trained, when, on what data, with which parameters
+    <version>/catalog.npz        user and item ids (index = position)
+    <version>/user_items.npz     users × items purchase counts (CSR)
+    <version>/components/<kind>/<name>/   each component's own artifacts
+    CURRENT                      the version servers load
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from endcap.errors import FailedPrecondition, NotFound
+from endcap.types import Catalog
+
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ComponentManifest:
+    kind: str
+    type: str
+    plugin: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: str
+    trained_at: str
+    """ISO-8601 UTC."""
+    data_fingerprint: str
+    data_source: str
+    training_rows: int
+    users: int
+    items: int
+    components: dict[str, ComponentManifest]
+    """By ``<kind>/<name>``."""
+    endcap_version: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        raw["components"] = {k: ComponentManifest(**v) for k, v in raw["components"].items()}
+        return cls(**raw)
+
+
+def component_dir(version_dir: Path, kind: str, name: str) -> Path:
+    return version_dir / "components" / kind / name
+
+
+def save_catalog(directory: Path, catalog: Catalog, user_items: sp.csr_matrix) -> None:
+    np.savez(directory / "catalog.npz", user_ids=catalog.user_ids, item_ids=catalog.item_ids)
+    sp.save_npz(directory / "user_items.npz", user_items)
+
+
+def load_catalog(directory: Path) -> tuple[Catalog, sp.csr_matrix]:
+    with np.load(directory / "catalog.npz") as arrays:
+        catalog = Catalog(user_ids=arrays["user_ids"], item_ids=arrays["item_ids"])
+    return catalog, sp.load_npz(directory / "user_items.npz").tocsr()
+
+
+class ModelRegistry:
+    """Model versions of one workspace."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def new_version_name(self, now: datetime | None = None) -> str:
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"v{stamp}"
+
+    def staging_dir(self) -> Path:
+        """An empty directory on the same filesystem, renamed into place by :meth:`commit`."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+
+    def commit(self, staging: Path, manifest: Manifest) -> Path:
+        (staging / MANIFEST).write_text(manifest.to_json())
+        target = self.root / manifest.version
+        os.replace(staging, target)
+        return target
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def versions(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).exists())
+
+    def current(self) -> str | None:
+        pointer = self.root / CURRENT
+        return pointer.read_text().strip() if pointer.exists() else None
+
+    def set_current(self, version: str) -> None:
+        if not (self.root / version / MANIFEST).exists():
+            raise NotFound(f"no model version {version!r} in {self.root}; 'endcap train' writes one")
+        partial = self.root / f".{CURRENT}.partial"
+        partial.write_text(version + "\n")
+        os.replace(partial, self.root / CURRENT)
+
+    def path(self, version: str | None = None) -> Path:
+        """Directory of ``version`` (default: the current one)."""
+        chosen = version or self.current()
+        if chosen is None:
+            raise FailedPrecondition(f"no current model in {self.root}; run 'endcap train' first")
+        directory = self.root / chosen
+        if not (directory / MANIFEST).exists():
+            raise NotFound(f"model version {chosen!r} not found in {self.root}")
+        return directory
+
+    def manifest(self, version: str | None = None) -> Manifest:
+        return Manifest.from_json((self.path(version) / MANIFEST).read_text())

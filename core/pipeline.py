@@ -1,0 +1,301 @@
+"""The request pipeline: user features → candidates → merge → filters → features → rank → top-k.
+
+Every stage works on numpy arrays over all candidates at once; the only Python loops run over
+sources, filters and the ``k`` returned items. Each component is isolated: one that raises is
+dropped from this request (logged and reported to monitors), and the request is still served.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from endcap.config import ServingConfig
+from endcap.errors import FailedPrecondition, InvalidArgument, NotFound
+from endcap.serving_model import PRODUCT_FEATURE_NAMES, ServingModel
+from endcap.types import Candidates, FeatureMatrix, IndexArray, Query, RequestRecord, StageTimings, UserFeatures
+
+log = structlog.get_logger("endcap.pipeline")
+
+USER_FEATURE_NAMES = ("user.orders", "user.avg_basket_size", "user.avg_days_between_orders", "user.distinct_items")
+USER_PRODUCT_FEATURE_NAMES = (
+    "user_product.times_bought",
+    "user_product.bought_share",
+    "user_product.orders_since_last_bought",
+)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A pipeline answer: item ids best first, their scores and the sources that proposed each."""
+
+    request_id: str
+    model_version: str
+    variant: str
+    item_ids: tuple[str, ...]
+    scores: np.ndarray
+    sources: tuple[tuple[str, ...], ...]
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = (now - self._last) * 1000.0
+        self._last = now
+
+
+def _scaled(scores: np.ndarray) -> np.ndarray:
+    """Scores mapped to (0, 1]: the best is 1, the worst of the list just above 0."""
+    if scores.size == 0:
+        return scores.astype(np.float32)
+    low, high = float(scores.min()), float(scores.max())
+    span = high - low
+    if span <= 0:
+        return np.ones_like(scores, dtype=np.float32)
+    return (0.05 + 0.95 * (scores - low) / span).astype(np.float32)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best scores, best first."""
+    if scores.size > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        return part[np.argsort(-scores[part], kind="stable")]
+    return np.argsort(-scores, kind="stable")
+
+
+class Pipeline:
+    """Answers Recommend and SimilarItems for one loaded model version."""
+
+    def __init__(self, model: ServingModel, read_user: Callable[[str], dict[str, Any]], serving: ServingConfig) -> None:
+        self.model = model
+        self.read_user = read_user
+        self.serving = serving
+        self.sources = tuple(model.components.candidates.items())
+        self.source_names = tuple(name for name, _ in self.sources)
+        self.feature_names = (
+            tuple(f"source.{name}" for name in self.source_names)
+            + USER_FEATURE_NAMES
+            + PRODUCT_FEATURE_NAMES
+            + USER_PRODUCT_FEATURE_NAMES
+        )
+
+    # -- validation ------------------------------------------------------------------------
+
+    def resolve_k(self, k: int) -> int:
+        if k == 0:
+            return self.serving.default_k
+        if not 1 <= k <= self.serving.max_k:
+            raise InvalidArgument(f"k must be between 1 and {self.serving.max_k} (0 means {self.serving.default_k}); got {k}")
+        return k
+
+    def make_query(
+        self,
+        user_id: str,
+        k: int,
+        exclude_item_ids: Sequence[str] = (),
+        context: Mapping[str, str] | None = None,
+        variant: str = "",
+    ) -> Query:
+        if not user_id or not user_id.strip():
+            raise InvalidArgument("user_id is required and must not be blank")
+        exclude = self.model.item_indices(list(exclude_item_ids))
+        exclude = np.unique(exclude[exclude >= 0])
+        exclude.flags.writeable = False
+        return Query(
+            user_id=user_id,
+            user_index=self.model.user_index.get(user_id, -1),
+            k=self.resolve_k(k),
+            exclude=exclude,
+            context=dict(context or {}),
+            variant=variant,
+        )
+
+    # -- Recommend ---------------------------------------------------------------------------
+
+    def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
+        request_id = request_id or uuid.uuid4().hex
+        watch = _Stopwatch()
+        user = self.model.user_features(self.read_user(query.user_id))
+        watch.lap("user_features")
+
+        wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size)
+        errors: dict[str, str] = {}
+        results = self._generate(query, user, wanted, errors)
+        if not any(len(c) for c in results):
+            results = self._fallback(query, user, wanted, errors)
+        watch.lap("candidates")
+
+        ids, source_scores = self._merge(results)
+        watch.lap("merge")
+
+        keep = self._keep(query, ids, errors)
+        ids, source_scores = ids[keep], source_scores[keep]
+        watch.lap("filter")
+
+        features = self._features(ids, source_scores, user)
+        watch.lap("features")
+
+        scores = self._rank(query, features, source_scores, errors)
+        watch.lap("rank")
+
+        best = _top_k(scores, query.k)
+        proposed = source_scores[best] > 0
+        item_ids = tuple(self.model.catalog.item_ids[ids[best]].tolist())
+        sources = tuple(tuple(n for n, hit in zip(self.source_names, row, strict=True) if hit) for row in proposed)
+        top_scores = scores[best].astype(np.float32)
+        watch.lap("top_k")
+
+        answer = Recommendation(
+            request_id=request_id,
+            model_version=self.model.version,
+            variant=query.variant,
+            item_ids=item_ids,
+            scores=top_scores,
+            sources=sources,
+            timings=dict(watch.ms),
+        )
+        top_scores.flags.writeable = False
+        record = RequestRecord(
+            request_id=request_id,
+            query=query,
+            model_version=self.model.version,
+            candidates_per_source={name: len(c) for name, c in zip(self.source_names, results, strict=True)},
+            item_ids=item_ids,
+            scores=top_scores,
+            timings=StageTimings(dict(watch.ms)),
+            errors=dict(errors),
+        )
+        return answer, record
+
+    def _generate(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
+        results = []
+        for name, generator in self.sources:
+            try:
+                result = generator.generate(query, user, n)
+                self._check(name, result)
+            except Exception as exc:  # a failing source is dropped, never fatal
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("source_failed", source=name, error=errors[name])
+                result = Candidates.empty()
+            results.append(result)
+        return results
+
+    def _check(self, name: str, result: Candidates) -> None:
+        if not isinstance(result, Candidates):
+            raise TypeError(f"{name}.generate returned {type(result).__name__}, expected Candidates")
+        if result.ids.size and (result.ids.min() < 0 or result.ids.max() >= self.model.catalog.n_items):
+            raise ValueError(f"{name}.generate returned item indices outside 0..{self.model.catalog.n_items - 1}")
+
+    def _fallback(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
+        name = self.serving.fallback_source
+        generator = self.model.components.candidates.get(name)
+        if generator is None:
+            return [Candidates.empty() for _ in self.sources]
+        cold = Query(query.user_id, -1, query.k, query.exclude, query.context, query.variant)
+        try:
+            fallback = generator.generate(cold, UserFeatures(stats={}), n)
+            self._check(name, fallback)
+        except Exception as exc:
+            errors[f"{name} (fallback)"] = f"{type(exc).__name__}: {exc}"
+            fallback = Candidates.empty()
+        return [fallback if source == name else Candidates.empty() for source in self.source_names]
+
+    def _merge(self, results: list[Candidates]) -> tuple[IndexArray, np.ndarray]:
+        """Unique candidate ids and a ``candidates × sources`` matrix of scaled scores (0 = absent)."""
+        if not results or not any(len(c) for c in results):
+            return np.empty(0, dtype=np.int32), np.zeros((0, len(self.sources)), dtype=np.float32)
+        all_ids = np.concatenate([c.ids for c in results])
+        ids, inverse = np.unique(all_ids, return_inverse=True)
+        matrix = np.zeros((ids.size, len(results)), dtype=np.float32)
+        start = 0
+        for column, result in enumerate(results):
+            end = start + len(result)
+            np.maximum.at(matrix[:, column], inverse[start:end], _scaled(result.scores))
+            start = end
+        return ids.astype(np.int32), matrix
+
+    def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:
+        keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)
+        for name, rule in self.model.components.filters.items():
+            try:
+                mask = np.asarray(rule.keep(query, ids), dtype=bool)
+                if mask.shape != ids.shape:
+                    raise ValueError(f"mask shape {mask.shape} differs from candidates {ids.shape}")
+                keep &= mask
+            except Exception as exc:
+                errors[f"filter:{name}"] = f"{type(exc).__name__}: {exc}"
+                log.warning("filter_failed", filter=name, error=errors[f"filter:{name}"])
+        return keep
+
+    def _features(self, ids: IndexArray, source_scores: np.ndarray, user: UserFeatures) -> FeatureMatrix:
+        n = ids.size
+        orders = user.stats.get("orders", 0.0)
+        user_row = np.array([user.stats.get(name.split(".", 1)[1], 0.0) for name in USER_FEATURE_NAMES], np.float32)
+        times = np.zeros(n, dtype=np.float32)
+        since = np.full(n, orders, dtype=np.float32)
+        if user.items.size and n:
+            pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
+            found = user.items[pos] == ids
+            times[found] = user.item_stats["times_bought"][pos[found]]
+            since[found] = user.item_stats["orders_since_last_bought"][pos[found]]
+        share = times / orders if orders > 0 else times
+        values = np.hstack(
+            [
+                source_scores,
+                np.broadcast_to(user_row, (n, user_row.size)),
+                self.model.product_features[ids],
+                np.column_stack([times, share, since]),
+            ]
+        ).astype(np.float32, copy=False)
+        values.flags.writeable = False
+        ids = ids.copy()
+        ids.flags.writeable = False
+        return FeatureMatrix(ids=ids, names=self.feature_names, values=values)
+
+    def _rank(self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]) -> np.ndarray:
+        if features.ids.size == 0:
+            return np.empty(0, dtype=np.float32)
+        ranker = self.model.components.ranker
+        try:
+            scores = np.asarray(ranker.score(query, features), dtype=np.float32)
+            if scores.shape != features.ids.shape:
+                raise ValueError(f"returned {scores.shape} scores for {features.ids.shape[0]} candidates")
+            return scores
+        except Exception as exc:  # rank by the sources' own scores rather than fail the request
+            errors[f"ranker:{ranker.name}"] = f"{type(exc).__name__}: {exc}"
+            log.warning("ranker_failed", ranker=ranker.name, error=errors[f"ranker:{ranker.name}"])
+            return source_scores.sum(axis=1)
+
+    # -- SimilarItems ------------------------------------------------------------------------
+
+    def similar(self, item_id: str, k: int, exclude_item_ids: Sequence[str] = ()) -> tuple[tuple[str, ...], np.ndarray]:
+        if not item_id or not item_id.strip():
+            raise InvalidArgument("item_id is required and must not be blank")
+        k = self.resolve_k(k)
+        index = int(self.model.item_indices([item_id])[0])
+        if index < 0:
+            raise NotFound(f"item {item_id!r} is not in the catalogue of model {self.model.version}")
+        name = self.serving.similar_items_source
+        generator = self.model.components.candidates.get(name)
+        exclude = self.model.item_indices(list(exclude_item_ids))
+        result = generator.similar(index, k + exclude.size) if generator is not None else None
+        if result is None:
+            raise FailedPrecondition(
+                f"serving.similar_items_source is {name!r}, which is not a configured candidate generator "
+                "with similar-item support; set it to 'als' or 'item2item' in endcap.yaml"
+            )
+        query = Query(user_id="", user_index=-1, k=k, exclude=np.unique(exclude[exclude >= 0]))
+        keep = self._keep(query, result.ids, {})
+        ids, scores = result.ids[keep][:k], result.scores[keep][:k]
+        return tuple(self.model.catalog.item_ids[ids].tolist()), scores

@@ -1,0 +1,119 @@
+"""gRPC wiring: interceptors, health, reflection, start-up and graceful shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from endcap.errors import EndcapError, Unavailable
+from endcap.logs import request_id_var
+from endcap.service import RecommendationService
+from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
+
+log = structlog.get_logger("endcap.server")
+
+REQUEST_ID_HEADER = "x-request-id"
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Gives every call a request id and turns exceptions into gRPC statuses.
+
+    :class:`EndcapError` subclasses carry their own status and message; anything else is
+    logged with its traceback and answered ``INTERNAL`` with the request id, never a traceback.
+    """
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        method = handler_call_details.method
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            given = metadata.get(REQUEST_ID_HEADER)
+            request_id = given if isinstance(given, str) and 0 < len(given) <= 128 else uuid.uuid4().hex
+            token = request_id_var.set(request_id)
+            try:
+                return inner(request, context)
+            except EndcapError as exc:
+                context.abort(exc.status, str(exc))
+            except Exception:
+                log.exception("internal_error", method=method)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}); see the server log")
+            finally:
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Server:
+    """A started gRPC server: health NOT_SERVING and calls UNAVAILABLE until :meth:`attach`."""
+
+    def __init__(self, host: str, port: int, max_workers: int) -> None:
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-rpc"),
+            interceptors=[ErrorInterceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.service: RecommendationService | None = None
+        add_to_server(RecommendationServicer(self.current_service), self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.grpc_server,
+        )
+        self.port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise EndcapError(f"cannot listen on {host}:{port}; is another server using the port?")
+        self.address = f"{host}:{self.port}"
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_server.start()
+
+    def _set_health(self, status: Any) -> None:
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+
+    def current_service(self) -> RecommendationService:
+        service = self.service
+        if service is None:
+            raise Unavailable("the model is still loading; retry shortly")
+        return service
+
+    def attach(self, service: RecommendationService) -> None:
+        self.service = service
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Health NOT_SERVING first, then let in-flight calls finish for up to ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+
+    def wait_for_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then shut down gracefully."""
+        stopping = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        stopping.wait()
+        self.stop()
+        log.info("stopped")

@@ -1,0 +1,106 @@
+"""The service behind the gRPC API, in domain types: one loaded model, its pipeline, monitors,
+the event log. The servicer translates protobuf to these calls and back; nothing else does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from endcap.config import EndcapConfig
+from endcap.errors import InvalidArgument
+from endcap.events import EVENT_TYPES, EventLog
+from endcap.pipeline import Pipeline, Recommendation
+from endcap.plugin_host import PluginHost
+from endcap.serving_model import ServingModel, load_serving_model
+from endcap.types import Event, Query
+from endcap.workspace import Workspace
+
+log = structlog.get_logger("endcap.service")
+
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """An event as received, before validation."""
+
+    user_id: str
+    item_id: str
+    type: str
+    quantity: int
+    timestamp: float | None
+
+
+class RecommendationService:
+    def __init__(self, workspace: Workspace, config: EndcapConfig, host: PluginHost, online: Any) -> None:
+        self.workspace = workspace
+        self.config = config
+        self.host = host
+        self.online = online
+        self.events = EventLog(workspace.events_log)
+        self.model: ServingModel = load_serving_model(workspace, host, online)
+        self.pipeline = Pipeline(self.model, online.user, config.serving)
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for name, monitor in self.model.components.monitors.items():
+            try:
+                getattr(monitor, method)(*args)
+            except Exception as exc:  # monitors observe; they never break a request
+                log.warning("monitor_failed", monitor=name, hook=method, error=f"{type(exc).__name__}: {exc}")
+
+    def recommend(
+        self,
+        request_id: str,
+        user_id: str,
+        k: int,
+        exclude_item_ids: Sequence[str],
+        context: Mapping[str, str],
+        variant: str,
+    ) -> Recommendation:
+        query: Query | None = None
+        try:
+            query = self.pipeline.make_query(user_id, k, exclude_item_ids, context, variant)
+            answer, record = self.pipeline.recommend(query, request_id)
+        except Exception as exc:
+            self._notify("on_error", request_id, query, exc)
+            raise
+        self._notify("on_request", record)
+        return answer
+
+    def similar_items(self, item_id: str, k: int, exclude_item_ids: Sequence[str]) -> Any:
+        return self.pipeline.similar(item_id, k, exclude_item_ids)
+
+    def record_events(self, inputs: Sequence[EventInput]) -> int:
+        """Validate every event first; write all of them or none."""
+        if not inputs:
+            raise InvalidArgument("events is empty; send at least one event")
+        now = time.time()
+        events = tuple(_validated(i, position, now) for position, i in enumerate(inputs))
+        written = self.events.append(events)
+        self._notify("on_events", events)
+        return written
+
+
+def _validated(event: EventInput, position: int, now: float) -> Event:
+    where = f"events[{position}]"
+    for field in ("user_id", "item_id"):
+        value = getattr(event, field)
+        if not value or not value.strip():
+            raise InvalidArgument(f"{where}.{field} is required and must not be blank")
+        if len(value) > MAX_ID_LENGTH:
+            raise InvalidArgument(f"{where}.{field} is longer than {MAX_ID_LENGTH} characters")
+    if event.type not in EVENT_TYPES:
+        raise InvalidArgument(f"{where}.type must be one of {', '.join(t.upper() for t in EVENT_TYPES)}")
+    if event.quantity < 0:
+        raise InvalidArgument(f"{where}.quantity must not be negative; got {event.quantity}")
+    return Event(
+        user_id=event.user_id,
+        item_id=event.item_id,
+        type=event.type,
+        quantity=event.quantity or 1,
+        timestamp=event.timestamp if event.timestamp is not None else now,
+    )

@@ -1,0 +1,72 @@
+"""``als``: implicit's Alternating Least Squares matrix factorisation. Also answers SimilarItems."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.nearest_neighbours import bm25_weight
+from pydantic import Field
+
+import endcap
+from endcap.plugins._shared import similar_from, top_n, user_row
+from endcap.types import TrainingData
+
+
+class AlsCandidatesConfig(endcap.ComponentConfig):
+    factors: int = Field(64, ge=1)
+    iterations: int = Field(15, ge=1)
+    regularization: float = Field(0.05, ge=0)
+    bm25_k1: float = Field(100.0, gt=0)
+    bm25_b: float = Field(0.8, ge=0, le=1)
+    random_state: int = 42
+
+
+class AlsCandidates(endcap.CandidateGenerator):
+    """Latent-factor candidates: items whose factors align with the user's."""
+
+    Config = AlsCandidatesConfig
+    config: AlsCandidatesConfig
+
+    def _weighted(self, user_items: Any) -> Any:
+        return bm25_weight(user_items, K1=self.config.bm25_k1, B=self.config.bm25_b).tocsr().astype(np.float32)
+
+    def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
+        model = AlternatingLeastSquares(
+            factors=self.config.factors,
+            iterations=self.config.iterations,
+            regularization=self.config.regularization,
+            random_state=self.config.random_state,
+        )
+        model.fit(self._weighted(data.user_items), show_progress=False)
+        model.save(str(directory / "als.npz"))
+        return self.config.model_dump()
+
+    def load(self, context: endcap.ModelContext) -> None:
+        self.model = AlternatingLeastSquares.load(str(context.directory / "als.npz"))
+        self.user_items = self._weighted(context.user_items)
+
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        if query.user_index >= 0:
+            ids, scores = self.model.recommend(
+                query.user_index, self.user_items[query.user_index], N=n, filter_already_liked_items=False
+            )
+        else:
+            row = user_row(query, user, self.user_items)
+            if row is None:
+                return endcap.Candidates.empty()
+            ids, scores = self.model.recommend(
+                0, self._weighted(row), N=n, filter_already_liked_items=False, recalculate_user=True
+            )
+        return top_n(np.asarray(ids, dtype=np.int32), np.asarray(scores, dtype=np.float32), n)
+
+    def similar(self, item_index: int, n: int) -> endcap.Candidates:
+        return similar_from(self.model, item_index, n)
+
+
+@endcap.hookimpl
+def endcap_register_components(registry: Any) -> None:
+    registry.add(AlsCandidates, type_name="als")

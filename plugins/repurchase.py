@@ -1,0 +1,57 @@
+"""``repurchase``: the user's own past purchases, by frequency with recency decay.
+
+Grocery shoppers re-buy: a product bought in many recent orders is the likeliest next purchase.
+Each past purchase counts ``0.5 ** (orders_ago / half_life_orders)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+import endcap
+from endcap.plugins._shared import top_n
+from endcap.types import TrainingData
+
+
+class RepurchaseCandidatesConfig(endcap.ComponentConfig):
+    half_life_orders: float = Field(5.0, gt=0)
+    """After this many newer orders a purchase counts half as much."""
+
+
+class RepurchaseCandidates(endcap.CandidateGenerator):
+    Config = RepurchaseCandidatesConfig
+    config: RepurchaseCandidatesConfig
+
+    def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
+        frame = data.interactions
+        users = frame["user_index"].to_numpy()
+        baskets = frame["basket_index"].to_numpy()
+        last = np.zeros(data.catalog.n_users, dtype=np.int64)
+        np.maximum.at(last, users, baskets)
+        weights = np.power(0.5, (last[users] - baskets) / self.config.half_life_orders).astype(np.float32)
+        scores = sp.csr_matrix(
+            (weights, (users, frame["item_index"].to_numpy())), shape=(data.catalog.n_users, data.catalog.n_items)
+        )
+        scores.sum_duplicates()
+        sp.save_npz(directory / "scores.npz", scores)
+        return {"half_life_orders": self.config.half_life_orders}
+
+    def load(self, context: endcap.ModelContext) -> None:
+        self.scores = sp.load_npz(context.directory / "scores.npz").tocsr()
+
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        if query.user_index < 0:
+            return endcap.Candidates.empty()
+        start, end = self.scores.indptr[query.user_index], self.scores.indptr[query.user_index + 1]
+        return top_n(self.scores.indices[start:end], self.scores.data[start:end], n)
+
+
+@endcap.hookimpl
+def endcap_register_components(registry: Any) -> None:
+    registry.add(RepurchaseCandidates, type_name="repurchase")

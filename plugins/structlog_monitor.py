@@ -1,0 +1,57 @@
+"""``structlog``: one JSON log line per request (and per event batch, and per error)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import structlog
+from pydantic import Field
+
+import endcap
+
+
+class StructlogMonitorConfig(endcap.ComponentConfig):
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of requests logged; errors are always logged."""
+    include_items: bool = False
+    """Also log the recommended item ids."""
+
+
+class StructlogMonitor(endcap.Monitor):
+    Config = StructlogMonitorConfig
+    config: StructlogMonitorConfig
+
+    def __init__(self, name: str, config: StructlogMonitorConfig) -> None:
+        super().__init__(name, config)
+        self.log = structlog.get_logger("endcap.requests")
+
+    def on_request(self, record: endcap.RequestRecord) -> None:
+        if self.config.sample_rate < 1.0 and random.random() >= self.config.sample_rate:
+            return
+        fields: dict[str, Any] = {
+            "request_id": record.request_id,
+            "user_id": record.query.user_id,
+            "k": record.query.k,
+            "returned": len(record.item_ids),
+            "candidates": dict(record.candidates_per_source),
+            "stage_ms": {stage: round(ms, 3) for stage, ms in record.timings.ms.items()},
+            "model_version": record.model_version,
+            "variant": record.query.variant,
+        }
+        if record.errors:
+            fields["source_errors"] = dict(record.errors)
+        if self.config.include_items:
+            fields["items"] = list(record.item_ids)
+        self.log.info("recommend", **fields)
+
+    def on_error(self, request_id: str, query: endcap.Query | None, error: BaseException) -> None:
+        self.log.warning("request_failed", request_id=request_id, error=f"{type(error).__name__}: {error}")
+
+    def on_events(self, events: tuple[endcap.Event, ...]) -> None:
+        self.log.info("events_recorded", count=len(events))
+
+
+@endcap.hookimpl
+def endcap_register_components(registry: Any) -> None:
+    registry.add(StructlogMonitor, type_name="structlog")
