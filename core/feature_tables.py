@@ -45,40 +45,54 @@ def compute_feature_tables(log: pd.DataFrame, created: pd.Timestamp | None = Non
     per_user = baskets.groupby(level="user_id")
     span_days = (per_user["timestamp"].max() - per_user["timestamp"].min()).dt.total_seconds() / 86400.0
     orders = per_user.size()
-    user_stats = pd.DataFrame(
-        {
-            "orders": orders.astype(np.int64),
-            "avg_basket_size": per_user["size"].mean().astype(np.float32),
-            "avg_days_between_orders": (span_days / (orders - 1).clip(lower=1)).astype(np.float32),
-            "distinct_items": log.groupby("user_id")["item_id"].nunique().astype(np.int64),
-        }
-    ).rename_axis("user_id").reset_index()
+    user_stats = (
+        pd.DataFrame(
+            {
+                "orders": orders.astype(np.int64),
+                "avg_basket_size": per_user["size"].mean().astype(np.float32),
+                "avg_days_between_orders": (span_days / (orders - 1).clip(lower=1)).astype(np.float32),
+                "distinct_items": log.groupby("user_id")["item_id"].nunique().astype(np.int64),
+            }
+        )
+        .rename_axis("user_id")
+        .reset_index()
+    )
 
-    pairs = log.groupby(["user_id", "item_id"], sort=True).agg(
-        times_bought=("basket_index", "size"), last_basket=("basket_index", "max")
-    ).reset_index()
+    pairs = (
+        log.groupby(["user_id", "item_id"], sort=True)
+        .agg(times_bought=("basket_index", "size"), last_basket=("basket_index", "max"))
+        .reset_index()
+    )
     pairs["orders_since_last_bought"] = (
         pairs["user_id"].map(orders).to_numpy() - 1 - pairs["last_basket"].to_numpy()
     ).astype(np.int64)
 
     per_item = pairs.groupby("item_id", sort=True)
     purchases = per_item["times_bought"].sum()
-    product_stats = pd.DataFrame(
-        {
-            "purchases": purchases.astype(np.int64),
-            "distinct_buyers": per_item.size().astype(np.int64),
-            "reorder_rate": ((purchases - per_item.size()) / purchases).astype(np.float32),
-        }
-    ).rename_axis("item_id").reset_index()
+    product_stats = (
+        pd.DataFrame(
+            {
+                "purchases": purchases.astype(np.int64),
+                "distinct_buyers": per_item.size().astype(np.int64),
+                "reorder_rate": ((purchases - per_item.size()) / purchases).astype(np.float32),
+            }
+        )
+        .rename_axis("item_id")
+        .reset_index()
+    )
 
     per_user_pairs = pairs.groupby("user_id", sort=True)
-    user_product_stats = pd.DataFrame(
-        {
-            "item_ids": per_user_pairs["item_id"].agg(list),
-            "times_bought": per_user_pairs["times_bought"].agg(lambda s: s.astype(np.int64).tolist()),
-            "orders_since_last_bought": per_user_pairs["orders_since_last_bought"].agg(list),
-        }
-    ).rename_axis("user_id").reset_index()
+    user_product_stats = (
+        pd.DataFrame(
+            {
+                "item_ids": per_user_pairs["item_id"].agg(list),
+                "times_bought": per_user_pairs["times_bought"].agg(lambda s: s.astype(np.int64).tolist()),
+                "orders_since_last_bought": per_user_pairs["orders_since_last_bought"].agg(list),
+            }
+        )
+        .rename_axis("user_id")
+        .reset_index()
+    )
 
     return {
         "user_stats": _stamp(user_stats, as_of, created),

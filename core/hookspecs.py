@@ -61,9 +61,7 @@ def endcap_register_components(registry: ComponentRegistry) -> None:
 
 
 @hookspec(firstresult=True)
-def endcap_train_component(
-    component: Component, data: TrainingData, directory: Path
-) -> Mapping[str, Any] | None:
+def endcap_train_component(component: Component, data: TrainingData, directory: Path) -> Mapping[str, Any] | None:
     """Fit one configured component on the ingested purchase log and save it under ``directory``.
 
     Called by ``endcap train`` once per configured component, with an empty ``directory`` inside

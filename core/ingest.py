@@ -16,6 +16,7 @@ The canonical log has ``user_id, item_id, basket_id`` (strings), ``timestamp`` (
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from endcap.errors import InputFileError, InvalidArgument
 from endcap.workspace import Workspace
 
@@ -121,10 +121,7 @@ def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
         else:
             frame = pd.read_parquet(path).astype(str)
     except UnicodeDecodeError as exc:
-        with path.open("rb") as handle:
-            head = handle.read(exc.start)
-        line = head.count(b"\n") + 1
-        column = exc.start - (head.rfind(b"\n") + 1) + 1
+        line, column = _first_invalid_utf8(path)
         raise InputFileError(str(path), line, column, "not valid UTF-8 text") from exc
     except pd.errors.ParserError as exc:
         raise InputFileError(str(path), _line_in(str(exc)), 0, f"malformed CSV: {exc}") from exc
@@ -136,9 +133,20 @@ def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
     return frame
 
 
+def _first_invalid_utf8(path: Path) -> tuple[int, int]:
+    """Line and byte column (1-based) of the first byte sequence that is not UTF-8."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return number, exc.start + 1
+    return 0, 0
+
+
 def _line_in(message: str) -> int:
     words = message.replace(",", " ").split()
-    for before, word in zip(words, words[1:], strict=False):
+    for before, word in itertools.pairwise(words):
         if before == "line" and word.isdigit():
             return int(word)
     return 0
@@ -202,7 +210,9 @@ def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]
     chosen = detect_format(table.header) if fmt == "auto" else fmt
     if chosen is None:
         raise InputFileError(
-            str(path), 1, 0,
+            str(path),
+            1,
+            0,
             f"cannot tell the format from the header {table.header}; expected the Instacart columns "
             f"{', '.join(INSTACART_REQUIRED)} or the generic columns {', '.join(GENERIC_REQUIRED)}",
         )

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-
 from endcap.errors import FailedPrecondition, NotFound
 from endcap.types import Catalog
 

@@ -15,11 +15,18 @@ from typing import Any
 
 import numpy as np
 import structlog
-
 from endcap.config import ServingConfig
 from endcap.errors import FailedPrecondition, InvalidArgument, NotFound
 from endcap.serving_model import PRODUCT_FEATURE_NAMES, ServingModel
-from endcap.types import Candidates, FeatureMatrix, IndexArray, Query, RequestRecord, StageTimings, UserFeatures
+from endcap.types import (
+    Candidates,
+    FeatureMatrix,
+    IndexArray,
+    Query,
+    RequestRecord,
+    StageTimings,
+    UserFeatures,
+)
 
 log = structlog.get_logger("endcap.pipeline")
 
@@ -96,7 +103,9 @@ class Pipeline:
         if k == 0:
             return self.serving.default_k
         if not 1 <= k <= self.serving.max_k:
-            raise InvalidArgument(f"k must be between 1 and {self.serving.max_k} (0 means {self.serving.default_k}); got {k}")
+            raise InvalidArgument(
+                f"k must be between 1 and {self.serving.max_k} (0 means {self.serving.default_k}); got {k}"
+            )
         return k
 
     def make_query(
@@ -263,7 +272,9 @@ class Pipeline:
         ids.flags.writeable = False
         return FeatureMatrix(ids=ids, names=self.feature_names, values=values)
 
-    def _rank(self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]) -> np.ndarray:
+    def _rank(
+        self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]
+    ) -> np.ndarray:
         if features.ids.size == 0:
             return np.empty(0, dtype=np.float32)
         ranker = self.model.components.ranker

@@ -9,13 +9,12 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
-from pydantic import ValidationError
-
 from endcap import core_hooks, hookspecs
 from endcap.config import ComponentBlock, EndcapConfig, describe_validation_error
 from endcap.errors import ConfigError, PluginError
 from endcap.registry import KINDS, ComponentRegistry, RegisteredType
 from endcap.types import CandidateGenerator, Component, Filter, Monitor, Ranker
+from pydantic import ValidationError
 
 PROJECT = "endcap"
 ENTRY_POINT_GROUP = "endcap"
@@ -109,8 +108,7 @@ class PluginHost:
                 raise
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {impl.plugin_name!r} failed in endcap_register_components: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"plugin {impl.plugin_name!r} failed in endcap_register_components: {type(exc).__name__}: {exc}"
                 ) from exc
         return registry
 

@@ -11,13 +11,12 @@ from typing import Any
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from endcap.errors import EndcapError, Unavailable
 from endcap.logs import request_id_var
 from endcap.service import RecommendationService
 from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 log = structlog.get_logger("endcap.server")
 

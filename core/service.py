@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-
 from endcap.config import EndcapConfig
 from endcap.errors import InvalidArgument
 from endcap.events import EVENT_TYPES, EventLog

@@ -6,12 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from endcap.logs import request_id_var
 from endcap.service import EventInput, RecommendationService
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 EVENT_TYPE_NAMES = {
     pb.EVENT_TYPE_PURCHASE: "purchase",

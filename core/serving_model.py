@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import structlog
-
 from endcap.errors import FailedPrecondition
 from endcap.feature_tables import PRODUCT_STATS_COLUMNS
 from endcap.models import Manifest, ModelRegistry, component_dir, load_catalog
@@ -65,9 +64,7 @@ class ServingModel:
         return UserFeatures(stats=stats, items=ids[known][order], item_stats=item_stats)
 
 
-def load_serving_model(
-    workspace: Workspace, host: PluginHost, online: Any, version: str | None = None
-) -> ServingModel:
+def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, version: str | None = None) -> ServingModel:
     """Load ``version`` (default: current) with every configured component and the product matrix."""
     started = time.perf_counter()
     registry = ModelRegistry(workspace.models)

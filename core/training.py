@@ -9,7 +9,6 @@ from importlib.metadata import version as distribution_version
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
 from endcap.feature_tables import add_basket_index
 from endcap.ingest import load_interactions
 from endcap.models import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog

@@ -222,11 +222,11 @@ class Filter(Component):
 class Monitor(Component):
     """Observes the service. Return values are ignored and exceptions are logged and dropped."""
 
-    def on_request(self, record: RequestRecord) -> None:  # noqa: B027 - optional hook
+    def on_request(self, record: RequestRecord) -> None:
         """Called after a Recommend answer was computed."""
 
-    def on_error(self, request_id: str, query: Query | None, error: BaseException) -> None:  # noqa: B027
+    def on_error(self, request_id: str, query: Query | None, error: BaseException) -> None:
         """Called when a request failed."""
 
-    def on_events(self, events: tuple[Event, ...]) -> None:  # noqa: B027
+    def on_events(self, events: tuple[Event, ...]) -> None:
         """Called after events were written to the event log."""

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-
 from endcap.types import Candidates, IndexArray, Query, ScoreArray, UserFeatures
 
 

@@ -6,14 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import endcap
 import numpy as np
+from endcap.plugins._shared import similar_from, top_n, user_row
+from endcap.types import TrainingData
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
 from pydantic import Field
-
-import endcap
-from endcap.plugins._shared import similar_from, top_n, user_row
-from endcap.types import TrainingData
 
 
 class AlsCandidatesConfig(endcap.ComponentConfig):

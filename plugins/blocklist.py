@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import endcap
 import numpy as np
 import pandas as pd
-
-import endcap
 
 
 class BlocklistFilterConfig(endcap.ComponentConfig):

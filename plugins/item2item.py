@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, ItemItemRecommender, TFIDFRecommender
-from pydantic import Field
-
 import endcap
+import numpy as np
 from endcap.plugins._shared import similar_from, top_n, user_row
 from endcap.types import TrainingData
+from implicit.nearest_neighbours import (
+    BM25Recommender,
+    CosineRecommender,
+    ItemItemRecommender,
+    TFIDFRecommender,
+)
+from implicit.utils import ParameterWarning
+from pydantic import Field
 
 MODELS: dict[str, type[ItemItemRecommender]] = {
     "bm25": BM25Recommender,
@@ -35,7 +41,9 @@ class ItemToItemCandidates(endcap.CandidateGenerator):
 
     def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
         model = MODELS[self.config.similarity](K=self.config.neighbours)
-        model.fit(data.user_items, show_progress=False)
+        with warnings.catch_warnings():  # implicit's own BM25/TF-IDF weighting hands itself a COO matrix
+            warnings.filterwarnings("ignore", category=ParameterWarning)
+            model.fit(data.user_items, show_progress=False)
         model.save(str(directory / "item2item.npz"))
         return self.config.model_dump()
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 import endcap
+import numpy as np
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "source.repurchase": 2.0,

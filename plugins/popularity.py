@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydantic import Field
-
 import endcap
+import numpy as np
 from endcap.types import TrainingData
+from pydantic import Field
 
 
 class PopularityCandidatesConfig(endcap.ComponentConfig):

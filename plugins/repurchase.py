@@ -10,13 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import endcap
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
-
-import endcap
 from endcap.plugins._shared import top_n
 from endcap.types import TrainingData
+from pydantic import Field
 
 
 class RepurchaseCandidatesConfig(endcap.ComponentConfig):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import endcap
 import structlog
 from pydantic import Field
-
-import endcap
 
 
 class StructlogMonitorConfig(endcap.ComponentConfig):

@@ -8,7 +8,6 @@ regenerating would change anything.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -51,11 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         fresh = {p.name: p.read_bytes() for p in generate(Path(tmp))}
-    committed = {
-        p.name: p.read_bytes()
-        for p in OUTPUT_DIR.glob("*")
-        if p.name.endswith(GENERATED_SUFFIXES)
-    }
+    committed = {p.name: p.read_bytes() for p in OUTPUT_DIR.glob("*") if p.name.endswith(GENERATED_SUFFIXES)}
     if options.check:
         stale = sorted(n for n in fresh.keys() | committed.keys() if fresh.get(n) != committed.get(n))
         if stale:

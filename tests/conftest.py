@@ -1,0 +1,146 @@
+"""Shared fixtures: small generated purchase logs, real workspaces (Feast + models), a real server."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit runs its own threads
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pandas as pd
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ENDCAP = str(Path(sys.executable).parent / "endcap")
+
+
+def make_generic_log(users: int = 40, items: int = 60, baskets: int = 6, seed: int = 7) -> pd.DataFrame:
+    """A generic-format log with structure: each user has a few staples re-bought in most
+    baskets, plus popular items drawn with a power law."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, items + 1) ** 1.1
+    popularity /= popularity.sum()
+    rows = []
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    for user in range(users):
+        staples = rng.choice(items, size=3, replace=False)
+        for basket in range(baskets):
+            when = start + pd.Timedelta(days=7 * basket + user % 5, hours=user % 12)
+            chosen = set(rng.choice(items, size=4, replace=False, p=popularity).tolist())
+            chosen |= {int(s) for s in staples if rng.random() < 0.8}
+            rows += [(f"u{user}", f"i{item}", when.isoformat()) for item in sorted(chosen)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, workspace: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [ENDCAP, *args] + (["--workspace", str(workspace)] if workspace else [])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with the generated log ingested, features materialized and a model trained,
+    built through the Python API (the end-to-end test drives the CLI instead)."""
+    from endcap.config import load_config
+    from endcap.feature_store import write_and_materialize
+    from endcap.feature_tables import compute_feature_tables
+    from endcap.ingest import ingest, load_interactions
+    from endcap.plugin_host import PluginHost
+    from endcap.training import train
+    from endcap.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("synthetic")
+    log_path = root / "log.csv"
+    make_generic_log().to_csv(log_path, index=False)
+    workspace = Workspace.resolve(root / "ws")
+    ingest(log_path, workspace)
+    write_and_materialize(workspace, compute_feature_tables(load_interactions(workspace)))
+    train(workspace, PluginHost(load_config(workspace.root)))
+    return workspace.root
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    target: str
+    workspace: Path
+    process: subprocess.Popen[str]
+    stderr_path: Path
+
+
+def wait_until_serving(target: str, process: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"endcap serve exited with {process.returncode} before serving")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise AssertionError(f"endcap serve at {target} not SERVING after {timeout}s")
+
+
+def start_server(workspace: Path, log_dir: Path) -> RunningServer:
+    port = free_port()
+    stderr_path = log_dir / f"serve-{port}.log"
+    process = subprocess.Popen(
+        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr_path.open("w"),
+        text=True,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_until_serving(target, process)
+    except BaseException:
+        process.kill()
+        raise AssertionError(stderr_path.read_text()) from None
+    return RunningServer(target, workspace, process, stderr_path)
+
+
+def stop_server(server: RunningServer) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            return server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            return server.process.wait()
+    return int(server.process.returncode)
+
+
+@pytest.fixture
+def grpc_channel_to() -> Iterator[object]:
+    channels: list[grpc.Channel] = []
+
+    def open_channel(target: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(target)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()

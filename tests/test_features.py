@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from endcap.feature_tables import compute_feature_tables
+from endcap.workspace import Workspace
+
+FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
+
+
+def tiny_log() -> pd.DataFrame:
+    rows = [
+        ("a", "x", "b1", "2024-01-01"),
+        ("a", "y", "b1", "2024-01-01"),
+        ("a", "x", "b2", "2024-01-05"),
+        ("a", "z", "b3", "2024-01-11"),
+        ("b", "x", "b4", "2024-01-03"),
+    ]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "basket_id", "timestamp"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    frame["quantity"] = 1
+    return frame
+
+
+def test_feature_tables_hold_the_expected_statistics() -> None:
+    tables = compute_feature_tables(tiny_log())
+    users = tables["user_stats"].set_index("user_id")
+    assert users.loc["a", "orders"] == 3
+    assert users.loc["a", "avg_basket_size"] == pytest.approx(4 / 3)
+    assert users.loc["a", "avg_days_between_orders"] == pytest.approx(5.0)
+    assert users.loc["a", "distinct_items"] == 3
+    products = tables["product_stats"].set_index("item_id")
+    assert products.loc["x", "purchases"] == 3
+    assert products.loc["x", "distinct_buyers"] == 2
+    assert products.loc["x", "reorder_rate"] == pytest.approx(1 / 3)
+    pairs = tables["user_product_stats"].set_index("user_id")
+    assert pairs.loc["a", "item_ids"] == ["x", "y", "z"]
+    assert pairs.loc["a", "times_bought"] == [2, 1, 1]
+    assert pairs.loc["a", "orders_since_last_bought"] == [1, 2, 0]
+    as_of = pd.Timestamp("2024-01-11", tz="UTC")
+    assert all((t["event_timestamp"] == as_of).all() for t in tables.values())
+
+
+def test_online_store_serves_one_row_per_user_with_arrays(synthetic_workspace: Path) -> None:
+    from endcap.feature_store import OnlineFeatures
+
+    online = OnlineFeatures(Workspace(synthetic_workspace))
+    row = online.user("u1")
+    assert row["orders"] == 6
+    assert len(row["item_ids"]) == len(row["times_bought"]) == len(row["orders_since_last_bought"]) > 0
+    assert online.user("nobody")["orders"] is None
+    products = online.products(["i0", "missing"])
+    assert products.loc[0, "purchases"] > 0
+    assert products.loc[1].isna().all()
+
+
+def test_feast_cli_accepts_the_feature_repo(synthetic_workspace: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "features").mkdir(parents=True)
+    for table in (synthetic_workspace / "features").glob("*.parquet"):
+        (workspace / "features" / table.name).write_bytes(table.read_bytes())
+    feast = str(Path(sys.executable).parent / "feast")
+    result = subprocess.run(
+        [feast, "-c", str(FEATURE_REPO), "apply"],
+        env={**os.environ, "ENDCAP_WORKSPACE": str(workspace)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (workspace / "feast" / "registry.db").exists()
+    listing = subprocess.run(
+        [feast, "-c", str(FEATURE_REPO), "feature-views", "list"],
+        env={**os.environ, "ENDCAP_WORKSPACE": str(workspace)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    for view in ("user_stats", "product_stats", "user_product_stats"):
+        assert view in listing.stdout

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from endcap.cli import main
+from endcap.errors import InputFileError
+from endcap.ingest import INSTACART_ANCHOR, ingest, read_purchase_log
+from endcap.workspace import Workspace
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_instacart_orders_are_laid_on_a_timeline_ending_at_the_anchor(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "orders.csv",
+        "order_id,user_id,order_number,days_since_prior_order,order_hour_of_day,product_id\n"
+        "10,1,1,,8,100\n10,1,1,,8,101\n11,1,2,7.0,9,100\n12,2,1,,10,102\n",
+    )
+    frame, fmt = read_purchase_log(path)
+    assert fmt == "instacart"
+    assert list(frame.columns) == ["user_id", "item_id", "basket_id", "timestamp", "quantity"]
+    assert len(frame) == 4
+    user1 = frame[frame.user_id == "1"].drop_duplicates("basket_id").set_index("basket_id")["timestamp"]
+    assert user1["11"] - user1["10"] == pd.Timedelta(days=7, hours=1)
+    assert user1["11"] == INSTACART_ANCHOR + pd.Timedelta(hours=9)
+
+
+def test_generic_format_with_epoch_seconds_and_default_quantity(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\na,x,1700000000\na,y,1700000000\nb,x,1700003600\n")
+    frame, fmt = read_purchase_log(path)
+    assert fmt == "generic"
+    assert frame["quantity"].tolist() == [1, 1, 1]
+    assert frame.groupby("user_id")["basket_id"].nunique().to_dict() == {"a": 1, "b": 1}
+
+
+def test_duplicate_lines_in_one_basket_add_up_their_quantity(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp,quantity\na,x,2024-01-01,2\na,x,2024-01-01,3\n")
+    frame, _ = read_purchase_log(path)
+    assert frame["quantity"].tolist() == [5]
+
+
+def test_parquet_input(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pd.DataFrame({"user_id": ["a"], "item_id": ["x"], "timestamp": ["2024-01-01T10:00:00Z"]}).to_parquet(path)
+    frame, _ = read_purchase_log(path)
+    assert frame.iloc[0]["timestamp"] == pd.Timestamp("2024-01-01T10:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "words"),
+    [
+        ("user_id,item_id,timestamp\na,x,2024-01-01\nb,,2024-01-02\n", 3, 2, "item_id is empty"),
+        ("user_id,item_id,timestamp\na,x,yesterday\n", 2, 3, "not an ISO-8601"),
+        ("user_id,item_id,timestamp,quantity\na,x,2024-01-01,-2\n", 2, 4, "integer >= 1"),
+        ("order_id,user_id,order_number,product_id\n1,5,one,7\n", 2, 3, "order_number must be an integer"),
+        ("user,thing,when\na,b,c\n", 1, 0, "cannot tell the format"),
+    ],
+)
+def test_bad_rows_are_refused_with_file_line_and_column(
+    tmp_path: Path, text: str, line: int, column: int, words: str
+) -> None:
+    path = write(tmp_path / "bad.csv", text)
+    with pytest.raises(InputFileError) as caught:
+        read_purchase_log(path)
+    assert (caught.value.line, caught.value.column) == (line, column)
+    assert words in caught.value.reason
+    assert str(caught.value).startswith(f"{path}:{line}:{column}: ")
+
+
+def test_invalid_utf8_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"user_id,item_id,timestamp\na,caf\xe9,2024-01-01\n")
+    with pytest.raises(InputFileError) as caught:
+        read_purchase_log(path)
+    assert (caught.value.line, caught.value.column) == (2, 6)
+    assert "UTF-8" in caught.value.reason
+
+
+def test_order_shared_by_two_users_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "o.csv", "order_id,user_id,order_number,product_id\n1,5,1,7\n1,6,1,8\n")
+    with pytest.raises(InputFileError, match="belongs to more than one user_id"):
+        read_purchase_log(path)
+
+
+def test_cli_reports_error_without_traceback_and_keeps_previous_log(tmp_path: Path, capsys) -> None:
+    workspace = Workspace.resolve(tmp_path / "ws")
+    good = write(tmp_path / "good.csv", "user_id,item_id,timestamp\na,x,2024-01-01\n")
+    ingest(good, workspace)
+    before = workspace.interactions.read_bytes()
+    bad = write(tmp_path / "bad.csv", "user_id,item_id,timestamp\na,x,never\n")
+    code = main(["ingest", str(bad), "--workspace", str(workspace.root)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}:2:3:" in err
+    assert "Traceback" not in err
+    assert workspace.interactions.read_bytes() == before
+
+
+def test_forced_format_must_match_the_columns(tmp_path: Path) -> None:
+    path = write(tmp_path / "g.csv", "user_id,item_id,timestamp\na,x,2024-01-01\n")
+    with pytest.raises(InputFileError, match="instacart format needs column"):
+        read_purchase_log(path, "instacart")
