@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_generic_log
+from structlog.testing import capture_logs
+
+import endcap
+from endcap.ingest import read_purchase_log
+from endcap.models import load_catalog, save_catalog
+from endcap.plugins.als import AlsCandidates, AlsCandidatesConfig
+from endcap.plugins.blocklist import BlocklistFilter, BlocklistFilterConfig
+from endcap.plugins.item2item import ItemToItemCandidates, ItemToItemCandidatesConfig
+from endcap.plugins.linear_ranker import LinearRanker, LinearRankerConfig
+from endcap.plugins.popularity import PopularityCandidates, PopularityCandidatesConfig
+from endcap.plugins.repurchase import RepurchaseCandidates, RepurchaseCandidatesConfig
+from endcap.plugins.structlog_monitor import StructlogMonitor, StructlogMonitorConfig
+from endcap.training import build_training_data
+from endcap.types import Query, StageTimings, UserFeatures
+
+NO_USER = UserFeatures(stats={})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> endcap.TrainingData:
+    path = tmp_path_factory.mktemp("log") / "log.csv"
+    make_generic_log().to_csv(path, index=False)
+    frame, _ = read_purchase_log(path)
+    return build_training_data(frame)
+
+
+def fitted(component: endcap.Component, data: endcap.TrainingData, tmp_path: Path) -> endcap.Component:
+    """Fit, then load into a fresh instance from what was saved (as serving does)."""
+    component.fit(data, tmp_path)
+    save_catalog(tmp_path, data.catalog, data.user_items)
+    catalog, user_items = load_catalog(tmp_path)
+    fresh = type(component)(component.name, component.config)
+    fresh.load(endcap.ModelContext(catalog, user_items, tmp_path))
+    return fresh
+
+
+def query_for(data: endcap.TrainingData, user_id: str, k: int = 10) -> Query:
+    known = np.flatnonzero(data.catalog.user_ids == user_id)
+    return Query(user_id=user_id, user_index=int(known[0]) if known.size else -1, k=k)
+
+
+def assert_well_formed(result: endcap.Candidates, n: int, n_items: int) -> None:
+    assert len(result) <= n
+    assert result.ids.dtype == np.int32 and result.scores.dtype == np.float32
+    assert np.unique(result.ids).size == len(result)
+    assert ((result.ids >= 0) & (result.ids < n_items)).all()
+    assert (np.diff(result.scores) <= 1e-6).all(), "scores must come best first"
+
+
+def test_popularity_ranks_by_purchase_count(data: endcap.TrainingData, tmp_path: Path) -> None:
+    generator = fitted(PopularityCandidates("popularity", PopularityCandidatesConfig()), data, tmp_path)
+    result = generator.generate(query_for(data, "nobody"), NO_USER, 5)
+    counts = np.bincount(data.interactions["item_index"], minlength=data.catalog.n_items)
+    assert result.ids.tolist() == np.argsort(-counts, kind="stable")[:5].tolist()
+    assert_well_formed(result, 5, data.catalog.n_items)
+
+
+def test_repurchase_prefers_recent_frequent_purchases(tmp_path: Path) -> None:
+    rows = [("a", "old", f"2024-01-0{d}") for d in (1, 2, 3)] + [("a", "new", "2024-01-09"), ("a", "x", "2024-01-09")]
+    rows += [("a", "x", f"2024-01-0{d}") for d in (4, 5, 6, 7, 8)]
+    path = tmp_path / "log.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+    data = build_training_data(read_purchase_log(path)[0])
+    generator = fitted(RepurchaseCandidates("repurchase", RepurchaseCandidatesConfig(half_life_orders=1)), data, tmp_path)
+    result = generator.generate(query_for(data, "a"), NO_USER, 10)
+    assert data.catalog.item_ids[result.ids].tolist() == ["x", "new", "old"]
+    assert len(generator.generate(query_for(data, "b"), NO_USER, 10)) == 0
+
+
+def test_als_recommends_and_folds_in_users_it_has_not_seen(data: endcap.TrainingData, tmp_path: Path) -> None:
+    generator = fitted(AlsCandidates("als", AlsCandidatesConfig(factors=8, iterations=5)), data, tmp_path)
+    result = generator.generate(query_for(data, "u3"), NO_USER, 20)
+    assert len(result) == 20
+    assert_well_formed(result, 20, data.catalog.n_items)
+    history = UserFeatures(
+        stats={"orders": 2.0},
+        items=np.array([0, 1, 2], dtype=np.int32),
+        item_stats={"times_bought": np.array([2, 1, 1], dtype=np.float32)},
+    )
+    folded = generator.generate(query_for(data, "newcomer"), history, 10)
+    assert len(folded) == 10
+    assert len(generator.generate(query_for(data, "newcomer"), NO_USER, 10)) == 0
+    similar = generator.similar(0, 5)
+    assert 0 not in similar.ids and len(similar) == 5
+
+
+def test_item2item_neighbours_are_co_purchased(data: endcap.TrainingData, tmp_path: Path) -> None:
+    generator = fitted(ItemToItemCandidates("item2item", ItemToItemCandidatesConfig(neighbours=10)), data, tmp_path)
+    similar = generator.similar(0, 5)
+    assert 0 not in similar.ids
+    co_bought = data.user_items[:, 0].T @ data.user_items
+    assert all(co_bought[0, i] > 0 for i in similar.ids)
+    result = generator.generate(query_for(data, "u3"), NO_USER, 15)
+    assert_well_formed(result, 15, data.catalog.n_items)
+    assert len(result) > 0
+
+
+def test_linear_ranker_weighs_named_features_and_ignores_others() -> None:
+    ranker = LinearRanker("ranker", LinearRankerConfig(weights={"source.a": 1.0, "product.purchases": -1.0}))
+    features = endcap.FeatureMatrix(
+        ids=np.array([5, 6, 7], dtype=np.int32),
+        names=("source.a", "product.purchases", "unweighted"),
+        values=np.array([[1.0, 0.0, 100.0], [0.5, 0.0, 0.0], [1.0, 9.0, 0.0]], dtype=np.float32),
+    )
+    scores = ranker.score(Query("u", 0, 3), features)
+    assert scores.shape == (3,)
+    assert scores[0] > scores[1] > scores[2]
+
+
+def test_blocklist_drops_listed_items_only(data: endcap.TrainingData, tmp_path: Path) -> None:
+    rule = BlocklistFilter("recalled", BlocklistFilterConfig(item_ids=["i1", "not-in-catalog"]))
+    rule.load(endcap.ModelContext(data.catalog, data.user_items, tmp_path))
+    ids = np.array([0, 1, 2], dtype=np.int32)
+    blocked = int(np.flatnonzero(data.catalog.item_ids == "i1")[0])
+    assert rule.keep(Query("u", 0, 3), ids).tolist() == [i != blocked for i in ids]
+
+
+def test_structlog_monitor_writes_one_line_per_request() -> None:
+    record = endcap.RequestRecord(
+        request_id="r1",
+        query=Query("u1", 0, 2),
+        model_version="v1",
+        candidates_per_source={"als": 30},
+        item_ids=("i1", "i2"),
+        scores=np.array([1.0, 0.5], dtype=np.float32),
+        timings=StageTimings({"rank": 0.25}),
+    )
+    with capture_logs() as logs:
+        StructlogMonitor("log", StructlogMonitorConfig()).on_request(record)
+        StructlogMonitor("quiet", StructlogMonitorConfig(sample_rate=0.0)).on_request(record)
+    assert len(logs) == 1
+    line = logs[0]
+    assert line["event"] == "recommend"
+    assert line["request_id"] == "r1" and line["user_id"] == "u1" and line["k"] == 2
+    assert line["candidates"] == {"als": 30} and line["stage_ms"] == {"rank": 0.25}
+    assert line["model_version"] == "v1"
+    assert "items" not in line

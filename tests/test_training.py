@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_generic_log
+
+import endcap
+from endcap.config import EndcapConfig
+from endcap.errors import FailedPrecondition, NotFound
+from endcap.ingest import ingest
+from endcap.models import ModelRegistry
+from endcap.plugin_host import PluginHost
+from endcap.training import train
+from endcap.workspace import Workspace
+
+
+class TrainsPopularityItself:
+    """Implements the training hook for one component and leaves the rest to Endcap."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @endcap.hookimpl
+    def endcap_train_component(self, component: Any, data: Any, directory: Path) -> Any:
+        self.seen.append(component.name)
+        if component.name == "popularity":
+            component.fit(data, directory)
+            (directory / "extra.txt").write_text("written by the hook")
+            return {"trained_by": "hook"}
+        return None
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    path = tmp_path / "log.csv"
+    make_generic_log(users=12, items=20, baskets=3).to_csv(path, index=False)
+    workspace = Workspace.resolve(tmp_path / "ws")
+    ingest(path, workspace)
+    return workspace
+
+
+def test_train_writes_a_complete_version_and_makes_it_current(workspace: Workspace) -> None:
+    plugin = TrainsPopularityItself()
+    manifest = train(workspace, PluginHost(EndcapConfig(), extra_plugins={"hooked": plugin}))
+    registry = ModelRegistry(workspace.models)
+    assert registry.current() == manifest.version
+    directory = registry.path()
+    assert (directory / "catalog.npz").exists() and (directory / "user_items.npz").exists()
+    saved = json.loads((directory / "manifest.json").read_text())
+    assert saved["data_fingerprint"] == json.loads(workspace.ingest_manifest.read_text())["fingerprint"]
+    assert saved["users"] == 12 and saved["training_rows"] > 0
+    assert saved["components"]["candidates/als"]["params"]["factors"] == 64
+    assert saved["components"]["candidates/popularity"]["params"] == {"trained_by": "hook"}
+    assert (directory / "components/candidates/popularity/extra.txt").exists()
+    assert sorted(plugin.seen) == sorted(["popularity", "repurchase", "als", "item2item", "ranker", "request_log"])
+    assert not list(workspace.models.glob(".staging-*"))
+
+
+def test_no_promote_keeps_the_current_version(workspace: Workspace) -> None:
+    host = PluginHost(EndcapConfig())
+    first = train(workspace, host)
+    second = train(workspace, host, promote=False)
+    registry = ModelRegistry(workspace.models)
+    assert registry.current() == first.version
+    assert registry.versions() == sorted([first.version, second.version])
+    registry.set_current(second.version)
+    assert registry.current() == second.version
+    with pytest.raises(NotFound, match="no model version 'v0'"):
+        registry.set_current("v0")
+
+
+def test_failed_training_leaves_no_partial_version(workspace: Workspace) -> None:
+    class Broken:
+        @endcap.hookimpl
+        def endcap_train_component(self, component: Any, data: Any, directory: Path) -> Any:
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(workspace, PluginHost(EndcapConfig(), extra_plugins={"broken": Broken()}))
+    assert ModelRegistry(workspace.models).versions() == []
+    assert not list(workspace.models.glob(".staging-*"))
+
+
+def test_training_without_a_log_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="run 'endcap ingest PATH'"):
+        train(Workspace.resolve(tmp_path), PluginHost(EndcapConfig()))
