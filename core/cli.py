@@ -19,7 +19,11 @@ def _say(message: str) -> None:
 
 
 def _limit_blas_threads() -> None:
-    """implicit runs its own threads; BLAS threads on top of them only contend."""
+    """implicit runs its own threads; BLAS threads on top of them only contend.
+
+    The limit applies to BLAS libraries already loaded, so load SciPy's and implicit's first."""
+    import implicit.cpu.als  # noqa: F401
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")

@@ -194,3 +194,17 @@ def test_sigterm_drains_and_exits_zero(workspace: Path, tmp_path: Path) -> None:
         assert pb_grpc.RecommendationServiceStub(channel).Recommend(pb.RecommendRequest(user_id="1"), timeout=5).items
     assert stop_server(running) == 0
     assert '"event": "stopped"' in running.stderr_path.read_text()
+
+
+def test_cli_plugins_lists_builtins_with_versions_hooks_and_types(tmp_path: Path) -> None:
+    out = run_cli("plugins", workspace=tmp_path).stdout
+    assert "als 0.1.0  (endcap.plugins.als)" in out
+    assert "hooks: endcap_register_components" in out
+    assert "components: candidates:als" in out
+    assert "components: filters:blocklist" in out
+
+
+def test_cli_errors_name_the_problem_without_traceback(tmp_path: Path) -> None:
+    result = run_cli("train", workspace=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "run 'endcap ingest PATH'" in result.stderr and "Traceback" not in result.stderr
