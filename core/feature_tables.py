@@ -1,7 +1,8 @@
 """Feature tables computed from the canonical purchase log (pure pandas, no Feast).
 
-Every table carries ``event_timestamp`` (the newest purchase in the log: the time the
-statistics are valid for) and ``created_timestamp`` (when they were computed).
+Every table carries ``event_timestamp`` (the snapshot time: the statistics use only purchases
+before it) and ``created_timestamp`` (when they were computed). The offline store keeps every
+snapshot, for point-in-time joins; the online store is materialized from the newest.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought")
 
 
 def add_basket_index(log: pd.DataFrame) -> pd.DataFrame:
-    """Add ``basket_index``: 0 for each user's first basket, counting up in time order."""
+    """Add ``basket_index``: 0 for each user's first basket, counting up in time order
+    (a basket's time is its earliest line)."""
     baskets = (
-        log[["user_id", "basket_id", "timestamp"]]
-        .drop_duplicates(["user_id", "basket_id"])
+        log.groupby(["user_id", "basket_id"], sort=False)["timestamp"]
+        .min()
+        .reset_index()
         .sort_values(["user_id", "timestamp", "basket_id"], kind="stable")
     )
     baskets["basket_index"] = baskets.groupby("user_id", sort=False).cumcount().astype(np.int32)
+    log = log.drop(columns=["basket_index"], errors="ignore")
     return log.merge(baskets[["user_id", "basket_id", "basket_index"]], on=["user_id", "basket_id"], how="left")
 
 
@@ -33,14 +37,39 @@ def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> p
     return frame.reset_index(drop=True)
 
 
-def compute_feature_tables(log: pd.DataFrame, created: pd.Timestamp | None = None) -> Mapping[str, pd.DataFrame]:
-    """``user_stats``, ``product_stats`` and ``user_product_stats`` from the canonical log."""
-    log = add_basket_index(log) if "basket_index" not in log.columns else log
-    as_of = log["timestamp"].max()
-    created = created if created is not None else pd.Timestamp.now(tz="UTC")
+def serving_cutoff(log: pd.DataFrame) -> pd.Timestamp:
+    """The snapshot time that includes the whole log: just after its newest line."""
+    return log["timestamp"].max() + pd.Timedelta(microseconds=1)
 
+
+def day_cutoffs(times: pd.Series) -> list[pd.Timestamp]:
+    """Midnights (UTC) of the days in ``times``: snapshots that see only earlier days."""
+    return sorted(pd.DatetimeIndex(times).floor("D").unique())
+
+
+def compute_feature_tables(
+    log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
+) -> Mapping[str, pd.DataFrame]:
+    """``user_stats``, ``product_stats`` and ``user_product_stats``, one snapshot per cutoff.
+
+    A snapshot at ``t`` is computed from the lines strictly before ``t`` and stamped
+    ``event_timestamp = t``, so a point-in-time join at ``t`` or later can see it and nothing
+    earlier can. The default is the single serving snapshot (:func:`serving_cutoff`).
+    """
+    created = created if created is not None else pd.Timestamp.now(tz="UTC")
+    snapshots = [
+        _snapshot(log[log["timestamp"] < cutoff], cutoff, created) for cutoff in (cutoffs or [serving_cutoff(log)])
+    ]
+    snapshots = [s for s in snapshots if s is not None]
+    return {name: pd.concat([s[name] for s in snapshots], ignore_index=True) for name in snapshots[0]}
+
+
+def _snapshot(log: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
+    if log.empty:
+        return None
+    log = add_basket_index(log)
     baskets = log.groupby(["user_id", "basket_index"], sort=False).agg(
-        size=("item_id", "size"), timestamp=("timestamp", "first")
+        size=("item_id", "size"), timestamp=("timestamp", "min")
     )
     per_user = baskets.groupby(level="user_id")
     span_days = (per_user["timestamp"].max() - per_user["timestamp"].min()).dt.total_seconds() / 86400.0

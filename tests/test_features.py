@@ -42,8 +42,20 @@ def test_feature_tables_hold_the_expected_statistics() -> None:
     assert pairs.loc["a", "item_ids"] == ["x", "y", "z"]
     assert pairs.loc["a", "times_bought"] == [2, 1, 1]
     assert pairs.loc["a", "orders_since_last_bought"] == [1, 2, 0]
-    as_of = pd.Timestamp("2024-01-11", tz="UTC")
+    as_of = pd.Timestamp("2024-01-11", tz="UTC") + pd.Timedelta(microseconds=1)
     assert all((t["event_timestamp"] == as_of).all() for t in tables.values())
+
+
+def test_a_snapshot_sees_only_purchases_before_its_cutoff() -> None:
+    early, late = pd.Timestamp("2024-01-05", tz="UTC"), pd.Timestamp("2024-01-12", tz="UTC")
+    tables = compute_feature_tables(tiny_log(), cutoffs=[early, late])
+    users = tables["user_stats"].set_index(["user_id", "event_timestamp"])
+    assert users.loc[("a", early), "orders"] == 1
+    assert users.loc[("a", late), "orders"] == 3
+    assert ("b", early) in users.index  # b bought on 2024-01-03
+    products = tables["product_stats"].set_index(["item_id", "event_timestamp"])
+    assert ("z", early) not in products.index
+    assert products.loc[("x", early), "purchases"] == 2  # a on 01-01, b on 01-03
 
 
 def test_online_store_serves_one_row_per_user_with_arrays(synthetic_workspace: Path) -> None:
