@@ -57,10 +57,11 @@ def cmd_ingest(args: argparse.Namespace, workspace: Workspace) -> int:
 
 def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
     from endcap.feature_store import write_and_materialize
-    from endcap.feature_tables import compute_feature_tables
+    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
     from endcap.ingest import load_interactions
 
-    tables = compute_feature_tables(load_interactions(workspace))
+    log = load_interactions(workspace)
+    tables = compute_feature_tables(log, cutoffs=feature_cutoffs(log))
     summary = write_and_materialize(workspace, tables)
     rows = ", ".join(f"{name} {count}" for name, count in summary.tables.items())
     _say(f"features applied and materialized as of {summary.as_of}: {rows} rows -> {workspace.feast}")

@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = (
     "als",
     "item2item",
     "linear_ranker",
+    "lightgbm_ranker",
     "blocklist",
     "structlog_monitor",
 )

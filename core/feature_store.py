@@ -80,3 +80,29 @@ class OnlineFeatures:
         rows = [{"item_id": item_id} for item_id in item_ids]
         frame = self.store.get_online_features(features=PRODUCT_FEATURES, entity_rows=rows).to_df()
         return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+
+
+class HistoricalFeatures:
+    """Point-in-time reads from the offline store (``get_historical_features``), for training."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        if not (workspace.feast / "registry.db").exists():
+            raise FailedPrecondition(f"no feature store in {workspace.root}; run 'endcap features' first")
+        self.store = open_store(workspace)
+
+    def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
+        """For each (user, time) pair, the newest snapshot at or before that time, in input order;
+        feature values are ``None`` where no snapshot is old enough."""
+        entities = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": pd.to_datetime(list(as_of), utc=True)})
+        frame = self.store.get_historical_features(entity_df=entities, features=USER_FEATURES).to_df()
+        frame = entities.merge(frame, on=["user_id", "event_timestamp"], how="left")
+        names = [f.split(":", 1)[1] for f in USER_FEATURES]
+        frame = frame.astype(object).where(frame.notna(), None)
+        return [dict(zip(names, row, strict=True)) for row in frame[names].itertuples(index=False)]
+
+    def products(self, item_ids: Sequence[str], as_of: pd.Timestamp) -> pd.DataFrame:
+        """Product statistics as of ``as_of`` for ``item_ids`` in that order (NaN when unseen)."""
+        entities = pd.DataFrame({"item_id": list(item_ids), "event_timestamp": as_of})
+        frame = self.store.get_historical_features(entity_df=entities, features=PRODUCT_FEATURES).to_df()
+        frame = entities.merge(frame, on=["item_id", "event_timestamp"], how="left")
+        return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)

@@ -128,3 +128,19 @@ def _snapshot(log: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> 
         "product_stats": _stamp(product_stats, as_of, created),
         "user_product_stats": _stamp(user_product_stats, as_of, created),
     }
+
+
+def label_baskets(log: pd.DataFrame) -> pd.DataFrame:
+    """Each user's newest basket (``user_id, basket_id, label_time``), for users with at least two:
+    what a ranker learns to predict from everything before it."""
+    log = add_basket_index(log) if "basket_index" not in log.columns else log
+    times = log.groupby(["user_id", "basket_index"], sort=False)["timestamp"].min().reset_index()
+    last = times.groupby("user_id", sort=False)["basket_index"].transform("max")
+    labels = times[(times["basket_index"] == last) & (last >= 1)]
+    return labels.rename(columns={"timestamp": "label_time"}).reset_index(drop=True)
+
+
+def feature_cutoffs(log: pd.DataFrame) -> list[pd.Timestamp]:
+    """The snapshots ``endcap features`` writes: one per day on which a label basket falls (for
+    point-in-time training joins) and the serving snapshot."""
+    return [*day_cutoffs(label_baskets(log)["label_time"]), serving_cutoff(log)]

@@ -51,6 +51,17 @@ class Recommendation:
     timings: Mapping[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A request's candidates, ready to rank."""
+
+    features: FeatureMatrix
+    source_scores: np.ndarray
+    """``candidates × sources`` scores scaled to (0, 1]; 0 where a source did not propose the item."""
+    counts: Mapping[str, int]
+    """Candidates each source returned, before merging and filtering."""
+
+
 class _Stopwatch:
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
@@ -132,14 +143,16 @@ class Pipeline:
 
     # -- Recommend ---------------------------------------------------------------------------
 
-    def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
-        request_id = request_id or uuid.uuid4().hex
-        watch = _Stopwatch()
-        user = self.model.user_features(self.read_user(query.user_id))
-        watch.lap("user_features")
+    def prepare(
+        self, query: Query, user: UserFeatures, errors: dict[str, str], watch: _Stopwatch | None = None
+    ) -> Prepared:
+        """Candidates → merge → filters → features: everything before ranking.
 
+        Serving and training both go through here, so the ranker learns from exactly the
+        feature layout it is served with.
+        """
+        watch = watch or _Stopwatch()
         wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size)
-        errors: dict[str, str] = {}
         results = self._generate(query, user, wanted, errors)
         if not any(len(c) for c in results):
             results = self._fallback(query, user, wanted, errors)
@@ -154,8 +167,20 @@ class Pipeline:
 
         features = self._features(ids, source_scores, user)
         watch.lap("features")
+        counts = {name: len(c) for name, c in zip(self.source_names, results, strict=True)}
+        return Prepared(features=features, source_scores=source_scores, counts=counts)
 
-        scores = self._rank(query, features, source_scores, errors)
+    def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
+        request_id = request_id or uuid.uuid4().hex
+        watch = _Stopwatch()
+        user = self.model.user_features(self.read_user(query.user_id))
+        watch.lap("user_features")
+
+        errors: dict[str, str] = {}
+        prepared = self.prepare(query, user, errors, watch)
+        ids, source_scores = prepared.features.ids, prepared.source_scores
+
+        scores = self._rank(query, prepared.features, source_scores, errors)
         watch.lap("rank")
 
         best = _top_k(scores, query.k)
@@ -179,7 +204,7 @@ class Pipeline:
             request_id=request_id,
             query=query,
             model_version=self.model.version,
-            candidates_per_source={name: len(c) for name, c in zip(self.source_names, results, strict=True)},
+            candidates_per_source=prepared.counts,
             item_ids=item_ids,
             scores=top_scores,
             timings=StageTimings(dict(watch.ms)),

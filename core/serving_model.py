@@ -7,18 +7,21 @@ swaps one object.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import structlog
 from endcap.errors import FailedPrecondition
-from endcap.feature_tables import PRODUCT_STATS_COLUMNS
+from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.models import Manifest, ModelRegistry, component_dir, load_catalog
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.types import Catalog, IndexArray, ModelContext, UserFeatures
+from endcap.types import Catalog, Component, IndexArray, ModelContext, UserFeatures
 from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.model")
@@ -47,21 +50,50 @@ class ServingModel:
         return self.item_lookup.get_indexer(pd.Index(item_ids, dtype=object)).astype(np.int32)
 
     def user_features(self, raw: dict[str, Any]) -> UserFeatures:
-        """Turn one online-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`."""
+        """Turn one feature-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`."""
         if raw.get("orders") is None:
             return UserFeatures(stats={})
-        stats = {
-            name: float(raw[name] or 0.0)
-            for name in ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
-        }
-        ids = self.item_indices(raw.get("item_ids") or [])
+        stats = {name: float(raw.get(name) or 0.0) for name in USER_STATS_COLUMNS}
+        ids = self.item_indices(_sequence(raw.get("item_ids")))
         known = ids >= 0
         order = np.argsort(ids[known], kind="stable")
         item_stats = {
-            name: np.asarray(raw.get(name) or [], dtype=np.float32)[known][order]
-            for name in ("times_bought", "orders_since_last_bought")
+            name: np.asarray(_sequence(raw.get(name)), dtype=np.float32)[known][order] for name in USER_PRODUCT_COLUMNS
         }
         return UserFeatures(stats=stats, items=ids[known][order], item_stats=item_stats)
+
+
+def _sequence(value: Any) -> Any:
+    """Feature-store arrays arrive as lists, numpy arrays or ``None``."""
+    return [] if value is None else value
+
+
+def load_components(
+    components: Iterable[Component], directory: Path, catalog: Catalog, user_items: sp.csr_matrix
+) -> None:
+    """Give each component the state ``fit`` saved under ``directory`` (a model version)."""
+    for component in components:
+        kind = kind_of(type(component))
+        context = ModelContext(catalog, user_items, component_dir(directory, kind, component.name))
+        try:
+            component.load(context)
+        except FileNotFoundError as exc:
+            raise FailedPrecondition(
+                f"{kind} {component.name!r} has no trained state in {directory} ({exc.filename}); "
+                "run 'endcap train' after changing endcap.yaml"
+            ) from exc
+
+
+def assemble(manifest: Manifest, catalog: Catalog, components: Components, products: pd.DataFrame) -> ServingModel:
+    """A serving model from loaded components and the product statistics (rows in catalogue order)."""
+    return ServingModel(
+        manifest=manifest,
+        catalog=catalog,
+        components=components,
+        user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
+        item_lookup=pd.Index(catalog.item_ids.astype(object)),
+        product_features=np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32)),
+    )
 
 
 def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, version: str | None = None) -> ServingModel:
@@ -72,25 +104,8 @@ def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, vers
     manifest = registry.manifest(directory.name)
     catalog, user_items = load_catalog(directory)
     components = host.build_components()
-    for component in components.all():
-        kind = kind_of(type(component))
-        context = ModelContext(catalog, user_items, component_dir(directory, kind, component.name))
-        try:
-            component.load(context)
-        except FileNotFoundError as exc:
-            raise FailedPrecondition(
-                f"{kind} {component.name!r} has no trained state in model {manifest.version} ({exc.filename}); "
-                "run 'endcap train' after changing endcap.yaml"
-            ) from exc
-    product_frame = online.products(list(catalog.item_ids))
-    model = ServingModel(
-        manifest=manifest,
-        catalog=catalog,
-        components=components,
-        user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
-        item_lookup=pd.Index(catalog.item_ids.astype(object)),
-        product_features=np.nan_to_num(product_frame.to_numpy(np.float32)),
-    )
+    load_components(components.all(), directory, catalog, user_items)
+    model = assemble(manifest, catalog, components, online.products(list(catalog.item_ids)))
     log.info(
         "model_loaded",
         version=manifest.version,

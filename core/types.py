@@ -149,6 +149,23 @@ class Event:
 
 
 @dataclass(frozen=True)
+class RankingExamples:
+    """Learning-to-rank examples built the way serving builds a request's features.
+
+    For each user with at least two baskets, the candidate generators are trained on everything
+    before the user's newest basket, features come from point-in-time reads of the offline
+    store as of that basket, and a candidate's label is 1 when it is in that basket.
+    Rows of one user are consecutive; ``groups`` holds the row count of each user in order.
+    """
+
+    names: tuple[str, ...]
+    values: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.float32]
+    groups: npt.NDArray[np.int32]
+    user_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TrainingData:
     """The ingested purchase log, as components see it at training time."""
 
@@ -158,6 +175,8 @@ class TrainingData:
     0-based, int32), ``timestamp`` (UTC), ``quantity`` (int32), sorted by user then time."""
     user_items: sp.csr_matrix
     """Users × items purchase counts (float32)."""
+    ranking_examples: RankingExamples | None = None
+    """Set when the configured ranker declares ``needs_ranking_examples``."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +224,9 @@ class CandidateGenerator(Component):
 
 class Ranker(Component):
     """Scores the merged candidates of a request."""
+
+    needs_ranking_examples: ClassVar[bool] = False
+    """Set to ``True`` to receive :attr:`TrainingData.ranking_examples` in ``fit``."""
 
     @abstractmethod
     def score(self, query: Query, features: FeatureMatrix) -> ScoreArray:

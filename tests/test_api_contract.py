@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pluggy
-
 from endcap import hookspecs
 
 ROOT = Path(__file__).resolve().parent.parent

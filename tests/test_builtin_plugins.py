@@ -2,13 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import endcap
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_generic_log
-from structlog.testing import capture_logs
-
-import endcap
 from endcap.ingest import read_purchase_log
 from endcap.models import load_catalog, save_catalog
 from endcap.plugins.als import AlsCandidates, AlsCandidatesConfig
@@ -18,8 +16,9 @@ from endcap.plugins.linear_ranker import LinearRanker, LinearRankerConfig
 from endcap.plugins.popularity import PopularityCandidates, PopularityCandidatesConfig
 from endcap.plugins.repurchase import RepurchaseCandidates, RepurchaseCandidatesConfig
 from endcap.plugins.structlog_monitor import StructlogMonitor, StructlogMonitorConfig
-from endcap.training import build_training_data
+from endcap.training_data import build_training_data
 from endcap.types import Query, StageTimings, UserFeatures
+from structlog.testing import capture_logs
 
 NO_USER = UserFeatures(stats={})
 
@@ -69,7 +68,9 @@ def test_repurchase_prefers_recent_frequent_purchases(tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
     data = build_training_data(read_purchase_log(path)[0])
-    generator = fitted(RepurchaseCandidates("repurchase", RepurchaseCandidatesConfig(half_life_orders=1)), data, tmp_path)
+    generator = fitted(
+        RepurchaseCandidates("repurchase", RepurchaseCandidatesConfig(half_life_orders=1)), data, tmp_path
+    )
     result = generator.generate(query_for(data, "a"), NO_USER, 10)
     assert data.catalog.item_ids[result.ids].tolist() == ["x", "new", "old"]
     assert len(generator.generate(query_for(data, "b"), NO_USER, 10)) == 0

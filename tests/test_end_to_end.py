@@ -11,13 +11,12 @@ import grpc
 import pandas as pd
 import pytest
 from conftest import RunningServer, run_cli, start_server, stop_server
-from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from endcap.demo_data import instacart_sample
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 SLICE_USERS = 120
 
@@ -161,7 +160,9 @@ def test_model_info(stub: pb_grpc.RecommendationServiceStub, workspace: Path) ->
     assert "candidates/als (als)" in info.components
 
 
-def test_request_log_has_one_json_line_per_request(stub: pb_grpc.RecommendationServiceStub, server: RunningServer) -> None:
+def test_request_log_has_one_json_line_per_request(
+    stub: pb_grpc.RecommendationServiceStub, server: RunningServer
+) -> None:
     reply = stub.Recommend(pb.RecommendRequest(user_id="2", k=3), timeout=5)
     lines = [json.loads(line) for line in server.stderr_path.read_text().splitlines() if line.startswith("{")]
     logged = [line for line in lines if line.get("request_id") == reply.request_id and line["event"] == "recommend"]

@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import endcap
 import numpy as np
 import pytest
-
-import endcap
 from endcap.config import ComponentBlock, EndcapConfig
 from endcap.errors import InvalidArgument, NotFound
 from endcap.feature_store import OnlineFeatures
@@ -76,7 +75,7 @@ def test_users_own_staples_come_back(pipeline: Pipeline, online: OnlineFeatures)
 
 def test_excluded_items_never_come_back(pipeline: Pipeline) -> None:
     first, _ = pipeline.recommend(pipeline.make_query("u1", 5))
-    cart = list(first.item_ids[:3]) + ["not-a-product"]
+    cart = [*list(first.item_ids[:3]), "not-a-product"]
     answer, _ = pipeline.recommend(pipeline.make_query("u1", 5, exclude_item_ids=cart))
     assert len(answer.item_ids) == 5
     assert not set(cart) & set(answer.item_ids)
@@ -124,7 +123,9 @@ def test_failing_sources_are_dropped_and_reported(synthetic_workspace: Path, onl
     assert record.candidates_per_source["flaky"] == 0
 
 
-def test_popularity_fallback_serves_when_every_source_is_empty(synthetic_workspace: Path, online: OnlineFeatures) -> None:
+def test_popularity_fallback_serves_when_every_source_is_empty(
+    synthetic_workspace: Path, online: OnlineFeatures
+) -> None:
     candidates = {"popularity": ComponentBlock(type="failing"), "flaky": ComponentBlock(type="failing")}
     pipeline = make_pipeline(synthetic_workspace, online, candidates=candidates)
     answer, record = pipeline.recommend(pipeline.make_query("u1", 4))

@@ -4,9 +4,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import endcap
+import pytest
 from endcap.config import EndcapConfig, load_config
 from endcap.errors import ConfigError, PluginError
 from endcap.plugin_host import PluginHost

@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import endcap
 import pytest
 from conftest import make_generic_log
-
-import endcap
 from endcap.config import EndcapConfig
 from endcap.errors import FailedPrecondition, NotFound
 from endcap.ingest import ingest

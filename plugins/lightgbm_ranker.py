@@ -1,0 +1,124 @@
+"""``lightgbm``: a learned ranker (LightGBM lambdarank or binary) over the pipeline's features.
+
+Trained on :class:`endcap.RankingExamples` (point-in-time features, labels from each user's
+next basket); a request's candidates are scored in one ``predict`` call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+from pydantic import Field
+
+import endcap
+from endcap.errors import FailedPrecondition
+from endcap.types import TrainingData
+
+
+class LightGbmRankerConfig(endcap.ComponentConfig):
+    objective: Literal["lambdarank", "binary"] = "lambdarank"
+    rounds: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(20, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    validation_share: float = Field(0.15, ge=0.0, lt=1.0)
+    """Share of users held out of fitting to stop boosting when it stops helping (0: no stopping)."""
+    seed: int = 42
+
+
+class LightGbmRanker(endcap.Ranker):
+    Config = LightGbmRankerConfig
+    config: LightGbmRankerConfig
+    needs_ranking_examples = True
+
+    def __init__(self, name: str, config: LightGbmRankerConfig) -> None:
+        super().__init__(name, config)
+        self._columns_by_layout: dict[tuple[str, ...], np.ndarray] = {}
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "objective": self.config.objective,
+            "learning_rate": self.config.learning_rate,
+            "num_leaves": self.config.num_leaves,
+            "min_child_samples": self.config.min_child_samples,
+            "seed": self.config.seed,
+            "deterministic": True,
+            "num_threads": 1,
+            "verbosity": -1,
+            **({"eval_at": [10], "metric": "ndcg"} if self.config.objective == "lambdarank" else {}),
+        }
+
+    def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
+        examples = data.ranking_examples
+        if examples is None or examples.labels.sum() == 0:
+            raise FailedPrecondition(
+                f"ranker {self.name!r} needs users with at least two baskets whose newest basket holds a "
+                "candidate; ingest a longer purchase log"
+            )
+        bounds = np.concatenate([[0], np.cumsum(examples.groups)])
+        positive = np.add.reduceat(examples.labels, bounds[:-1]) > 0 if examples.groups.size else np.zeros(0, bool)
+        rng = np.random.default_rng(self.config.seed)
+        held_out = rng.random(examples.groups.size) < self.config.validation_share
+        if held_out.all() or not (positive & ~held_out).any():
+            held_out[:] = False
+        datasets = {}
+        for part, users in (("train", positive & ~held_out), ("valid", positive & held_out)):
+            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(users)] or [[]]).astype(
+                np.int64
+            )
+            if rows.size:
+                datasets[part] = lgb.Dataset(
+                    examples.values[rows],
+                    label=examples.labels[rows],
+                    group=examples.groups[users] if self.config.objective == "lambdarank" else None,
+                    feature_name=[n.replace(".", "__") for n in examples.names],
+                    free_raw_data=False,
+                )
+        callbacks = []
+        valid_sets = []
+        if "valid" in datasets:
+            datasets["valid"].reference = datasets["train"]
+            valid_sets = [datasets["valid"]]
+            callbacks.append(lgb.early_stopping(self.config.early_stopping_rounds, verbose=False))
+        booster = lgb.train(
+            self._params(), datasets["train"], self.config.rounds, valid_sets=valid_sets, callbacks=callbacks
+        )
+        booster.save_model(str(directory / "model.txt"), num_iteration=booster.best_iteration or None)
+        (directory / "features.json").write_text(json.dumps(list(examples.names)))
+        importance = booster.feature_importance("gain")
+        top = sorted(zip(examples.names, importance.tolist(), strict=True), key=lambda p: -p[1])[:5]
+        return {
+            **self.config.model_dump(),
+            "best_iteration": int(booster.best_iteration or booster.current_iteration()),
+            "training_users": int((positive & ~held_out).sum()),
+            "top_features_by_gain": {name: round(gain, 1) for name, gain in top},
+        }
+
+    def load(self, context: endcap.ModelContext) -> None:
+        self.booster = lgb.Booster(model_file=str(context.directory / "model.txt"))
+        self.names = tuple(json.loads((context.directory / "features.json").read_text()))
+
+    def _columns(self, names: tuple[str, ...]) -> np.ndarray:
+        columns = self._columns_by_layout.get(names)
+        if columns is None:
+            missing = [n for n in self.names if n not in names]
+            if missing:
+                raise ValueError(f"features {missing} the model was trained with are not served; retrain")
+            columns = np.array([names.index(n) for n in self.names], dtype=np.int64)
+            self._columns_by_layout[names] = columns
+        return columns
+
+    def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> np.ndarray:
+        values = features.values[:, self._columns(features.names)]
+        return np.asarray(self.booster.predict(values, num_threads=1), dtype=np.float32)
+
+
+@endcap.hookimpl
+def endcap_register_components(registry: Any) -> None:
+    registry.add(LightGbmRanker, type_name="lightgbm")
