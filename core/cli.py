@@ -139,6 +139,37 @@ def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, workspace: Workspace) -> int:
+    import json as json_module
+    from datetime import UTC, datetime
+
+    from endcap.evaluation import evaluate
+    from endcap.evaluation_report import as_json, markdown, write_report
+    from endcap.ingest import load_interactions
+
+    _limit_blas_threads()
+    config, host = _host(workspace)
+    log = load_interactions(workspace)
+    started = time.perf_counter()
+    results = evaluate(workspace, config, host, log)
+    source = (
+        json_module.loads(workspace.ingest_manifest.read_text())["source"] if workspace.ingest_manifest.exists() else ""
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else workspace.root / "reports" / datetime.now(UTC).strftime("evaluation-%Y%m%dT%H%M%SZ")
+    )
+    paths = write_report(results, out, source)
+    if args.json:
+        _say(as_json(results))
+    else:
+        _say(markdown(results, source))
+        _say(f"report: {paths['markdown']}\nchart: {paths['chart']}\njson: {paths['json']}")
+        _say(f"evaluation took {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
     _, host = _host(workspace)
     for info in host.plugins:
@@ -195,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch = add("batch", cmd_batch, "top-k for every known user into a CSV or Parquet file")
     batch.add_argument("--out", required=True, help="output file (.csv or .parquet)")
     batch.add_argument("--k", type=int, default=10)
+
+    evaluate = add("evaluate", cmd_evaluate, "temporal-split evaluation against baselines, with ablations")
+    evaluate.add_argument("--out", help="report directory (default: <workspace>/reports/evaluation-<time>)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON instead of markdown")
 
     add("plugins", cmd_plugins, "list the loaded plugins, their versions, hooks and component types")
     return parser

@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "item2item",
     "linear_ranker",
     "lightgbm_ranker",
+    "tifuknn",
     "blocklist",
     "structlog_monitor",
 )

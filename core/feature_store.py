@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -19,6 +20,9 @@ from endcap.feature_repo import definitions
 from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.workspace import Workspace
 from feast import FeatureStore, RepoConfig
+
+# ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
+warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
 USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_STATS_COLUMNS] + [
     f"{definitions.USER_PRODUCT_STATS}:{c}" for c in ("item_ids", *USER_PRODUCT_COLUMNS)
@@ -100,9 +104,20 @@ class HistoricalFeatures:
         frame = frame.astype(object).where(frame.notna(), None)
         return [dict(zip(names, row, strict=True)) for row in frame[names].itertuples(index=False)]
 
-    def products(self, item_ids: Sequence[str], as_of: pd.Timestamp) -> pd.DataFrame:
-        """Product statistics as of ``as_of`` for ``item_ids`` in that order (NaN when unseen)."""
-        entities = pd.DataFrame({"item_id": list(item_ids), "event_timestamp": as_of})
+    def products(self, item_ids: Sequence[str], cutoffs: Sequence[pd.Timestamp]) -> dict[pd.Timestamp, pd.DataFrame]:
+        """Product statistics as of each cutoff, for ``item_ids`` in that order (NaN when unseen),
+        read in one point-in-time join."""
+        items = pd.Index(list(item_ids), dtype=object)
+        entities = pd.DataFrame(
+            {
+                "item_id": np.tile(items.to_numpy(), len(cutoffs)),
+                "event_timestamp": np.repeat(pd.DatetimeIndex(list(cutoffs)), len(items)),
+            }
+        )
         frame = self.store.get_historical_features(entity_df=entities, features=PRODUCT_FEATURES).to_df()
         frame = entities.merge(frame, on=["item_id", "event_timestamp"], how="left")
-        return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+        values = frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+        return {
+            cutoff: values.iloc[i * len(items) : (i + 1) * len(items)].reset_index(drop=True)
+            for i, cutoff in enumerate(cutoffs)
+        }

@@ -50,6 +50,8 @@ class Manifest:
     components: dict[str, ComponentManifest]
     """By ``<kind>/<name>``."""
     endcap_version: str
+    validation: dict[str, float] = field(default_factory=dict)
+    """The pipeline's metrics on each user's newest basket, trained without it (empty when skipped)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -67,7 +69,7 @@ def component_dir(version_dir: Path, kind: str, name: str) -> Path:
 
 def save_catalog(directory: Path, catalog: Catalog, user_items: sp.csr_matrix) -> None:
     np.savez(directory / "catalog.npz", user_ids=catalog.user_ids, item_ids=catalog.item_ids)
-    sp.save_npz(directory / "user_items.npz", user_items)
+    sp.save_npz(directory / "user_items.npz", user_items, compressed=False)
 
 
 def load_catalog(directory: Path) -> tuple[Catalog, sp.csr_matrix]:

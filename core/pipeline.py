@@ -180,7 +180,7 @@ class Pipeline:
         prepared = self.prepare(query, user, errors, watch)
         ids, source_scores = prepared.features.ids, prepared.source_scores
 
-        scores = self._rank(query, prepared.features, source_scores, errors)
+        scores = self.rank(query, prepared.features, source_scores, errors)
         watch.lap("rank")
 
         best = _top_k(scores, query.k)
@@ -297,7 +297,7 @@ class Pipeline:
         ids.flags.writeable = False
         return FeatureMatrix(ids=ids, names=self.feature_names, values=values)
 
-    def _rank(
+    def rank(
         self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]
     ) -> np.ndarray:
         if features.ids.size == 0:

@@ -61,9 +61,10 @@ def build_ranking_examples(
         stub = Manifest("history", datetime.now(UTC).isoformat(), "", "", len(history_log), 0, 0, {}, "")
         blocks: list[tuple[np.ndarray, np.ndarray, str]] = []
         names: tuple[str, ...] = ()
-        for cutoff in day_cutoffs(labels["label_time"]):
-            products = historical.products(list(data.catalog.item_ids), cutoff)
-            model = assemble(stub, data.catalog, components, products)
+        cutoffs = day_cutoffs(labels["label_time"])
+        products_by_cutoff = historical.products(list(data.catalog.item_ids), cutoffs)
+        for cutoff in cutoffs:
+            model = assemble(stub, data.catalog, components, products_by_cutoff[cutoff])
             pipeline = Pipeline(model, lambda user_id: {}, config.serving)
             for row in np.flatnonzero(cutoff_of_user == cutoff):
                 user_id = str(labels["user_id"].iloc[row])

@@ -16,9 +16,19 @@ from endcap.training_data import build_training_data
 from endcap.workspace import Workspace
 
 
-def train(workspace: Workspace, host: PluginHost, promote: bool = True) -> Manifest:
-    """Fit all components and commit a new model version; make it current when ``promote``."""
+def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate: bool = True) -> Manifest:
+    """Fit all components and commit a new model version; make it current when ``promote``.
+
+    With ``validate`` the same configuration is first trained without each user's newest basket
+    and scored on it (see :func:`endcap.evaluation.holdout_metrics`); the figures go in the manifest
+    and are what ``endcap promote`` compares.
+    """
     log = load_interactions(workspace)
+    validation: dict[str, float] = {}
+    if validate:
+        from endcap.evaluation import holdout_metrics
+
+        validation = holdout_metrics(workspace, host.config, host, log)
     data = build_training_data(log)
     ingest = json.loads(workspace.ingest_manifest.read_text()) if workspace.ingest_manifest.exists() else {}
     registry = ModelRegistry(workspace.models)
@@ -52,6 +62,7 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True) -> Manif
             items=data.catalog.n_items,
             components=components,
             endcap_version=distribution_version("endcap"),
+            validation=validation,
         )
         registry.commit(staging, manifest)
     except BaseException:

@@ -11,13 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import endcap
 import lightgbm as lgb
 import numpy as np
-from pydantic import Field
-
-import endcap
 from endcap.errors import FailedPrecondition
 from endcap.types import TrainingData
+from pydantic import Field
 
 
 class LightGbmRankerConfig(endcap.ComponentConfig):

@@ -38,7 +38,7 @@ class RepurchaseCandidates(endcap.CandidateGenerator):
             (weights, (users, frame["item_index"].to_numpy())), shape=(data.catalog.n_users, data.catalog.n_items)
         )
         scores.sum_duplicates()
-        sp.save_npz(directory / "scores.npz", scores)
+        sp.save_npz(directory / "scores.npz", scores, compressed=False)
         return {"half_life_orders": self.config.half_life_orders}
 
     def load(self, context: endcap.ModelContext) -> None:
