@@ -90,9 +90,8 @@ def retrain(
     write_and_materialize(workspace, compute_feature_tables(merged, cutoffs=feature_cutoffs(merged)))
     say("step 3/4: training (with validation on each user's newest basket)")
     manifest = train(workspace, host, promote=False)
-    say(
-        f"        wrote model {manifest.version}; validation ndcg@10 {manifest.validation.get('ndcg@10', float('nan')):.4f}"
-    )
+    ndcg = manifest.validation.get("ndcg@10", float("nan"))
+    say(f"        wrote model {manifest.version}; validation ndcg@10 {ndcg:.4f}")
     say("step 4/4: promotion gate")
     promotion = promote(registry, manifest.version)
     say(f"        {manifest.version} is now current (was {promotion.previous})")

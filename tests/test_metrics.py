@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from endcap.metrics import pad_rankings, ranking_metrics, recall_curve
 
 
