@@ -16,6 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -rf endcap.egg-info  # a build leftover; on sys.path it would shadow the installed entry points
 	touch $@
 
 venv: $(STAMP)
@@ -36,7 +37,7 @@ serve: $(STAMP) demo
 	$(BIN)/endcap serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

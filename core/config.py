@@ -53,7 +53,7 @@ class ServingConfig(BaseModel):
 
 
 def _default_candidates() -> dict[str, ComponentBlock]:
-    return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "als", "item2item")}
+    return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "tifuknn", "als", "item2item")}
 
 
 class EndcapConfig(BaseModel):
@@ -64,7 +64,7 @@ class EndcapConfig(BaseModel):
     """Allow-list of plugins (entry-point names in the ``endcap`` group) to load."""
     serving: ServingConfig = ServingConfig()
     candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)
-    ranker: ComponentBlock = ComponentBlock(type="linear")
+    ranker: ComponentBlock = ComponentBlock(type="lightgbm")
     filters: dict[str, ComponentBlock] = Field(default_factory=dict)
     monitors: dict[str, ComponentBlock] = Field(
         default_factory=lambda: {"request_log": ComponentBlock(type="structlog")}

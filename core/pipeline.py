@@ -180,7 +180,10 @@ class Pipeline:
         prepared = self.prepare(query, user, errors, watch)
         ids, source_scores = prepared.features.ids, prepared.source_scores
 
-        scores = self.rank(query, prepared.features, source_scores, errors)
+        if user.known:
+            scores = self.rank(query, prepared.features, source_scores, errors)
+        else:  # cold start: nothing personal to rank on, keep the sources' own order
+            scores = source_scores.sum(axis=1)
         watch.lap("rank")
 
         best = _top_k(scores, query.k)

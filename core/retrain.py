@@ -43,10 +43,10 @@ def purchases_since(log: EventLog, offset: int) -> tuple[pd.DataFrame, int]:
     purchases = [e for e in events if e.type == "purchase"]
     frame = pd.DataFrame(
         {
-            "user_id": [e.user_id for e in purchases],
-            "item_id": [e.item_id for e in purchases],
+            "user_id": pd.Series([e.user_id for e in purchases], dtype=str),
+            "item_id": pd.Series([e.item_id for e in purchases], dtype=str),
             "timestamp": pd.to_datetime([e.timestamp for e in purchases], unit="s", utc=True),
-            "quantity": [e.quantity for e in purchases],
+            "quantity": pd.Series([e.quantity for e in purchases], dtype="int32"),
         }
     )
     frame["basket_id"] = frame["user_id"] + "@" + frame["timestamp"].dt.strftime("%Y-%m-%d")

@@ -21,13 +21,13 @@ from pydantic import Field
 
 class LightGbmRankerConfig(endcap.ComponentConfig):
     objective: Literal["lambdarank", "binary"] = "lambdarank"
-    rounds: int = Field(300, ge=1)
-    learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, ge=2)
-    min_child_samples: int = Field(20, ge=1)
+    rounds: int = Field(200, ge=1)
+    learning_rate: float = Field(0.03, gt=0)
+    num_leaves: int = Field(7, ge=2)
+    min_child_samples: int = Field(50, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
-    validation_share: float = Field(0.15, ge=0.0, lt=1.0)
-    """Share of users held out of fitting to stop boosting when it stops helping (0: no stopping)."""
+    validation_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of users held out of fitting to stop boosting when it stops helping (0: no early stopping)."""
     seed: int = 42
 
 

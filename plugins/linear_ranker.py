@@ -15,6 +15,7 @@ import numpy as np
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "source.repurchase": 2.0,
+    "source.tifuknn": 1.0,
     "source.als": 1.0,
     "source.item2item": 1.0,
     "source.popularity": 0.3,

@@ -62,7 +62,7 @@ def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built through the Python API (the end-to-end test drives the CLI instead)."""
     from endcap.config import load_config
     from endcap.feature_store import write_and_materialize
-    from endcap.feature_tables import compute_feature_tables
+    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
     from endcap.ingest import ingest, load_interactions
     from endcap.plugin_host import PluginHost
     from endcap.training import train
@@ -73,8 +73,9 @@ def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_generic_log().to_csv(log_path, index=False)
     workspace = Workspace.resolve(root / "ws")
     ingest(log_path, workspace)
-    write_and_materialize(workspace, compute_feature_tables(load_interactions(workspace)))
-    train(workspace, PluginHost(load_config(workspace.root)))
+    log = load_interactions(workspace)
+    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
+    train(workspace, PluginHost(load_config(workspace.root)), validate=False)
     return workspace.root
 
 

@@ -44,13 +44,15 @@ class Registers:
 def test_builtin_plugins_load_through_entry_points() -> None:
     host = PluginHost(EndcapConfig())
     names = {p.name for p in host.plugins}
-    assert {"popularity", "repurchase", "als", "item2item", "linear_ranker", "blocklist", "structlog_monitor"} <= names
+    assert {"popularity", "repurchase", "tifuknn", "als", "item2item", "lightgbm_ranker", "linear_ranker"} <= names
+    assert {"blocklist", "structlog_monitor"} <= names
     popularity = next(p for p in host.plugins if p.name == "popularity")
     assert popularity.version == "0.1.0"
     assert popularity.hooks == ("endcap_register_components",)
     assert host.registry.get("candidates", "popularity").cls is PopularityCandidates
     components = host.build_components()
-    assert list(components.candidates) == ["popularity", "repurchase", "als", "item2item"]
+    assert list(components.candidates) == ["popularity", "repurchase", "tifuknn", "als", "item2item"]
+    assert components.ranker.name == "ranker" and type(components.ranker).__name__ == "LightGbmRanker"
 
 
 def test_each_host_has_its_own_plugin_manager() -> None:
@@ -103,8 +105,8 @@ def test_component_settings_are_validated_with_file_key_and_reason(tmp_path: Pat
 
 
 def test_unknown_component_type_lists_the_allowed_ones(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "ranker: {type: lightgbm}\n")
-    with pytest.raises(ConfigError, match=r"ranker.type: unknown ranker type 'lightgbm'; allowed: linear"):
+    config = write_config(tmp_path, "ranker: {type: xgboost}\n")
+    with pytest.raises(ConfigError, match=r"ranker.type: unknown ranker type 'xgboost'; allowed: lightgbm, linear"):
         PluginHost(config).build_components()
 
 

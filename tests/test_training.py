@@ -9,7 +9,9 @@ import pytest
 from conftest import make_generic_log
 from endcap.config import EndcapConfig
 from endcap.errors import FailedPrecondition, NotFound
-from endcap.ingest import ingest
+from endcap.feature_store import write_and_materialize
+from endcap.feature_tables import compute_feature_tables, feature_cutoffs
+from endcap.ingest import ingest, load_interactions
 from endcap.models import ModelRegistry
 from endcap.plugin_host import PluginHost
 from endcap.training import train
@@ -38,6 +40,8 @@ def workspace(tmp_path: Path) -> Workspace:
     make_generic_log(users=12, items=20, baskets=3).to_csv(path, index=False)
     workspace = Workspace.resolve(tmp_path / "ws")
     ingest(path, workspace)
+    log = load_interactions(workspace)
+    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
     return workspace
 
 
@@ -54,14 +58,18 @@ def test_train_writes_a_complete_version_and_makes_it_current(workspace: Workspa
     assert saved["components"]["candidates/als"]["params"]["factors"] == 64
     assert saved["components"]["candidates/popularity"]["params"] == {"trained_by": "hook"}
     assert (directory / "components/candidates/popularity/extra.txt").exists()
-    assert sorted(plugin.seen) == sorted(["popularity", "repurchase", "als", "item2item", "ranker", "request_log"])
+    assert set(plugin.seen) == {"popularity", "repurchase", "tifuknn", "als", "item2item", "ranker", "request_log"}
+    # the validation model, then the model itself; candidates also once more each for the ranker's examples
+    assert plugin.seen.count("ranker") == 2 and plugin.seen.count("als") == 4
+    assert saved["validation"]["users"] == 12 and 0 < saved["validation"]["ndcg@10"] <= 1
+    assert saved["components"]["ranker/ranker"]["type"] == "lightgbm"
     assert not list(workspace.models.glob(".staging-*"))
 
 
 def test_no_promote_keeps_the_current_version(workspace: Workspace) -> None:
     host = PluginHost(EndcapConfig())
-    first = train(workspace, host)
-    second = train(workspace, host, promote=False)
+    first = train(workspace, host, validate=False)
+    second = train(workspace, host, promote=False, validate=False)
     registry = ModelRegistry(workspace.models)
     assert registry.current() == first.version
     assert registry.versions() == sorted([first.version, second.version])
@@ -78,7 +86,7 @@ def test_failed_training_leaves_no_partial_version(workspace: Workspace) -> None
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        train(workspace, PluginHost(EndcapConfig(), extra_plugins={"broken": Broken()}))
+        train(workspace, PluginHost(EndcapConfig(), extra_plugins={"broken": Broken()}), validate=False)
     assert ModelRegistry(workspace.models).versions() == []
     assert not list(workspace.models.glob(".staging-*"))
 

@@ -1,0 +1,105 @@
+"""Model registry, promotion gate, `endcap models`, and the retrain job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_generic_log, run_cli
+from endcap.config import EndcapConfig
+from endcap.events import EventLog
+from endcap.feature_store import write_and_materialize
+from endcap.feature_tables import compute_feature_tables, feature_cutoffs
+from endcap.ingest import ingest, load_interactions
+from endcap.models import Manifest, ModelRegistry
+from endcap.plugin_host import PluginHost
+from endcap.promotion import GateRefused, promote
+from endcap.retrain import retrain
+from endcap.types import Event
+from endcap.workspace import Workspace
+
+
+def commit_version(registry: ModelRegistry, version: str, ndcg: float | None) -> None:
+    staging = registry.staging_dir()
+    validation = {} if ndcg is None else {"ndcg@10": ndcg, "recall@10": ndcg / 2}
+    registry.commit(
+        staging, Manifest(version, "2026-01-01T00:00:00+00:00", "f" * 64, "x", 10, 2, 3, {}, "0", validation)
+    )
+
+
+def test_gate_refuses_a_worse_version_unless_forced(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    commit_version(registry, "v1", 0.30)
+    assert promote(registry).version == "v1"
+    commit_version(registry, "v2", 0.25)
+    with pytest.raises(GateRefused, match=r"v2 is worse than the current v1 on validation ndcg@10: 0.2500 < 0.3000"):
+        promote(registry, "v2")
+    assert registry.current() == "v1"
+    commit_version(registry, "v3", 0.31)
+    assert promote(registry).version == "v3"  # newest by default
+    assert promote(registry, "v2", force=True).previous == "v3"
+    assert registry.current() == "v2"
+    commit_version(registry, "v4", None)
+    with pytest.raises(GateRefused, match="has no validation ndcg@10"):
+        promote(registry, "v4")
+
+
+def test_cli_promote_and_models(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    commit_version(registry, "v1", 0.30)
+    commit_version(registry, "v2", 0.20)
+    assert "v2 is now current" in run_cli("promote", "v2", workspace=tmp_path).stdout
+    refused = run_cli("promote", "v1", workspace=tmp_path, check=False)
+    assert refused.returncode == 0  # v1 is better: promoted
+    worse = run_cli("promote", "v2", workspace=tmp_path, check=False)
+    assert worse.returncode == 1 and "worse than the current v1" in worse.stderr
+    listing = run_cli("models", workspace=tmp_path).stdout.splitlines()
+    assert listing[1].startswith("  v1") is False and listing[1].startswith("* v1")
+    assert "0.3000" in listing[1] and "0.2000" in listing[2]
+
+
+def test_retrain_takes_new_purchases_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    make_generic_log(users=20, items=25, baskets=5).to_csv(path, index=False)
+    workspace = Workspace.resolve(tmp_path / "ws")
+    ingest(path, workspace)
+    log = load_interactions(workspace)
+    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
+    host = PluginHost(EndcapConfig())
+    messages: list[str] = []
+
+    first = retrain(workspace, host, say=messages.append)
+    assert first.version is not None and ModelRegistry(workspace.models).current() == first.version
+    manifest = ModelRegistry(workspace.models).manifest()
+    assert manifest.validation["ndcg@10"] > 0
+
+    again = retrain(workspace, host, say=messages.append)
+    assert again.skipped and again.version is None
+    assert any("nothing new" in m for m in messages)
+
+    EventLog(workspace.events_log).append(
+        [
+            Event("u1", "i3", "purchase", 1, 1_800_000_000.0),
+            Event("u1", "i4", "view", 1, 1_800_000_000.0),
+            Event("new-user", "i3", "purchase", 2, 1_800_000_100.0),
+        ]
+    )
+    registry = ModelRegistry(workspace.models)
+    commit_version(registry, "v-excellent", 1.0)  # a current model nothing can beat
+    registry.set_current("v-excellent")
+    with pytest.raises(GateRefused, match="the current model stays"):
+        retrain(workspace, host, say=messages.append)
+    assert registry.current() == "v-excellent"
+    refused = registry.manifest(registry.versions()[-1])  # the new version is kept, not current
+    assert refused.data_fingerprint != manifest.data_fingerprint
+    grown = load_interactions(workspace)
+    assert len(grown) == len(log) + 2  # the two purchases, not the view
+    assert "new-user" in set(grown["user_id"])
+    state = json.loads((workspace.root / "data" / "retrain.json").read_text())
+    assert state["event_offset"] == workspace.events_log.stat().st_size
+
+    commit_version(registry, "v-poor", 0.0)
+    registry.set_current("v-poor")
+    fourth = retrain(workspace, host, say=messages.append)
+    assert fourth.new_purchases == 0 and registry.current() == fourth.version
