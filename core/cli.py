@@ -60,13 +60,10 @@ def cmd_ingest(args: argparse.Namespace, workspace: Workspace) -> int:
 
 
 def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
-    from endcap.feature_store import write_and_materialize
-    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
+    from endcap.feature_store import build_features
     from endcap.ingest import load_interactions
 
-    log = load_interactions(workspace)
-    tables = compute_feature_tables(log, cutoffs=feature_cutoffs(log))
-    summary = write_and_materialize(workspace, tables)
+    summary = build_features(workspace, load_interactions(workspace))
     rows = ", ".join(f"{name} {count}" for name, count in summary.tables.items())
     _say(f"features applied and materialized as of {summary.as_of}: {rows} rows -> {workspace.feast}")
     return 0
@@ -141,6 +138,14 @@ def cmd_retrain(args: argparse.Namespace, workspace: Workspace) -> int:
     except GateRefused as exc:
         print(f"endcap retrain: gate refused: {exc}", file=sys.stderr)
         return 3
+    except EndcapError:
+        raise
+    except Exception as exc:  # a scheduler needs a clear line and a non-zero exit, the log has the rest
+        import structlog
+
+        structlog.get_logger("endcap.retrain").exception("retrain_failed")
+        print(f"endcap retrain: failed at the step above: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     _say(f"retrain finished in {time.perf_counter() - started:.1f}s" + (" (nothing to do)" if result.skipped else ""))
     return 0
 

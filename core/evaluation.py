@@ -21,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 import structlog
 from endcap.config import EndcapConfig
-from endcap.feature_tables import add_basket_index, compute_feature_tables, feature_cutoffs
+from endcap.feature_tables import add_basket_index
 from endcap.ingest import CANONICAL_COLUMNS
 from endcap.metrics import pad_rankings, ranking_metrics, recall_curve
 from endcap.plugin_host import PluginHost
@@ -84,7 +84,7 @@ def evaluate_target(
     workspace: Workspace, config: EndcapConfig, host: PluginHost, split: TargetSplit, baselines: bool = True
 ) -> TargetResult:
     """Rebuild features and models from ``split.training`` and score every system on its target."""
-    from endcap.feature_store import OnlineFeatures, write_and_materialize
+    from endcap.feature_store import OnlineFeatures, build_features
     from endcap.pipeline import Pipeline
     from endcap.serving_model import load_serving_model
     from endcap.training import train
@@ -93,7 +93,7 @@ def evaluate_target(
     sub = Workspace(workspace.root / "evaluation" / split.name)
     sub.interactions.parent.mkdir(parents=True, exist_ok=True)
     split.training.to_parquet(sub.interactions, index=False)
-    write_and_materialize(sub, compute_feature_tables(split.training, cutoffs=feature_cutoffs(split.training)))
+    build_features(sub, split.training)
     manifest = train(sub, host, validate=False)
     online = OnlineFeatures(sub)
     model = load_serving_model(sub, host, online)

@@ -66,6 +66,14 @@ def write_and_materialize(workspace: Workspace, tables: Mapping[str, pd.DataFram
     return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of)
 
 
+def build_features(workspace: Workspace, log: pd.DataFrame) -> MaterializeSummary:
+    """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
+    ``apply``, and materialization of the newest snapshot into the online store."""
+    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
+
+    return write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
+
+
 class OnlineFeatures:
     """Reads from the Feast online store: one lookup per user, all products at load time."""
 

@@ -59,8 +59,7 @@ def retrain(
     files: Sequence[Path] = (),
     say: Callable[[str], None] = print,
 ) -> RetrainResult:
-    from endcap.feature_store import write_and_materialize
-    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
+    from endcap.feature_store import build_features
     from endcap.training import train
 
     state_path = workspace.root / "data" / STATE_FILE
@@ -87,7 +86,7 @@ def retrain(
         return RetrainResult(len(events), len(files), None, None, skipped=True)
 
     say("step 2/4: computing and materializing features")
-    write_and_materialize(workspace, compute_feature_tables(merged, cutoffs=feature_cutoffs(merged)))
+    build_features(workspace, merged)
     say("step 3/4: training (with validation on each user's newest basket)")
     manifest = train(workspace, host, promote=False)
     ndcg = manifest.validation.get("ndcg@10", float("nan"))

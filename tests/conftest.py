@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -56,25 +57,29 @@ def run_cli(*args: str, workspace: Path | None = None, check: bool = True) -> su
     return result
 
 
+def prepared_workspace(root: Path, **shape: int) -> Any:
+    """A workspace under ``root`` with a generated log ingested and its features built (real Feast)."""
+    from endcap.feature_store import build_features
+    from endcap.ingest import ingest, load_interactions
+    from endcap.workspace import Workspace
+
+    log_path = root / "log.csv"
+    make_generic_log(**shape).to_csv(log_path, index=False)
+    workspace = Workspace.resolve(root / "ws")
+    ingest(log_path, workspace)
+    build_features(workspace, load_interactions(workspace))
+    return workspace
+
+
 @pytest.fixture(scope="session")
 def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with the generated log ingested, features materialized and a model trained,
     built through the Python API (the end-to-end test drives the CLI instead)."""
     from endcap.config import load_config
-    from endcap.feature_store import write_and_materialize
-    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
-    from endcap.ingest import ingest, load_interactions
     from endcap.plugin_host import PluginHost
     from endcap.training import train
-    from endcap.workspace import Workspace
 
-    root = tmp_path_factory.mktemp("synthetic")
-    log_path = root / "log.csv"
-    make_generic_log().to_csv(log_path, index=False)
-    workspace = Workspace.resolve(root / "ws")
-    ingest(log_path, workspace)
-    log = load_interactions(workspace)
-    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
+    workspace = prepared_workspace(tmp_path_factory.mktemp("synthetic"))
     train(workspace, PluginHost(load_config(workspace.root)), validate=False)
     return workspace.root
 

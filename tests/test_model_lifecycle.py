@@ -6,18 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_generic_log, run_cli
+from conftest import prepared_workspace, run_cli
 from endcap.config import EndcapConfig
 from endcap.events import EventLog
-from endcap.feature_store import write_and_materialize
-from endcap.feature_tables import compute_feature_tables, feature_cutoffs
-from endcap.ingest import ingest, load_interactions
+from endcap.ingest import load_interactions
 from endcap.models import Manifest, ModelRegistry
 from endcap.plugin_host import PluginHost
 from endcap.promotion import GateRefused, promote
 from endcap.retrain import retrain
 from endcap.types import Event
-from endcap.workspace import Workspace
 
 
 def commit_version(registry: ModelRegistry, version: str, ndcg: float | None) -> None:
@@ -60,12 +57,8 @@ def test_cli_promote_and_models(tmp_path: Path) -> None:
 
 
 def test_retrain_takes_new_purchases_and_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "log.csv"
-    make_generic_log(users=20, items=25, baskets=5).to_csv(path, index=False)
-    workspace = Workspace.resolve(tmp_path / "ws")
-    ingest(path, workspace)
+    workspace = prepared_workspace(tmp_path, users=20, items=25, baskets=5)
     log = load_interactions(workspace)
-    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
     host = PluginHost(EndcapConfig())
     messages: list[str] = []
 

