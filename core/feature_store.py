@@ -50,8 +50,11 @@ class MaterializeSummary:
     as_of: pd.Timestamp
 
 
-def write_and_materialize(workspace: Workspace, tables: Mapping[str, pd.DataFrame]) -> MaterializeSummary:
-    """Write the offline tables, ``apply`` the definitions, and materialize to the online store."""
+def write_and_materialize(
+    workspace: Workspace, tables: Mapping[str, pd.DataFrame], extra_objects: Sequence[Any] = ()
+) -> MaterializeSummary:
+    """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
+    plugins), and materialize to the online store."""
     workspace.features.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         target = workspace.features / f"{name}.parquet"
@@ -59,19 +62,22 @@ def write_and_materialize(workspace: Workspace, tables: Mapping[str, pd.DataFram
         frame.to_parquet(partial, index=False)
         os.replace(partial, target)
     store = open_store(workspace)
-    store.apply(definitions.build(workspace.root).all())
+    store.apply([*definitions.build(workspace.root).all(), *extra_objects])
     as_of = max(frame["event_timestamp"].max() for frame in tables.values())
     end = max(pd.Timestamp.now(tz="UTC"), as_of) + pd.Timedelta(seconds=1)
     store.materialize(start_date=(as_of - pd.Timedelta(days=1)).to_pydatetime(), end_date=end.to_pydatetime())
     return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of)
 
 
-def build_features(workspace: Workspace, log: pd.DataFrame) -> MaterializeSummary:
+def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
-    ``apply``, and materialization of the newest snapshot into the online store."""
+    ``apply`` (with the plugins' own definitions when ``host`` is given), and materialization of
+    the newest snapshot into the online store."""
     from endcap.feature_tables import compute_feature_tables, feature_cutoffs
 
-    return write_and_materialize(workspace, compute_feature_tables(log, cutoffs=feature_cutoffs(log)))
+    tables = compute_feature_tables(log, cutoffs=feature_cutoffs(log))
+    extra = host.feast_objects(workspace.features) if host is not None else []
+    return write_and_materialize(workspace, tables, extra)
 
 
 class OnlineFeatures:
@@ -89,9 +95,15 @@ class OnlineFeatures:
 
     def products(self, item_ids: Sequence[str]) -> pd.DataFrame:
         """Product statistics for ``item_ids`` in that order; missing products are NaN."""
-        rows = [{"item_id": item_id} for item_id in item_ids]
-        frame = self.store.get_online_features(features=PRODUCT_FEATURES, entity_rows=rows).to_df()
+        frame = self.product_features(PRODUCT_FEATURES, item_ids)
         return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+
+    def product_features(self, references: Sequence[str], item_ids: Sequence[str]) -> pd.DataFrame:
+        """Any product-keyed features (``"view:feature"`` references) for ``item_ids``, in that
+        order, one column per feature (named without the view); missing values are NaN/None."""
+        rows = [{"item_id": item_id} for item_id in item_ids]
+        frame = self.store.get_online_features(features=list(references), entity_rows=rows).to_df()
+        return frame[[r.split(":", 1)[1] for r in references]]
 
 
 class HistoricalFeatures:

@@ -22,9 +22,32 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("endcap")
 
+HOOK_API_VERSION = 1
+"""The version of this hook API. It changes only when a hook changes incompatibly."""
+
 # ---------------------------------------------------------------------------------------------
-# Start-up: registering component types
+# Start-up: compatibility and registering component types
 # ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def endcap_api_version() -> int:
+    """Return the hook API version the plugin was written for.
+
+    Called once per plugin when the plugin host loads, before anything else. A plugin whose
+    version differs from :data:`HOOK_API_VERSION` is refused at start-up with an error naming it;
+    a plugin that does not implement this hook is assumed to be compatible.
+
+    :return: The hook API version, currently ``1``.
+
+    Example::
+
+        @endcap.hookimpl
+        def endcap_api_version():
+            return 1
+
+    .. versionadded:: 0.1
+    """
 
 
 @hookspec
@@ -50,6 +73,30 @@ def endcap_register_components(registry: ComponentRegistry) -> None:
         @endcap.hookimpl
         def endcap_register_components(registry):
             registry.add(DealsCandidates, type_name="deals")
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def endcap_feast_objects(features_dir: Path) -> list[Any] | None:
+    """Contribute Feast definitions (entities, feature views, sources) to the feature store.
+
+    Called by ``endcap features`` (and everything that builds features) before ``feast apply``;
+    the objects are applied and materialized with Endcap's own. Components read the values
+    back through :attr:`endcap.ModelContext.product_features`. Keep data files under
+    ``features_dir`` (``<workspace>/features``) so a workspace stays self-contained.
+
+    :param features_dir: The workspace's offline-store directory.
+    :return: Feast objects to apply, or ``None``.
+
+    Example::
+
+        @endcap.hookimpl
+        def endcap_feast_objects(features_dir):
+            source = FileSource(path=str(features_dir / "stock.parquet"), timestamp_field="event_timestamp")
+            return [FeatureView(name="stock", entities=[Entity(name="product", join_keys=["item_id"])],
+                                schema=[Field(name="in_stock", dtype=Bool)], source=source)]
 
     .. versionadded:: 0.1
     """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,8 @@ class Pipeline:
         self.read_user = read_user
         self.serving = serving
         self.sources = tuple(model.components.candidates.items())
+        self.failures: Counter[str] = Counter()
+        """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
         self.feature_names = (
             tuple(f"source.{name}" for name in self.source_names)
@@ -184,6 +187,8 @@ class Pipeline:
             scores = self.rank(query, prepared.features, source_scores, errors)
         else:  # cold start: nothing personal to rank on, keep the sources' own order
             scores = source_scores.sum(axis=1)
+        if self.model.components.filters and ids.size:
+            scores = self._boost(query, ids, scores, errors)
         watch.lap("rank")
 
         best = _top_k(scores, query.k)
@@ -218,15 +223,33 @@ class Pipeline:
     def _generate(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
         results = []
         for name, generator in self.sources:
-            try:
+
+            def call(generator: Any = generator, name: str = name) -> Candidates:
                 result = generator.generate(query, user, n)
                 self._check(name, result)
-            except Exception as exc:  # a failing source is dropped, never fatal
-                errors[name] = f"{type(exc).__name__}: {exc}"
-                log.warning("source_failed", source=name, error=errors[name])
-                result = Candidates.empty()
-            results.append(result)
+                return result
+
+            result = self._isolated(name, generator, errors, call)
+            results.append(result if result is not None else Candidates.empty())
         return results
+
+    def _isolated(self, key: str, component: Any, errors: dict[str, str], call: Callable[[], Any]) -> Any:
+        """Run one component call; a call that raises or overruns its budget counts as failed:
+        the failure is recorded under ``key``, counted, logged, and ``None`` returned."""
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as exc:  # one component never fails the request
+            errors[key] = f"{type(exc).__name__}: {exc}"
+        else:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            budget = getattr(component.config, "budget_ms", None)
+            if budget is None or elapsed <= budget:
+                return result
+            errors[key] = f"over budget: {elapsed:.1f} ms > {budget:g} ms"
+        self.failures[key] += 1
+        log.warning("component_dropped", component=key, reason=errors[key], total=self.failures[key])
+        return None
 
     def _check(self, name: str, result: Candidates) -> None:
         if not isinstance(result, Candidates):
@@ -240,12 +263,13 @@ class Pipeline:
         if generator is None:
             return [Candidates.empty() for _ in self.sources]
         cold = Query(query.user_id, -1, query.k, query.exclude, query.context, query.variant)
-        try:
-            fallback = generator.generate(cold, UserFeatures(stats={}), n)
-            self._check(name, fallback)
-        except Exception as exc:
-            errors[f"{name} (fallback)"] = f"{type(exc).__name__}: {exc}"
-            fallback = Candidates.empty()
+
+        def call() -> Candidates:
+            result = generator.generate(cold, UserFeatures(stats={}), n)
+            self._check(name, result)
+            return result
+
+        fallback = self._isolated(f"{name} (fallback)", generator, errors, call) or Candidates.empty()
         return [fallback if source == name else Candidates.empty() for source in self.source_names]
 
     def _merge(self, results: list[Candidates]) -> tuple[IndexArray, np.ndarray]:
@@ -265,15 +289,34 @@ class Pipeline:
     def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:
         keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)
         for name, rule in self.model.components.filters.items():
-            try:
+
+            def call(rule: Any = rule) -> np.ndarray:
                 mask = np.asarray(rule.keep(query, ids), dtype=bool)
                 if mask.shape != ids.shape:
                     raise ValueError(f"mask shape {mask.shape} differs from candidates {ids.shape}")
+                return mask
+
+            mask = self._isolated(f"filter:{name}", rule, errors, call)
+            if mask is not None:
                 keep &= mask
-            except Exception as exc:
-                errors[f"filter:{name}"] = f"{type(exc).__name__}: {exc}"
-                log.warning("filter_failed", filter=name, error=errors[f"filter:{name}"])
         return keep
+
+    def _boost(self, query: Query, ids: IndexArray, scores: np.ndarray, errors: dict[str, str]) -> np.ndarray:
+        for name, rule in self.model.components.filters.items():
+
+            def call(rule: Any = rule) -> np.ndarray | None:
+                amounts = rule.boost(query, ids)
+                if amounts is None:
+                    return None
+                amounts = np.asarray(amounts, dtype=np.float32)
+                if amounts.shape != ids.shape:
+                    raise ValueError(f"boost shape {amounts.shape} differs from candidates {ids.shape}")
+                return amounts
+
+            amounts = self._isolated(f"boost:{name}", rule, errors, call)
+            if amounts is not None:
+                scores = scores + amounts
+        return scores
 
     def _features(self, ids: IndexArray, source_scores: np.ndarray, user: UserFeatures) -> FeatureMatrix:
         n = ids.size
@@ -303,18 +346,19 @@ class Pipeline:
     def rank(
         self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]
     ) -> np.ndarray:
+        """The ranker's scores; the sources' own when it fails or overruns its budget."""
         if features.ids.size == 0:
             return np.empty(0, dtype=np.float32)
         ranker = self.model.components.ranker
-        try:
+
+        def call() -> np.ndarray:
             scores = np.asarray(ranker.score(query, features), dtype=np.float32)
             if scores.shape != features.ids.shape:
                 raise ValueError(f"returned {scores.shape} scores for {features.ids.shape[0]} candidates")
             return scores
-        except Exception as exc:  # rank by the sources' own scores rather than fail the request
-            errors[f"ranker:{ranker.name}"] = f"{type(exc).__name__}: {exc}"
-            log.warning("ranker_failed", ranker=ranker.name, error=errors[f"ranker:{ranker.name}"])
-            return source_scores.sum(axis=1)
+
+        scores = self._isolated(f"ranker:{ranker.name}", ranker, errors, call)
+        return scores if scores is not None else source_scores.sum(axis=1)
 
     # -- SimilarItems ------------------------------------------------------------------------
 

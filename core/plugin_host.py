@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import pluggy
+import structlog
 from endcap import core_hooks, hookspecs
 from endcap.config import ComponentBlock, EndcapConfig, describe_validation_error
 from endcap.errors import ConfigError, PluginError
+from endcap.hookspecs import HOOK_API_VERSION
 from endcap.registry import KINDS, ComponentRegistry, RegisteredType
 from endcap.types import CandidateGenerator, Component, Filter, Monitor, Ranker
 from pydantic import ValidationError
 
 PROJECT = "endcap"
 ENTRY_POINT_GROUP = "endcap"
+TRACE_ENV = "ENDCAP_TRACE_HOOKS"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,26 @@ class Components:
         return [*self.candidates.values(), self.ranker, *self.filters.values(), *self.monitors.values()]
 
 
+def trace_hook_calls(manager: pluggy.PluginManager) -> None:
+    """Log every hook call with the plugins it reached and its duration (``ENDCAP_TRACE_HOOKS=1``)."""
+    log = structlog.get_logger("endcap.hooks")
+    started: list[float] = []
+
+    def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+        started.append(time.perf_counter())
+
+    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+        log.info(
+            "hook_call",
+            hook=hook_name,
+            plugins=[impl.plugin_name for impl in impls],
+            ms=round((time.perf_counter() - started.pop()) * 1000, 3),
+            failed=outcome.exception is not None,
+        )
+
+    manager.add_hookcall_monitoring(before, after)
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     """A fresh manager with Endcap's hookspecs and nothing registered."""
     manager = pluggy.PluginManager(PROJECT)
@@ -54,9 +80,14 @@ def new_plugin_manager() -> pluggy.PluginManager:
 class PluginHost:
     """Loads the allow-listed plugins, validates them and builds configured components."""
 
-    def __init__(self, config: EndcapConfig, extra_plugins: Mapping[str, object] | None = None) -> None:
+    def __init__(
+        self, config: EndcapConfig, extra_plugins: Mapping[str, object] | None = None, trace: bool | None = None
+    ) -> None:
         self.config = config
         self.manager = new_plugin_manager()
+        self.tracing = trace if trace is not None else os.environ.get(TRACE_ENV, "") not in ("", "0")
+        if self.tracing:
+            trace_hook_calls(self.manager)
         self._infos: dict[str, PluginInfo] = {}
         self._load_entry_points(config.plugins)
         for name, plugin in (extra_plugins or {}).items():
@@ -96,14 +127,36 @@ class PluginHost:
             raise PluginError(f"plugin {name!r} ({source}) could not be registered: {exc}") from exc
         hooks = tuple(sorted(h.name for h in self.manager.get_hookcallers(plugin) or ()))
         self._infos[name] = PluginInfo(name, version, hooks, source)
+        self._check_api_version(name, plugin, source)
+
+    def _check_api_version(self, name: str, plugin: object, source: str) -> None:
+        for impl in self.manager.hook.endcap_api_version.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            declared = impl.function()
+            if declared != HOOK_API_VERSION:
+                self.manager.unregister(plugin)
+                raise PluginError(
+                    f"plugin {name!r} ({source}) was written for Endcap hook API version {declared}, but this "
+                    f"Endcap speaks version {HOOK_API_VERSION}; install a release of the plugin made for it, "
+                    "or remove it from 'plugins'"
+                )
 
     def _collect_component_types(self) -> ComponentRegistry:
         registry = ComponentRegistry()
         for impl in self.manager.hook.endcap_register_components.get_hookimpls():
             if impl.plugin_name == "endcap.core":
                 continue
+            started = time.perf_counter()
             try:
                 impl.function(registry=registry.scoped(impl.plugin_name))
+                if self.tracing:
+                    structlog.get_logger("endcap.hooks").info(
+                        "hook_call",
+                        hook="endcap_register_components",
+                        plugins=[impl.plugin_name],
+                        ms=round((time.perf_counter() - started) * 1000, 3),
+                    )
             except PluginError:
                 raise
             except Exception as exc:
@@ -117,6 +170,19 @@ class PluginHost:
     @property
     def plugins(self) -> list[PluginInfo]:
         return [self._infos[name] for name in sorted(self._infos)]
+
+    def disabled_plugins(self) -> list[tuple[str, str, str]]:
+        """Installed ``endcap`` entry points not in the allow-list: (name, version, source)."""
+        return sorted(
+            (ep.name, ep.dist.version if ep.dist is not None else "", ep.value)
+            for ep in entry_points(group=ENTRY_POINT_GROUP)
+            if ep.name not in self._infos
+        )
+
+    def feast_objects(self, features_dir: Path) -> list[Any]:
+        """Feast definitions contributed by plugins (see ``endcap_feast_objects``)."""
+        contributed = self.manager.hook.endcap_feast_objects(features_dir=features_dir)
+        return [obj for objects in contributed if objects for obj in objects]
 
     def types_of(self, plugin: str) -> list[RegisteredType]:
         return self.registry.by_plugin(plugin)

@@ -7,7 +7,7 @@ swaps one object.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,12 +69,16 @@ def _sequence(value: Any) -> Any:
 
 
 def load_components(
-    components: Iterable[Component], directory: Path, catalog: Catalog, user_items: sp.csr_matrix
+    components: Iterable[Component],
+    directory: Path,
+    catalog: Catalog,
+    user_items: sp.csr_matrix,
+    product_features: Callable[[Sequence[str]], pd.DataFrame] | None = None,
 ) -> None:
     """Give each component the state ``fit`` saved under ``directory`` (a model version)."""
     for component in components:
         kind = kind_of(type(component))
-        context = ModelContext(catalog, user_items, component_dir(directory, kind, component.name))
+        context = ModelContext(catalog, user_items, component_dir(directory, kind, component.name), product_features)
         try:
             component.load(context)
         except FileNotFoundError as exc:
@@ -104,7 +108,10 @@ def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, vers
     manifest = registry.manifest(directory.name)
     catalog, user_items = load_catalog(directory)
     components = host.build_components()
-    load_components(components.all(), directory, catalog, user_items)
+    item_ids = list(catalog.item_ids)
+    load_components(
+        components.all(), directory, catalog, user_items, lambda refs: online.product_features(refs, item_ids)
+    )
     model = assemble(manifest, catalog, components, online.products(list(catalog.item_ids)))
     log.info(
         "model_loaded",

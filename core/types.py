@@ -7,14 +7,14 @@ string ids exist only at the edges (gRPC, files). Components never see protobuf 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,6 +34,9 @@ class ComponentConfig(BaseModel):
     """Base of every component's config model: unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    budget_ms: float = Field(50.0, gt=0)
+    """Time a request may spend in this component; a call that takes longer has its result
+    dropped for that request (counted and logged), as if it had failed."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,10 @@ class ModelContext:
     user_items: sp.csr_matrix
     directory: Path
     """This component's own directory inside the model version."""
+    product_features: Callable[[Sequence[str]], pd.DataFrame] | None = None
+    """Reads product-keyed features from the online store for every catalogue item, in catalogue
+    order: ``product_features(["stock:in_stock"])`` gives one column per feature. ``None`` when no
+    feature store is at hand (offline evaluation)."""
 
 
 class Component(ABC):  # noqa: B024 - a marker base; each kind adds its abstract methods
@@ -234,11 +241,16 @@ class Ranker(Component):
 
 
 class Filter(Component):
-    """A business rule: keeps or drops candidates."""
+    """A business rule: keeps or drops candidates, and may boost the ranked scores."""
 
     @abstractmethod
     def keep(self, query: Query, ids: IndexArray) -> BoolArray:
         """Return a boolean mask over ``ids``: ``True`` keeps the item."""
+
+    def boost(self, query: Query, ids: IndexArray) -> ScoreArray | None:
+        """Return amounts to add to the ranker's scores of ``ids`` (e.g. promoted products), or
+        ``None`` to leave them; called after ranking, for the kept candidates."""
+        return None
 
 
 class Monitor(Component):

@@ -49,6 +49,7 @@ class AlsCandidates(endcap.CandidateGenerator):
         self.user_items = self._weighted(context.user_items)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue
         if query.user_index >= 0:
             ids, scores = self.model.recommend(
                 query.user_index, self.user_items[query.user_index], N=n, filter_already_liked_items=False

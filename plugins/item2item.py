@@ -52,6 +52,7 @@ class ItemToItemCandidates(endcap.CandidateGenerator):
         self.user_items = context.user_items
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue
         row = user_row(query, user, self.user_items)
         if row is None:
             return endcap.Candidates.empty()

@@ -17,30 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pandas as pd
 import pytest
+from endcap.testing import purchase_log
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ENDCAP = str(Path(sys.executable).parent / "endcap")
 
 
 def make_generic_log(users: int = 40, items: int = 60, baskets: int = 6, seed: int = 7) -> pd.DataFrame:
-    """A generic-format log with structure: each user has a few staples re-bought in most
-    baskets, plus popular items drawn with a power law."""
-    rng = np.random.default_rng(seed)
-    popularity = 1.0 / np.arange(1, items + 1) ** 1.1
-    popularity /= popularity.sum()
-    rows = []
-    start = pd.Timestamp("2024-01-01", tz="UTC")
-    for user in range(users):
-        staples = rng.choice(items, size=3, replace=False)
-        for basket in range(baskets):
-            when = start + pd.Timedelta(days=7 * basket + user % 5, hours=user % 12)
-            chosen = set(rng.choice(items, size=4, replace=False, p=popularity).tolist())
-            chosen |= {int(s) for s in staples if rng.random() < 0.8}
-            rows += [(f"u{user}", f"i{item}", when.isoformat()) for item in sorted(chosen)]
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    """A generic-format log with per-user staples and power-law popularity (the test kit's)."""
+    return purchase_log(users=users, items=items, baskets=baskets, seed=seed)
 
 
 def free_port() -> int:

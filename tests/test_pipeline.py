@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ class OutOfRangeCandidates(endcap.CandidateGenerator):
         return endcap.Candidates(np.array([10**6], dtype=np.int32), np.array([1.0], dtype=np.float32))
 
 
+class SlowCandidates(endcap.CandidateGenerator):
+    def generate(self, query: Any, user: Any, n: int) -> endcap.Candidates:
+        time.sleep(0.02)
+        return endcap.Candidates(np.array([0], dtype=np.int32), np.array([1.0], dtype=np.float32))
+
+
+class BoostFirstItem(endcap.Filter):
+    def keep(self, query: Any, ids: Any) -> Any:
+        return np.ones(ids.size, dtype=bool)
+
+    def boost(self, query: Any, ids: Any) -> Any:
+        return np.where(ids == 0, 100.0, 0.0)
+
+
 class FailingRanker(endcap.Ranker):
     def score(self, query: Any, features: Any) -> Any:
         raise ValueError("model file corrupt")
@@ -36,6 +51,8 @@ class TestComponents:
         registry.add(FailingCandidates, type_name="failing")
         registry.add(OutOfRangeCandidates, type_name="out_of_range")
         registry.add(FailingRanker, type_name="failing_ranker")
+        registry.add(SlowCandidates, type_name="slow")
+        registry.add(BoostFirstItem, type_name="boost_first")
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +194,26 @@ def test_inputs_handed_to_components_are_read_only(pipeline: Pipeline) -> None:
         del ranker.score
     with pytest.raises(ValueError, match="read-only"):
         seen[0].values[0, 0] = 1.0
+
+
+def test_a_source_over_its_budget_is_dropped_and_counted(synthetic_workspace: Path, online: OnlineFeatures) -> None:
+    candidates = {
+        "popularity": ComponentBlock(type="popularity"),
+        "slow": ComponentBlock(type="slow", budget_ms=5),
+    }
+    pipeline = make_pipeline(synthetic_workspace, online, candidates=candidates)
+    for _ in range(2):
+        answer, record = pipeline.recommend(pipeline.make_query("u1", 5))
+        assert len(answer.item_ids) == 5
+        assert record.errors["slow"].startswith("over budget:") and "> 5 ms" in record.errors["slow"]
+        assert record.candidates_per_source["slow"] == 0
+    assert pipeline.failures["slow"] == 2
+    relaxed = {**candidates, "slow": ComponentBlock(type="slow", budget_ms=1000)}
+    _, record = make_pipeline(synthetic_workspace, online, candidates=relaxed).recommend(pipeline.make_query("u1", 5))
+    assert "slow" not in record.errors and record.candidates_per_source["slow"] == 1
+
+
+def test_business_rule_boosts_move_items_up(synthetic_workspace: Path, online: OnlineFeatures) -> None:
+    pipeline = make_pipeline(synthetic_workspace, online, filters={"promo": ComponentBlock(type="boost_first")})
+    answer, _ = pipeline.recommend(pipeline.make_query("u1", 5))
+    assert answer.item_ids[0] == pipeline.model.catalog.item_ids[0]

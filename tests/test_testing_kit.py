@@ -1,0 +1,130 @@
+"""The plugin authors' contracts run against Endcap's own built-in plugins, and catch a broken one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import endcap
+import numpy as np
+import pytest
+from endcap.plugins import (
+    als,
+    blocklist,
+    item2item,
+    lightgbm_ranker,
+    linear_ranker,
+    popularity,
+    repurchase,
+    structlog_monitor,
+    tifuknn,
+)
+from endcap.testing import (
+    CandidateGeneratorContract,
+    FilterContract,
+    MonitorContract,
+    RankerContract,
+)
+
+
+class TestPopularity(CandidateGeneratorContract):
+    type_name = "popularity"
+
+    def make_plugin(self) -> object:
+        return popularity
+
+
+class TestRepurchase(CandidateGeneratorContract):
+    type_name = "repurchase"
+
+    def make_plugin(self) -> object:
+        return repurchase
+
+
+class TestTifuKnn(CandidateGeneratorContract):
+    type_name = "tifuknn"
+    config = {"neighbours_grid": [5], "alpha_grid": [0.8], "group_decay_grid": [0.7]}
+
+    def make_plugin(self) -> object:
+        return tifuknn
+
+
+class TestAls(CandidateGeneratorContract):
+    type_name = "als"
+    config = {"factors": 8, "iterations": 3}
+
+    def make_plugin(self) -> object:
+        return als
+
+
+class TestItemToItem(CandidateGeneratorContract):
+    type_name = "item2item"
+
+    def make_plugin(self) -> object:
+        return item2item
+
+
+class TestLinearRanker(RankerContract):
+    type_name = "linear"
+
+    def make_plugin(self) -> object:
+        return linear_ranker
+
+
+class TestLightGbmRanker(RankerContract):
+    type_name = "lightgbm"
+    config = {"rounds": 20}
+
+    def make_plugin(self) -> object:
+        return lightgbm_ranker
+
+
+class TestBlocklist(FilterContract):
+    type_name = "blocklist"
+    config = {"item_ids": ["i1"]}
+
+    def make_plugin(self) -> object:
+        return blocklist
+
+
+class TestStructlogMonitor(MonitorContract):
+    type_name = "structlog"
+
+    def make_plugin(self) -> object:
+        return structlog_monitor
+
+
+class DuplicatingCandidates(endcap.CandidateGenerator):
+    def generate(self, query: Any, user: Any, n: int) -> endcap.Candidates:
+        return endcap.Candidates(np.array([1, 1], dtype=np.int32), np.array([1.0, 0.5], dtype=np.float32))
+
+
+class BrokenPlugin:
+    @endcap.hookimpl
+    def endcap_register_components(self, registry: Any) -> None:
+        registry.add(DuplicatingCandidates, type_name="dupes")
+
+
+class BrokenContract(CandidateGeneratorContract):
+    type_name = "dupes"
+
+    def make_plugin(self) -> object:
+        return BrokenPlugin()
+
+
+def test_the_contract_catches_duplicate_ids(endcap_training_data: endcap.TrainingData, tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="duplicate item indices"):
+        BrokenContract().test_known_user(endcap_training_data, tmp_path)
+
+
+def test_the_contract_names_a_type_the_plugin_does_not_register(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    class Misnamed(CandidateGeneratorContract):
+        type_name = "popular"
+
+        def make_plugin(self) -> object:
+            return popularity
+
+    with pytest.raises(AssertionError, match=r"registers no candidates type 'popular'; it registers \['popularity'\]"):
+        Misnamed().test_known_user(endcap_training_data, tmp_path)
