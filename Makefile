@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 export ENDCAP_WORKSPACE := $(abspath $(WORKSPACE))
 
-.PHONY: venv serve demo test lint protos check-protos lock clean-demo
+.PHONY: venv serve demo test lint protos check-protos docs lock clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ protos: $(STAMP)
 
 check-protos: $(STAMP)
 	$(BIN)/python tools/generate_protos.py --check
+
+# Regenerate docs/plugins.md (the hook reference) from the hookspec and type docstrings.
+docs: $(STAMP)
+	$(BIN)/python tools/generate_docs.py
 
 # Re-resolve the pinned dependency set from pyproject.toml (needs the package registry).
 lock:

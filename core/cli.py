@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -63,7 +64,8 @@ def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
     from endcap.feature_store import build_features
     from endcap.ingest import load_interactions
 
-    summary = build_features(workspace, load_interactions(workspace))
+    _, host = _host(workspace)
+    summary = build_features(workspace, load_interactions(workspace), host)
     rows = ", ".join(f"{name} {count}" for name, count in summary.tables.items())
     _say(f"features applied and materialized as of {summary.as_of}: {rows} rows -> {workspace.feast}")
     return 0
@@ -238,6 +240,13 @@ def cmd_evaluate(args: argparse.Namespace, workspace: Workspace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
+    if getattr(args, "plugins_command", None) == "new":
+        from endcap.scaffold import scaffold
+
+        root = scaffold(args.name, args.kind, Path(args.dir))
+        _say(f"wrote {root}")
+        _say(f"next: cd {root} && pip install -e . && pytest")
+        return 0
     _, host = _host(workspace)
     for info in host.plugins:
         if info.name == "endcap.core":
@@ -246,6 +255,9 @@ def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
         _say(f"{info.name} {info.version or '-'}  ({info.source})")
         _say(f"    hooks: {', '.join(info.hooks) or '-'}")
         _say(f"    components: {types}")
+    if args.all:
+        for name, version, source in host.disabled_plugins():
+            _say(f"{name} {version or '-'}  ({source})  [installed, not enabled: add it to 'plugins' in endcap.yaml]")
     return 0
 
 
@@ -255,6 +267,11 @@ def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="endcap", description="Endcap: product-purchase recommendations over gRPC.")
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--trace-hooks",
+        action="store_true",
+        help="log every plugin hook call with its duration (or set ENDCAP_TRACE_HOOKS=1)",
+    )
     common.add_argument(
         "--workspace",
         default=None,
@@ -308,7 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="report directory (default: <workspace>/reports/evaluation-<time>)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON instead of markdown")
 
-    add("plugins", cmd_plugins, "list the loaded plugins, their versions, hooks and component types")
+    plugins = add("plugins", cmd_plugins, "list the loaded plugins, their versions, hooks and component types")
+    plugins.add_argument("--all", action="store_true", help="also list installed plugins that are not enabled")
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="new")
+    new = plugin_commands.add_parser("new", help="write a new plugin package with passing tests")
+    new.add_argument("name", help="plugin name: the entry point, endcap-NAME and endcap_NAME")
+    new.add_argument("--kind", choices=("candidates", "ranker", "filter", "monitor"), default="candidates")
+    new.add_argument("--dir", default=".", help="where to create endcap-NAME (default: here)")
     return parser
 
 
@@ -317,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging()
+    if getattr(args, "trace_hooks", False):
+        os.environ["ENDCAP_TRACE_HOOKS"] = "1"
     workspace = Workspace.resolve(args.workspace)
     try:
         return int(args.handler(args, workspace))

@@ -65,7 +65,9 @@ def write_and_materialize(
     store.apply([*definitions.build(workspace.root).all(), *extra_objects])
     as_of = max(frame["event_timestamp"].max() for frame in tables.values())
     end = max(pd.Timestamp.now(tz="UTC"), as_of) + pd.Timedelta(seconds=1)
-    store.materialize(start_date=(as_of - pd.Timedelta(days=1)).to_pydatetime(), end_date=end.to_pydatetime())
+    # The whole retention window: the newest row per entity wins, whichever view (ours or a plugin's) it is in.
+    start = end - pd.Timedelta(definitions.TTL)
+    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
     return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of)
 
 

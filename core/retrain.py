@@ -86,7 +86,7 @@ def retrain(
         return RetrainResult(len(events), len(files), None, None, skipped=True)
 
     say("step 2/4: computing and materializing features")
-    build_features(workspace, merged)
+    build_features(workspace, merged, host)
     say("step 3/4: training (with validation on each user's newest basket)")
     manifest = train(workspace, host, promote=False)
     ndcg = manifest.validation.get("ndcg@10", float("nan"))

@@ -36,9 +36,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_cli(*args: str, workspace: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, workspace: Path | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [ENDCAP, *args] + (["--workspace", str(workspace)] if workspace else [])
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -96,7 +98,7 @@ def wait_until_serving(target: str, process: subprocess.Popen[str], timeout: flo
     raise AssertionError(f"endcap serve at {target} not SERVING after {timeout}s")
 
 
-def start_server(workspace: Path, log_dir: Path) -> RunningServer:
+def start_server(workspace: Path, log_dir: Path, env: dict[str, str] | None = None) -> RunningServer:
     port = free_port()
     stderr_path = log_dir / f"serve-{port}.log"
     process = subprocess.Popen(
@@ -104,6 +106,7 @@ def start_server(workspace: Path, log_dir: Path) -> RunningServer:
         stdout=subprocess.DEVNULL,
         stderr=stderr_path.open("w"),
         text=True,
+        env={**os.environ, **(env or {})},
     )
     target = f"127.0.0.1:{port}"
     try:

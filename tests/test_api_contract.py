@@ -44,3 +44,22 @@ def test_every_hook_documents_each_argument_and_its_version() -> None:
         assert ".. versionadded::" in doc, f"{name}: say in which version the hook appeared"
         annotations = inspect.get_annotations(function)
         assert "return" in annotations, f"{name}: annotate the return type"
+
+
+def test_plugin_reference_is_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "generate_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    for name, _ in hooks():
+        assert f"### `{name}`" in text, f"docs/plugins.md does not document {name}"
+
+
+def test_every_hook_has_a_test_that_implements_it() -> None:
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for name, _ in hooks():
+        assert f"def {name}(" in sources, f"no test implements {name}; add one under tests/"
