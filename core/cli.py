@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
 
     _limit_blas_threads()
     config, host = _host(workspace)
-    server = Server(args.host, args.port, config.serving.max_workers)
+    server = Server(args.host, args.port, config.serving.max_workers, config.limits)
     log = structlog.get_logger("endcap.server")
     log.info("listening", address=server.address, health="NOT_SERVING")
     try:

@@ -52,6 +52,20 @@ class ServingConfig(BaseModel):
     max_workers: int = Field(8, ge=1)
 
 
+class LimitsConfig(BaseModel):
+    """What one call may ask for; a call over a limit is refused with a message naming it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_exclude_items: int = Field(1000, ge=0)
+    max_context_entries: int = Field(64, ge=0)
+    max_context_value_length: int = Field(1024, ge=1)
+    max_id_length: int = Field(256, ge=1)
+    max_events_per_call: int = Field(1000, ge=1)
+    max_concurrent_requests: int = Field(64, ge=1)
+    """Calls in flight; past it new calls get RESOURCE_EXHAUSTED at once instead of queueing."""
+
+
 def _default_candidates() -> dict[str, ComponentBlock]:
     return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "tifuknn", "als", "item2item")}
 
@@ -63,6 +77,7 @@ class EndcapConfig(BaseModel):
     plugins: tuple[str, ...] = BUILTIN_PLUGINS
     """Allow-list of plugins (entry-point names in the ``endcap`` group) to load."""
     serving: ServingConfig = ServingConfig()
+    limits: LimitsConfig = LimitsConfig()
     candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)
     ranker: ComponentBlock = ComponentBlock(type="lightgbm")
     filters: dict[str, ComponentBlock] = Field(default_factory=dict)

@@ -39,6 +39,12 @@ class Unavailable(EndcapError):
     status = grpc.StatusCode.UNAVAILABLE
 
 
+class ResourceExhausted(EndcapError):
+    """A limit was reached (too many calls in flight, too large a request); the message names it."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ConfigError(FailedPrecondition):
     """``endcap.yaml`` or a plugin's configuration is invalid."""
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import structlog
 from endcap.types import Event
+
+log = structlog.get_logger("endcap.events")
 
 EVENT_TYPES = ("purchase", "add_to_cart", "view")
 
@@ -34,6 +38,25 @@ class EventLog:
             finally:
                 os.close(fd)
         return len(events)
+
+    def repair(self) -> int:
+        """Cut a torn last record (a write interrupted by a crash) off the log and keep its bytes
+        beside it in ``<log>.torn-<time>``; returns how many bytes were moved. Acknowledged events
+        are never torn: ``append`` returns only after the whole batch is on disk."""
+        if not self.path.exists():
+            return 0
+        with self._lock, self.path.open("rb+") as handle:
+            data = handle.read()
+            end = data.rfind(b"\n") + 1
+            if end == len(data):
+                return 0
+            torn = data[end:]
+            self.path.with_name(f"{self.path.name}.torn-{int(time.time())}").write_bytes(torn)
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.warning("event_log_repaired", path=str(self.path), torn_bytes=len(torn))
+        return len(torn)
 
     def read(self) -> Iterator[Event]:
         yield from self.read_from(0)[0]

@@ -11,7 +11,9 @@ from typing import Any
 
 import grpc
 import structlog
+from endcap.config import LimitsConfig
 from endcap.errors import EndcapError, Unavailable
+from endcap.limits import ConcurrencyLimit
 from endcap.logs import request_id_var
 from endcap.service import RecommendationService
 from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
@@ -25,11 +27,16 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Gives every call a request id and turns exceptions into gRPC statuses.
+    """Gives every call a request id, applies the concurrency limit, and turns exceptions into
+    gRPC statuses.
 
     :class:`EndcapError` subclasses carry their own status and message; anything else is
     logged with its traceback and answered ``INTERNAL`` with the request id, never a traceback.
+    Health checks are exempt from the concurrency limit, so probes see an overloaded server.
     """
+
+    def __init__(self, concurrency: ConcurrencyLimit) -> None:
+        self.concurrency = concurrency
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -38,13 +45,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary
         metadata = dict(handler_call_details.invocation_metadata or ())
         method = handler_call_details.method
+        limited = not method.startswith("/grpc.health.")
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             given = metadata.get(REQUEST_ID_HEADER)
             request_id = given if isinstance(given, str) and 0 < len(given) <= 128 else uuid.uuid4().hex
             token = request_id_var.set(request_id)
             try:
-                return inner(request, context)
+                if not limited:
+                    return inner(request, context)
+                with self.concurrency:
+                    return inner(request, context)
             except EndcapError as exc:
                 context.abort(exc.status, str(exc))
             except Exception:
@@ -63,11 +74,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 class Server:
     """A started gRPC server: health NOT_SERVING and calls UNAVAILABLE until :meth:`attach`."""
 
-    def __init__(self, host: str, port: int, max_workers: int) -> None:
+    def __init__(self, host: str, port: int, max_workers: int, limits: LimitsConfig | None = None) -> None:
+        limits = limits or LimitsConfig()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-rpc"),
-            interceptors=[ErrorInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=[ErrorInterceptor(ConcurrencyLimit(limits.max_concurrent_requests))],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", limits.max_message_bytes),
+                ("grpc.max_send_message_length", limits.max_message_bytes),
+            ],
         )
         self.service: RecommendationService | None = None
         add_to_server(RecommendationServicer(self.current_service), self.grpc_server)

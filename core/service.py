@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from endcap.config import EndcapConfig
+from endcap.config import EndcapConfig, LimitsConfig
 from endcap.errors import InvalidArgument
 from endcap.events import EVENT_TYPES, EventLog
+from endcap.limits import check_event_count, check_id, check_items_and_context
 from endcap.pipeline import Pipeline, Recommendation
 from endcap.plugin_host import PluginHost
 from endcap.serving_model import ServingModel, load_serving_model
@@ -20,7 +21,7 @@ from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.service")
 
-MAX_ID_LENGTH = 256
+LATEST_TIMESTAMP = 4_102_444_800.0  # 2100-01-01
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RecommendationService:
         self.host = host
         self.online = online
         self.events = EventLog(workspace.events_log)
+        self.events.repair()
         self.model: ServingModel = load_serving_model(workspace, host, online)
         self.pipeline = Pipeline(self.model, online.user, config.serving)
 
@@ -62,6 +64,8 @@ class RecommendationService:
     ) -> Recommendation:
         query: Query | None = None
         try:
+            check_id("user_id", user_id, self.config.limits)
+            check_items_and_context(self.config.limits, exclude_item_ids, context)
             query = self.pipeline.make_query(user_id, k, exclude_item_ids, context, variant)
             answer, record = self.pipeline.recommend(query, request_id)
         except Exception as exc:
@@ -71,31 +75,30 @@ class RecommendationService:
         return answer
 
     def similar_items(self, item_id: str, k: int, exclude_item_ids: Sequence[str]) -> Any:
+        check_id("item_id", item_id, self.config.limits)
+        check_items_and_context(self.config.limits, exclude_item_ids)
         return self.pipeline.similar(item_id, k, exclude_item_ids)
 
     def record_events(self, inputs: Sequence[EventInput]) -> int:
         """Validate every event first; write all of them or none."""
-        if not inputs:
-            raise InvalidArgument("events is empty; send at least one event")
+        check_event_count(self.config.limits, len(inputs))
         now = time.time()
-        events = tuple(_validated(i, position, now) for position, i in enumerate(inputs))
+        events = tuple(_validated(i, position, now, self.config.limits) for position, i in enumerate(inputs))
         written = self.events.append(events)
         self._notify("on_events", events)
         return written
 
 
-def _validated(event: EventInput, position: int, now: float) -> Event:
+def _validated(event: EventInput, position: int, now: float, limits: LimitsConfig) -> Event:
     where = f"events[{position}]"
     for field in ("user_id", "item_id"):
-        value = getattr(event, field)
-        if not value or not value.strip():
-            raise InvalidArgument(f"{where}.{field} is required and must not be blank")
-        if len(value) > MAX_ID_LENGTH:
-            raise InvalidArgument(f"{where}.{field} is longer than {MAX_ID_LENGTH} characters")
+        check_id(f"{where}.{field}", getattr(event, field), limits)
     if event.type not in EVENT_TYPES:
         raise InvalidArgument(f"{where}.type must be one of {', '.join(t.upper() for t in EVENT_TYPES)}")
     if event.quantity < 0:
         raise InvalidArgument(f"{where}.quantity must not be negative; got {event.quantity}")
+    if event.timestamp is not None and not 0 <= event.timestamp < LATEST_TIMESTAMP:
+        raise InvalidArgument(f"{where}.timestamp must be between 1970 and 2100; got {event.timestamp:.0f} seconds")
     return Event(
         user_id=event.user_id,
         item_id=event.item_id,

@@ -1,0 +1,174 @@
+"""Limits, overload, and durability of acknowledged events."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import endcap
+import grpc
+import numpy as np
+import pytest
+from conftest import free_port, start_server
+from endcap.config import ComponentBlock, EndcapConfig, LimitsConfig
+from endcap.events import EventLog
+from endcap.feature_store import OnlineFeatures
+from endcap.plugin_host import PluginHost
+from endcap.server import Server
+from endcap.service import RecommendationService
+from endcap.types import Event
+from endcap.v1 import recommendation_pb2 as pb
+from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+from endcap.workspace import Workspace
+
+
+class SlowCandidates(endcap.CandidateGenerator):
+    def generate(self, query: Any, user: Any, n: int) -> endcap.Candidates:
+        time.sleep(0.5)
+        return endcap.Candidates(np.array([0], dtype=np.int32), np.array([1.0], dtype=np.float32))
+
+
+class Slow:
+    @endcap.hookimpl
+    def endcap_register_components(self, registry: Any) -> None:
+        registry.add(SlowCandidates, type_name="slow")
+
+
+LIMITS = LimitsConfig(
+    max_message_bytes=64 * 1024,
+    max_exclude_items=5,
+    max_context_entries=2,
+    max_id_length=32,
+    max_events_per_call=3,
+    max_concurrent_requests=1,
+)
+
+
+@pytest.fixture(scope="module")
+def stub(synthetic_workspace: Path) -> Iterator[pb_grpc.RecommendationServiceStub]:
+    candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5000)}
+    config = EndcapConfig(limits=LIMITS, candidates=candidates)
+    host = PluginHost(config, extra_plugins={"slow": Slow()})
+    workspace = Workspace(synthetic_workspace)
+    server = Server("127.0.0.1", free_port(), 4, LIMITS)
+    server.attach(RecommendationService(workspace, config, host, OnlineFeatures(workspace)))
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.RecommendationServiceStub(channel)
+    server.stop(grace=1)
+
+
+def refused(call: Any, request: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=10)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("request_", "words"),
+    [
+        (
+            pb.RecommendRequest(user_id="u1", exclude_item_ids=[f"i{i}" for i in range(6)]),
+            "limits.max_exclude_items) is 5",
+        ),
+        (pb.RecommendRequest(user_id="u1", context={"a": "1", "b": "2", "c": "3"}), "limits.max_context_entries) is 2"),
+        (pb.RecommendRequest(user_id="u" * 33), "limits.max_id_length) is 32"),
+    ],
+)
+def test_recommend_limits_are_named(stub: pb_grpc.RecommendationServiceStub, request_: Any, words: str) -> None:
+    error = refused(stub.Recommend, request_)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()
+
+
+def test_events_per_call_limit(stub: pb_grpc.RecommendationServiceStub) -> None:
+    events = [pb.Event(user_id="u1", item_id="i1", type=pb.EVENT_TYPE_VIEW)] * 4
+    error = refused(stub.RecordEvents, pb.RecordEventsRequest(events=events))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "4 events in one call; the limit (limits.max_events_per_call) is 3" in error.details()
+
+
+def test_oversized_message_is_resource_exhausted(stub: pb_grpc.RecommendationServiceStub) -> None:
+    error = refused(stub.Recommend, pb.RecommendRequest(user_id="u1", context={"blob": "x" * 70_000}))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "65536" in error.details()
+
+
+def test_calls_past_the_concurrency_limit_are_refused_at_once(stub: pb_grpc.RecommendationServiceStub) -> None:
+    outcomes: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(stub.Recommend(pb.RecommendRequest(user_id="u1", k=3), timeout=10))
+        except grpc.RpcError as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=call)
+    first.start()
+    time.sleep(0.2)  # the first call is inside the slow source now
+    started = time.perf_counter()
+    call()
+    waited = time.perf_counter() - started
+    first.join()
+    errors = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+    assert len(errors) == 1 and errors[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than 1 calls in flight (limits.max_concurrent_requests)" in errors[0].details()
+    assert waited < 0.25, "refused at once, not queued"
+
+
+def test_torn_last_record_is_cut_and_kept_aside(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl")
+    log.append([Event("u1", "i1", "purchase", 1, 1.0), Event("u1", "i2", "view", 1, 2.0)])
+    with (tmp_path / "events.jsonl").open("ab") as handle:
+        handle.write(b'{"user_id":"u1","item_id":"i3","ty')
+    assert log.repair() == len(b'{"user_id":"u1","item_id":"i3","ty')
+    assert [e.item_id for e in log.read()] == ["i1", "i2"]
+    torn = list(tmp_path.glob("events.jsonl.torn-*"))
+    assert len(torn) == 1 and torn[0].read_bytes().startswith(b'{"user_id":"u1"')
+    assert log.repair() == 0
+
+
+def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_workspace: Path, tmp_path: Path) -> None:
+    server = start_server(synthetic_workspace, tmp_path)
+    log_path = synthetic_workspace / "events" / "events.jsonl"
+    before = log_path.read_text().count("\n") if log_path.exists() else 0
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def record() -> None:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            n = 0
+            while not stop.is_set():
+                item = f"kill-test-{n}"
+                try:
+                    stub.RecordEvents(
+                        pb.RecordEventsRequest(
+                            events=[pb.Event(user_id="u1", item_id=item, type=pb.EVENT_TYPE_PURCHASE)]
+                        ),
+                        timeout=5,
+                    )
+                except grpc.RpcError:
+                    return
+                acknowledged.append(item)
+                n += 1
+
+    writer = threading.Thread(target=record)
+    writer.start()
+    time.sleep(1.0)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    stop.set()
+    writer.join()
+    assert len(acknowledged) > 10
+
+    restarted = start_server(synthetic_workspace, tmp_path)  # repairs the log on start
+    restarted.process.send_signal(signal.SIGTERM)
+    restarted.process.wait()
+    lines = log_path.read_text().splitlines()
+    recorded = {json.loads(line)["item_id"] for line in lines[before:]}
+    assert set(acknowledged) <= recorded
+    assert log_path.read_bytes().endswith(b"\n")
