@@ -11,11 +11,12 @@ Layout under ``<workspace>/models``::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ class Manifest:
     endcap_version: str
     validation: dict[str, float] = field(default_factory=dict)
     """The pipeline's metrics on each user's newest basket, trained without it (empty when skipped)."""
+    checksums: dict[str, str] = field(default_factory=dict)
+    """sha256 of every artifact file, by path relative to the version directory."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -78,6 +81,38 @@ def load_catalog(directory: Path) -> tuple[Catalog, sp.csr_matrix]:
     return catalog, sp.load_npz(directory / "user_items.npz").tocsr()
 
 
+class CorruptArtifact(FailedPrecondition):
+    """A model version's files do not match the checksums recorded when it was written."""
+
+
+def artifact_checksums(directory: Path) -> dict[str, str]:
+    checksums = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                digest.update(block)
+        checksums[str(path.relative_to(directory))] = digest.hexdigest()
+    return checksums
+
+
+def verify_artifact(directory: Path, manifest: Manifest) -> None:
+    """Refuse a version whose files were changed, removed or added since it was written."""
+    if not manifest.checksums:
+        raise CorruptArtifact(f"model {manifest.version} records no checksums; retrain it with this Endcap")
+    found = artifact_checksums(directory)
+    for name in sorted(manifest.checksums.keys() | found.keys()):
+        expected, actual = manifest.checksums.get(name), found.get(name)
+        if expected != actual:
+            what = (
+                "is missing" if actual is None else "was added" if expected is None else "does not match its checksum"
+            )
+            raise CorruptArtifact(
+                f"model {manifest.version}: {name} {what}; the artifact was modified or corrupted — "
+                "promote another version or retrain"
+            )
+
+
 class ModelRegistry:
     """Model versions of one workspace."""
 
@@ -94,6 +129,8 @@ class ModelRegistry:
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
 
     def commit(self, staging: Path, manifest: Manifest) -> Path:
+        """Record every file's checksum in the manifest, then move the version into place."""
+        manifest = replace(manifest, checksums=artifact_checksums(staging))
         (staging / MANIFEST).write_text(manifest.to_json())
         target = self.root / manifest.version
         os.replace(staging, target)

@@ -15,7 +15,7 @@ from endcap.events import EVENT_TYPES, EventLog
 from endcap.limits import check_event_count, check_id, check_items_and_context
 from endcap.pipeline import Pipeline, Recommendation
 from endcap.plugin_host import PluginHost
-from endcap.serving_model import ServingModel, load_serving_model
+from endcap.serving_model import ServingModel, load_newest_sound_model
 from endcap.types import Event, Query
 from endcap.workspace import Workspace
 
@@ -43,7 +43,7 @@ class RecommendationService:
         self.online = online
         self.events = EventLog(workspace.events_log)
         self.events.repair()
-        self.model: ServingModel = load_serving_model(workspace, host, online)
+        self.model: ServingModel = load_newest_sound_model(workspace, host, online)
         self.pipeline = Pipeline(self.model, online.user, config.serving)
 
     def _notify(self, method: str, *args: Any) -> None:

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import structlog
 from endcap.errors import FailedPrecondition
 from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
-from endcap.models import Manifest, ModelRegistry, component_dir, load_catalog
+from endcap.models import CorruptArtifact, Manifest, ModelRegistry, component_dir, load_catalog, verify_artifact
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
 from endcap.types import Catalog, Component, IndexArray, ModelContext, UserFeatures
@@ -106,6 +106,7 @@ def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, vers
     registry = ModelRegistry(workspace.models)
     directory = registry.path(version)
     manifest = registry.manifest(directory.name)
+    verify_artifact(directory, manifest)
     catalog, user_items = load_catalog(directory)
     components = host.build_components()
     item_ids = list(catalog.item_ids)
@@ -121,3 +122,25 @@ def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, vers
         seconds=round(time.perf_counter() - started, 3),
     )
     return model
+
+
+def load_newest_sound_model(workspace: Workspace, host: PluginHost, online: Any) -> ServingModel:
+    """The current version; when its artifact is corrupt, the newest earlier version that is sound
+    (logged as an error), so a damaged file never takes the service down."""
+    registry = ModelRegistry(workspace.models)
+    current = registry.current()
+    try:
+        return load_serving_model(workspace, host, online, current)
+    except CorruptArtifact as refusal:
+        log.error("model_refused", version=current, reason=str(refusal))
+        for version in reversed(registry.versions()):
+            if version == current:
+                continue
+            try:
+                model = load_serving_model(workspace, host, online, version)
+            except (CorruptArtifact, FailedPrecondition) as other:
+                log.error("model_refused", version=version, reason=str(other))
+                continue
+            log.error("serving_previous_version", version=version, refused=current)
+            return model
+        raise CorruptArtifact(f"{refusal}; no earlier version is sound either") from refusal

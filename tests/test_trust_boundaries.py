@@ -172,3 +172,31 @@ def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_works
     recorded = {json.loads(line)["item_id"] for line in lines[before:]}
     assert set(acknowledged) <= recorded
     assert log_path.read_bytes().endswith(b"\n")
+
+
+def test_a_tampered_model_is_refused_and_the_previous_version_serves(tmp_path: Path) -> None:
+    from conftest import prepared_workspace
+
+    from endcap.models import CorruptArtifact, ModelRegistry
+    from endcap.serving_model import load_newest_sound_model, load_serving_model
+    from endcap.training import train
+
+    workspace = prepared_workspace(tmp_path, users=15, items=20, baskets=4)
+    host = PluginHost(EndcapConfig())
+    first = train(workspace, host, validate=False)
+    second = train(workspace, host, validate=False)
+    registry = ModelRegistry(workspace.models)
+    assert registry.current() == second.version and len(registry.manifest().checksums) > 5
+    online = OnlineFeatures(workspace)
+
+    tampered = registry.path(second.version) / "components" / "candidates" / "popularity" / "popularity.npz"
+    tampered.write_bytes(tampered.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(
+        CorruptArtifact, match=r"components/candidates/popularity/popularity.npz does not match its checksum"
+    ):
+        load_serving_model(workspace, host, online)
+    assert load_newest_sound_model(workspace, host, online).version == first.version
+
+    (registry.path(first.version) / "catalog.npz").unlink()
+    with pytest.raises(CorruptArtifact, match="popularity.npz does not match .* no earlier version is sound either"):
+        load_newest_sound_model(workspace, host, online)
