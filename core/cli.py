@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
 
     _limit_blas_threads()
     config, host = _host(workspace)
-    server = Server(args.host, args.port, config.serving.max_workers, config.limits)
+    server = Server(args.host, args.port, config.serving.max_workers, config.limits, config.tls, config.auth)
     log = structlog.get_logger("endcap.server")
     log.info("listening", address=server.address, health="NOT_SERVING")
     try:
@@ -176,9 +176,16 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:
-    from endcap.client import recommend
+    from endcap.client import Connection, recommend
 
-    response = recommend(args.target, args.user_id, args.k, args.exclude or [], timeout=args.timeout)
+    connection = Connection(
+        args.target,
+        ca=Path(args.tls_ca) if args.tls_ca else None,
+        cert=Path(args.tls_cert) if args.tls_cert else None,
+        key=Path(args.tls_key) if args.tls_key else None,
+        token=args.token or os.environ.get("ENDCAP_TOKEN"),
+    )
+    response = recommend(connection, args.user_id, args.k, args.exclude or [], timeout=args.timeout)
     _say(f"model {response.model_version}, request {response.request_id}")
     _say(f"{'rank':>4}  {'item_id':<12} {'score':>8}  sources")
     for rank, item in enumerate(response.items, start=1):
@@ -316,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--exclude", nargs="*", metavar="ITEM_ID", help="item ids to leave out")
     recommend.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
     recommend.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    recommend.add_argument("--token", help="bearer token (default: $ENDCAP_TOKEN)")
+    recommend.add_argument("--tls-ca", help="CA certificate: connect with TLS and check the server against it")
+    recommend.add_argument("--tls-cert", help="client certificate, for mutual TLS")
+    recommend.add_argument("--tls-key", help="client private key, for mutual TLS")
 
     batch = add("batch", cmd_batch, "top-k for every known user into a CSV or Parquet file")
     batch.add_argument("--out", required=True, help="output file (.csv or .parquet)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from endcap.errors import EndcapError
@@ -14,14 +16,38 @@ class ClientError(EndcapError):
     """A call to the server failed; the message carries the gRPC status and details."""
 
 
+@dataclass(frozen=True)
+class Connection:
+    """How to reach a server: plain, TLS (``ca``), or mutual TLS (``ca`` + ``cert`` + ``key``),
+    with an optional bearer token."""
+
+    target: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    token: str | None = None
+
+    def channel(self) -> grpc.Channel:
+        if self.ca is None:
+            return grpc.insecure_channel(self.target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+        return grpc.secure_channel(self.target, credentials)
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+
 def recommend(
-    target: str, user_id: str, k: int = 10, exclude_item_ids: Sequence[str] = (), timeout: float = 5.0
+    connection: Connection, user_id: str, k: int = 10, exclude_item_ids: Sequence[str] = (), timeout: float = 5.0
 ) -> pb.RecommendResponse:
-    with grpc.insecure_channel(target) as channel:
+    with connection.channel() as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
+        request = pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude_item_ids))
         try:
-            return stub.Recommend(
-                pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude_item_ids)), timeout=timeout
-            )
+            return stub.Recommend(request, timeout=timeout, metadata=connection.metadata())
         except grpc.RpcError as exc:
-            raise ClientError(f"{target}: {exc.code().name}: {exc.details()}") from exc
+            raise ClientError(f"{connection.target}: {exc.code().name}: {exc.details()}") from exc

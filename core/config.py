@@ -66,6 +66,32 @@ class LimitsConfig(BaseModel):
     """Calls in flight; past it new calls get RESOURCE_EXHAUSTED at once instead of queueing."""
 
 
+class TlsConfig(BaseModel):
+    """TLS for the gRPC port; with ``client_ca_file`` clients must present a certificate it signed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+ROLES = ("recommend", "record", "admin")
+
+
+class AuthConfig(BaseModel):
+    """Bearer tokens (``authorization: Bearer <token>`` metadata), from a file or the environment.
+
+    ``tokens_file`` is YAML: ``tokens: [{name: storefront, token: "...", roles: [recommend]}]``;
+    ``tokens_env`` names a variable holding ``name:token:role+role;name:token:role``.
+    Roles: ``recommend`` (Recommend, SimilarItems), ``record`` (RecordEvents), ``admin``
+    (everything, including GetModelInfo). Health checks and reflection stay open.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokens_file: Path | None = None
+    tokens_env: str | None = None
+
+
 def _default_candidates() -> dict[str, ComponentBlock]:
     return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "tifuknn", "als", "item2item")}
 
@@ -78,6 +104,8 @@ class EndcapConfig(BaseModel):
     """Allow-list of plugins (entry-point names in the ``endcap`` group) to load."""
     serving: ServingConfig = ServingConfig()
     limits: LimitsConfig = LimitsConfig()
+    tls: TlsConfig | None = None
+    auth: AuthConfig | None = None
     candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)
     ranker: ComponentBlock = ComponentBlock(type="lightgbm")
     filters: dict[str, ComponentBlock] = Field(default_factory=dict)

@@ -11,8 +11,9 @@ from typing import Any
 
 import grpc
 import structlog
-from endcap.config import LimitsConfig
-from endcap.errors import EndcapError, Unavailable
+from endcap.auth import AuthInterceptor, load_callers
+from endcap.config import AuthConfig, LimitsConfig, TlsConfig
+from endcap.errors import ConfigError, EndcapError, Unavailable
 from endcap.limits import ConcurrencyLimit
 from endcap.logs import request_id_var
 from endcap.service import RecommendationService
@@ -71,14 +72,38 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         )
 
 
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    try:
+        key, cert = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"tls: cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 class Server:
     """A started gRPC server: health NOT_SERVING and calls UNAVAILABLE until :meth:`attach`."""
 
-    def __init__(self, host: str, port: int, max_workers: int, limits: LimitsConfig | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        max_workers: int,
+        limits: LimitsConfig | None = None,
+        tls: TlsConfig | None = None,
+        auth: AuthConfig | None = None,
+    ) -> None:
         limits = limits or LimitsConfig()
+        interceptors: list[grpc.ServerInterceptor] = [
+            ErrorInterceptor(ConcurrencyLimit(limits.max_concurrent_requests))
+        ]
+        if auth is not None:
+            interceptors.insert(0, AuthInterceptor(load_callers(auth)))
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-rpc"),
-            interceptors=[ErrorInterceptor(ConcurrencyLimit(limits.max_concurrent_requests))],
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -93,7 +118,10 @@ class Server:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc_server,
         )
-        self.port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            self.port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self.grpc_server.add_secure_port(f"{host}:{port}", server_credentials(tls))
         if self.port == 0:
             raise EndcapError(f"cannot listen on {host}:{port}; is another server using the port?")
         self.address = f"{host}:{self.port}"

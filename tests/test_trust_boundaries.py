@@ -176,7 +176,6 @@ def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_works
 
 def test_a_tampered_model_is_refused_and_the_previous_version_serves(tmp_path: Path) -> None:
     from conftest import prepared_workspace
-
     from endcap.models import CorruptArtifact, ModelRegistry
     from endcap.serving_model import load_newest_sound_model, load_serving_model
     from endcap.training import train
@@ -198,5 +197,5 @@ def test_a_tampered_model_is_refused_and_the_previous_version_serves(tmp_path: P
     assert load_newest_sound_model(workspace, host, online).version == first.version
 
     (registry.path(first.version) / "catalog.npz").unlink()
-    with pytest.raises(CorruptArtifact, match="popularity.npz does not match .* no earlier version is sound either"):
+    with pytest.raises(CorruptArtifact, match=r"popularity.npz does not match .* no earlier version is sound either"):
         load_newest_sound_model(workspace, host, online)
