@@ -94,7 +94,8 @@ def training_data(**shape: int) -> TrainingData:
     return replace(data, ranking_examples=examples)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -137,7 +138,7 @@ def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]],
             done = subprocess.run([executable, *step, *workspace], capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 raise AssertionError(f"endcap {step[0]} failed:\n{done.stderr}")
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [executable, "serve", "--port", str(port), *workspace],
             stdout=subprocess.DEVNULL,
@@ -145,7 +146,7 @@ def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]],
             env={**os.environ},
         )
         processes.append(process)
-        _wait_serving(f"127.0.0.1:{port}", process)
+        wait_until_serving(f"127.0.0.1:{port}", process)
         return f"127.0.0.1:{port}"
 
     yield start
@@ -154,7 +155,8 @@ def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]],
         process.wait(timeout=30)
 
 
-def _wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_until_serving(target: str, process: subprocess.Popen[Any], timeout: float = 120.0) -> None:
+    """Block until the server at ``target`` reports SERVING; fail if ``process`` exits first."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -163,17 +165,15 @@ def _wait_serving(target: str, process: subprocess.Popen[bytes], timeout: float 
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise AssertionError(f"endcap serve exited with {process.returncode}")
+                raise AssertionError(f"endcap serve exited with {process.returncode} before serving")
             try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    raise AssertionError(f"endcap serve at {target} did not become SERVING in {timeout:.0f}s")
+    raise AssertionError(f"endcap serve at {target} not SERVING after {timeout:.0f}s")
 
 
 # -- contracts ------------------------------------------------------------------------------

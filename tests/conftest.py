@@ -7,10 +7,8 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit runs its own threads
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +17,7 @@ from typing import Any
 import grpc
 import pandas as pd
 import pytest
-from endcap.testing import purchase_log
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from endcap.testing import free_port, purchase_log, wait_until_serving
 
 ENDCAP = str(Path(sys.executable).parent / "endcap")
 
@@ -28,12 +25,6 @@ ENDCAP = str(Path(sys.executable).parent / "endcap")
 def make_generic_log(users: int = 40, items: int = 60, baskets: int = 6, seed: int = 7) -> pd.DataFrame:
     """A generic-format log with per-user staples and power-law popularity (the test kit's)."""
     return purchase_log(users=users, items=items, baskets=baskets, seed=seed)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_cli(
@@ -79,23 +70,6 @@ class RunningServer:
     workspace: Path
     process: subprocess.Popen[str]
     stderr_path: Path
-
-
-def wait_until_serving(target: str, process: subprocess.Popen[str], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"endcap serve exited with {process.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError(f"endcap serve at {target} not SERVING after {timeout}s")
 
 
 def start_server(workspace: Path, log_dir: Path, env: dict[str, str] | None = None) -> RunningServer:
