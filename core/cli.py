@@ -173,6 +173,9 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     except BaseException:
         server.stop(grace=0)
         raise
+    if args.metrics_port is not None:
+        port = service.expose_metrics(args.host, args.metrics_port)
+        log.info("metrics", address=f"http://{args.host}:{port}/metrics")
     server.attach(service)
     log.info("serving", address=server.address, model_version=service.model.version)
     server.wait_for_signal()
@@ -326,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", cmd_serve, "serve the gRPC API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics")
 
     recommend = add("recommend", cmd_recommend, "ask a running server for a user's recommendations")
     recommend.add_argument("--user-id", required=True)

@@ -27,6 +27,10 @@ BUILTIN_PLUGINS = (
     "tifuknn",
     "blocklist",
     "structlog_monitor",
+    "service_metrics",
+    "recommendation_health",
+    "online_quality",
+    "drift",
 )
 
 
@@ -110,7 +114,13 @@ class EndcapConfig(BaseModel):
     ranker: ComponentBlock = ComponentBlock(type="lightgbm")
     filters: dict[str, ComponentBlock] = Field(default_factory=dict)
     monitors: dict[str, ComponentBlock] = Field(
-        default_factory=lambda: {"request_log": ComponentBlock(type="structlog")}
+        default_factory=lambda: {
+            "request_log": ComponentBlock(type="structlog"),
+            "metrics": ComponentBlock(type="prometheus"),
+            "health": ComponentBlock(type="recommendation_health"),
+            "online_quality": ComponentBlock(type="online_quality"),
+            "drift": ComponentBlock(type="drift"),
+        }
     )
     source: str = "<defaults>"
     """Where this configuration was read from (set by :func:`load_config`)."""

@@ -61,6 +61,8 @@ class Prepared:
     """``candidates × sources`` scores scaled to (0, 1]; 0 where a source did not propose the item."""
     counts: Mapping[str, int]
     """Candidates each source returned, before merging and filtering."""
+    fallback: bool = False
+    """Every source came back empty and the fallback source served."""
 
 
 class _Stopwatch:
@@ -83,6 +85,12 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
     if span <= 0:
         return np.ones_like(scores, dtype=np.float32)
     return (0.05 + 0.95 * (scores - low) / span).astype(np.float32)
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float32, copy=False)
+    values.flags.writeable = False
+    return values
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -157,7 +165,8 @@ class Pipeline:
         watch = watch or _Stopwatch()
         wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size)
         results = self._generate(query, user, wanted, errors)
-        if not any(len(c) for c in results):
+        fallback = not any(len(c) for c in results)
+        if fallback:
             results = self._fallback(query, user, wanted, errors)
         watch.lap("candidates")
 
@@ -171,7 +180,7 @@ class Pipeline:
         features = self._features(ids, source_scores, user)
         watch.lap("features")
         counts = {name: len(c) for name, c in zip(self.source_names, results, strict=True)}
-        return Prepared(features=features, source_scores=source_scores, counts=counts)
+        return Prepared(features=features, source_scores=source_scores, counts=counts, fallback=fallback)
 
     def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
         request_id = request_id or uuid.uuid4().hex
@@ -217,6 +226,10 @@ class Pipeline:
             scores=top_scores,
             timings=StageTimings(dict(watch.ms)),
             errors=dict(errors),
+            cold_start=not user.known,
+            fallback=prepared.fallback,
+            features=prepared.features,
+            candidate_scores=_read_only(scores),
         )
         return answer, record
 

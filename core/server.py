@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
@@ -36,8 +37,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     Health checks are exempt from the concurrency limit, so probes see an overloaded server.
     """
 
-    def __init__(self, concurrency: ConcurrencyLimit) -> None:
+    def __init__(self, concurrency: ConcurrencyLimit, observe: Callable[[str, str, float], None] | None = None) -> None:
         self.concurrency = concurrency
+        self.observe = observe
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -52,18 +54,24 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             given = metadata.get(REQUEST_ID_HEADER)
             request_id = given if isinstance(given, str) and 0 < len(given) <= 128 else uuid.uuid4().hex
             token = request_id_var.set(request_id)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
             try:
                 if not limited:
                     return inner(request, context)
                 with self.concurrency:
                     return inner(request, context)
             except EndcapError as exc:
+                code = exc.status
                 context.abort(exc.status, str(exc))
             except Exception:
+                code = grpc.StatusCode.INTERNAL
                 log.exception("internal_error", method=method)
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}); see the server log")
             finally:
                 request_id_var.reset(token)
+                if self.observe is not None and limited:
+                    self.observe(method.rsplit("/", 1)[-1], code.name, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -97,7 +105,7 @@ class Server:
     ) -> None:
         limits = limits or LimitsConfig()
         interceptors: list[grpc.ServerInterceptor] = [
-            ErrorInterceptor(ConcurrencyLimit(limits.max_concurrent_requests))
+            ErrorInterceptor(ConcurrencyLimit(limits.max_concurrent_requests), self._observe_call)
         ]
         if auth is not None:
             interceptors.insert(0, AuthInterceptor(load_callers(auth)))
@@ -131,6 +139,10 @@ class Server:
     def _set_health(self, status: Any) -> None:
         self.health.set("", status)
         self.health.set(SERVICE_NAME, status)
+
+    def _observe_call(self, method: str, code: str, seconds: float) -> None:
+        if self.service is not None:
+            self.service.notify("on_call", method, code, seconds)
 
     def current_service(self) -> RecommendationService:
         service = self.service

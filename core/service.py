@@ -46,7 +46,22 @@ class RecommendationService:
         self.model: ServingModel = load_newest_sound_model(workspace, host, online)
         self.pipeline = Pipeline(self.model, online.user, config.serving)
 
-    def _notify(self, method: str, *args: Any) -> None:
+    def expose_metrics(self, host: str, port: int) -> int:
+        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``; returns the port."""
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        for name, monitor in self.model.components.monitors.items():
+            try:
+                monitor.register_metrics(registry)
+            except Exception as exc:
+                log.warning(
+                    "monitor_failed", monitor=name, hook="register_metrics", error=f"{type(exc).__name__}: {exc}"
+                )
+        http_server, _ = start_http_server(port, addr=host, registry=registry)
+        return int(http_server.server_port)
+
+    def notify(self, method: str, *args: Any) -> None:
         for name, monitor in self.model.components.monitors.items():
             try:
                 getattr(monitor, method)(*args)
@@ -69,9 +84,9 @@ class RecommendationService:
             query = self.pipeline.make_query(user_id, k, exclude_item_ids, context, variant)
             answer, record = self.pipeline.recommend(query, request_id)
         except Exception as exc:
-            self._notify("on_error", request_id, query, exc)
+            self.notify("on_error", request_id, query, exc)
             raise
-        self._notify("on_request", record)
+        self.notify("on_request", record)
         return answer
 
     def similar_items(self, item_id: str, k: int, exclude_item_ids: Sequence[str]) -> Any:
@@ -85,7 +100,7 @@ class RecommendationService:
         now = time.time()
         events = tuple(_validated(i, position, now, self.config.limits) for position, i in enumerate(inputs))
         written = self.events.append(events)
-        self._notify("on_events", events)
+        self.notify("on_events", events)
         return written
 
 

@@ -6,14 +6,34 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version as distribution_version
+from pathlib import Path
 
+import numpy as np
+import structlog
 from endcap.ingest import load_interactions
 from endcap.models import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog
 from endcap.plugin_host import PluginHost
 from endcap.ranking_examples import build_ranking_examples
 from endcap.registry import kind_of
 from endcap.training_data import build_training_data
+from endcap.types import FeatureMatrix, ModelContext, Query, Ranker, TrainingData
 from endcap.workspace import Workspace
+
+log = structlog.get_logger("endcap.training")
+
+
+def reference_scores(ranker: Ranker, data: TrainingData, directory: Path) -> np.ndarray | None:
+    """The freshly trained ranker's scores on its own examples: the score distribution drift
+    monitors compare live traffic with. ``None`` when the ranker cannot score them."""
+    examples = data.ranking_examples
+    assert examples is not None
+    try:
+        ranker.load(ModelContext(data.catalog, data.user_items, directory))
+        features = FeatureMatrix(np.zeros(len(examples.labels), np.int32), examples.names, examples.values)
+        return np.asarray(ranker.score(Query("", -1, 10), features), dtype=np.float32)
+    except Exception as exc:
+        log.warning("reference_scores_unavailable", ranker=ranker.name, error=f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate: bool = True) -> Manifest:
@@ -35,7 +55,7 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     staging = registry.staging_dir()
     try:
         built = host.build_components()
-        if built.ranker.needs_ranking_examples:
+        if any(c.needs_ranking_examples for c in built.all()):
             examples = build_ranking_examples(workspace, host, host.config, data, log)
             data = replace(data, ranking_examples=examples)
         save_catalog(staging, data.catalog, data.user_items)
@@ -45,6 +65,8 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
             directory = component_dir(staging, kind, component.name)
             directory.mkdir(parents=True)
             params = host.manager.hook.endcap_train_component(component=component, data=data, directory=directory)
+            if component is built.ranker and data.ranking_examples is not None:
+                data = replace(data, reference_scores=reference_scores(component, data, directory))
             registered = host.registry.find(type(component))
             components[f"{kind}/{component.name}"] = ComponentManifest(
                 kind=kind,

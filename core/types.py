@@ -135,7 +135,15 @@ class RequestRecord:
     scores: ScoreArray
     timings: StageTimings
     errors: Mapping[str, str] = field(default_factory=dict)
-    """Sources that failed for this request and why; their contribution was dropped."""
+    """Components that failed or overran their budget for this request, and why."""
+    cold_start: bool = False
+    """The feature store knew nothing of the user."""
+    features: FeatureMatrix | None = None
+    """The ranked candidates' features (read-only), for monitors that watch their distribution."""
+    candidate_scores: ScoreArray | None = None
+    """The final score of every ranked candidate, aligned with ``features``."""
+    fallback: bool = False
+    """Every candidate source came back empty and the fallback source served."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,9 @@ class TrainingData:
     user_items: sp.csr_matrix
     """Users × items purchase counts (float32)."""
     ranking_examples: RankingExamples | None = None
-    """Set when the configured ranker declares ``needs_ranking_examples``."""
+    """Set when a configured component declares ``needs_ranking_examples``."""
+    reference_scores: npt.NDArray[np.float32] | None = None
+    """The trained ranker's scores on ``ranking_examples`` (set for components fitted after it)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,9 @@ class Component(ABC):  # noqa: B024 - a marker base; each kind adds its abstract
     """Base of all components: built from its typed config by the plugin host."""
 
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    needs_ranking_examples: ClassVar[bool] = False
+    """Set to ``True`` to receive :attr:`TrainingData.ranking_examples` (and, for monitors, the
+    trained ranker's ``reference_scores`` on them) in ``fit``."""
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
@@ -232,9 +245,6 @@ class CandidateGenerator(Component):
 class Ranker(Component):
     """Scores the merged candidates of a request."""
 
-    needs_ranking_examples: ClassVar[bool] = False
-    """Set to ``True`` to receive :attr:`TrainingData.ranking_examples` in ``fit``."""
-
     @abstractmethod
     def score(self, query: Query, features: FeatureMatrix) -> ScoreArray:
         """Return one score per row of ``features`` (higher = better)."""
@@ -264,3 +274,12 @@ class Monitor(Component):
 
     def on_events(self, events: tuple[Event, ...]) -> None:
         """Called after events were written to the event log."""
+
+    def on_call(self, method: str, code: str, seconds: float) -> None:
+        """Called after every API call (``Recommend``, ``RecordEvents``, …) with its gRPC status
+        code name and duration."""
+
+    def register_metrics(self, registry: Any) -> None:
+        """Called once at start-up when the server exposes Prometheus metrics
+        (``endcap serve --metrics-port``): add your collectors to this
+        ``prometheus_client.CollectorRegistry``; it is served at ``/metrics``."""

@@ -1,7 +1,12 @@
-"""``structlog``: one JSON log line per request (and per event batch, and per error)."""
+"""``structlog``: one JSON log line per request (and per event batch, and per error).
+
+Each line carries the request id, variant, model version, k, candidates per source and per-stage
+timings. No feature values are logged, and the user appears only as a pseudonymous key unless
+``include_user_id`` is set."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Any
 
@@ -15,6 +20,10 @@ class StructlogMonitorConfig(endcap.ComponentConfig):
     """Share of requests logged; errors are always logged."""
     include_items: bool = False
     """Also log the recommended item ids."""
+    include_user_id: bool = False
+    """Log the raw user id; by default only a pseudonymous key (a salted hash) identifies the user."""
+    salt: str = "endcap"
+    """Salt of the pseudonymous user key; set your own to keep keys unlinkable across systems."""
 
 
 class StructlogMonitor(endcap.Monitor):
@@ -30,7 +39,7 @@ class StructlogMonitor(endcap.Monitor):
             return
         fields: dict[str, Any] = {
             "request_id": record.request_id,
-            "user_id": record.query.user_id,
+            **self._user(record.query.user_id),
             "k": record.query.k,
             "returned": len(record.item_ids),
             "candidates": dict(record.candidates_per_source),
@@ -43,6 +52,12 @@ class StructlogMonitor(endcap.Monitor):
         if self.config.include_items:
             fields["items"] = list(record.item_ids)
         self.log.info("recommend", **fields)
+
+    def _user(self, user_id: str) -> dict[str, str]:
+        if self.config.include_user_id:
+            return {"user_id": user_id}
+        digest = hashlib.sha256(f"{self.config.salt}:{user_id}".encode()).hexdigest()[:16]
+        return {"user_key": digest}
 
     def on_error(self, request_id: str, query: endcap.Query | None, error: BaseException) -> None:
         self.log.warning("request_failed", request_id=request_id, error=f"{type(error).__name__}: {error}")

@@ -72,11 +72,13 @@ class RunningServer:
     stderr_path: Path
 
 
-def start_server(workspace: Path, log_dir: Path, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    workspace: Path, log_dir: Path, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()
+) -> RunningServer:
     port = free_port()
     stderr_path = log_dir / f"serve-{port}.log"
     process = subprocess.Popen(
-        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(port)],
+        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(port), *extra_args],
         stdout=subprocess.DEVNULL,
         stderr=stderr_path.open("w"),
         text=True,

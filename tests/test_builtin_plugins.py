@@ -142,10 +142,14 @@ def test_structlog_monitor_writes_one_line_per_request() -> None:
     assert len(logs) == 1
     line = logs[0]
     assert line["event"] == "recommend"
-    assert line["request_id"] == "r1" and line["user_id"] == "u1" and line["k"] == 2
+    assert line["request_id"] == "r1" and line["k"] == 2
+    assert "user_id" not in line and len(line["user_key"]) == 16  # pseudonymous unless enabled
     assert line["candidates"] == {"als": 30} and line["stage_ms"] == {"rank": 0.25}
     assert line["model_version"] == "v1"
     assert "items" not in line
+    with capture_logs() as logs:
+        StructlogMonitor("log", StructlogMonitorConfig(include_user_id=True, include_items=True)).on_request(record)
+    assert logs[0]["user_id"] == "u1" and logs[0]["items"] == ["i1", "i2"]
 
 
 def test_tifuknn_tunes_on_held_out_baskets_and_ranks_best_first(data: endcap.TrainingData, tmp_path: Path) -> None:

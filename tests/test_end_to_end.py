@@ -167,7 +167,8 @@ def test_request_log_has_one_json_line_per_request(
     lines = [json.loads(line) for line in server.stderr_path.read_text().splitlines() if line.startswith("{")]
     logged = [line for line in lines if line.get("request_id") == reply.request_id and line["event"] == "recommend"]
     assert len(logged) == 1
-    assert logged[0]["user_id"] == "2" and logged[0]["k"] == 3
+    assert logged[0]["k"] == 3 and logged[0]["model_version"] == reply.model_version
+    assert "user_id" not in logged[0] and logged[0]["user_key"]
     assert set(logged[0]["stage_ms"]) >= {"candidates", "rank"}
 
 

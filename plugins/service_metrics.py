@@ -1,0 +1,118 @@
+"""``prometheus``: service metrics for ``endcap serve --metrics-port``.
+
+Requests and latency by RPC; per-stage latency, fallbacks and cold starts by variant;
+candidates per source; dropped components by reason; feature-store read latency and misses;
+events by type; the loaded model version as an info metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import endcap
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CANDIDATE_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 500, 1000, 2000)
+
+
+class ServiceMetricsConfig(endcap.ComponentConfig):
+    pass
+
+
+class ServiceMetrics(endcap.Monitor):
+    Config = ServiceMetricsConfig
+
+    def __init__(self, name: str, config: ServiceMetricsConfig) -> None:
+        super().__init__(name, config)
+        self.enabled = False
+        self._version = ""
+
+    def register_metrics(self, registry: Any) -> None:
+        self.requests = Counter(
+            "endcap_requests", "API calls by method and gRPC status", ["method", "code"], registry=registry
+        )
+        self.latency = Histogram(
+            "endcap_request_duration_seconds",
+            "API call latency",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stages = Histogram(
+            "endcap_stage_duration_seconds",
+            "Recommend pipeline stage latency",
+            ["stage", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.candidates = Histogram(
+            "endcap_candidates_per_request",
+            "Candidates a source proposed",
+            ["source"],
+            buckets=CANDIDATE_BUCKETS,
+            registry=registry,
+        )
+        self.failures = Counter(
+            "endcap_component_failures",
+            "Component calls dropped from a request",
+            ["component", "reason"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "endcap_fallbacks", "Requests served by the fallback source", ["variant"], registry=registry
+        )
+        self.cold_starts = Counter(
+            "endcap_cold_starts", "Requests for users unknown to the feature store", ["variant"], registry=registry
+        )
+        self.feature_reads = Histogram(
+            "endcap_feature_store_read_duration_seconds",
+            "Online feature read per request",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.feature_misses = Counter(
+            "endcap_feature_store_misses", "Online reads that found no user row", registry=registry
+        )
+        self.events = Counter("endcap_events", "Events recorded", ["type"], registry=registry)
+        self.model = Gauge(
+            "endcap_model_info", "The model version being served (value 1)", ["version"], registry=registry
+        )
+        self.enabled = True
+
+    def on_call(self, method: str, code: str, seconds: float) -> None:
+        if self.enabled:
+            self.requests.labels(method, code).inc()
+            self.latency.labels(method).observe(seconds)
+
+    def on_request(self, record: endcap.RequestRecord) -> None:
+        if not self.enabled:
+            return
+        variant = record.query.variant or "default"
+        for stage, ms in record.timings.ms.items():
+            self.stages.labels(stage, variant).observe(ms / 1000.0)
+        for source, count in record.candidates_per_source.items():
+            self.candidates.labels(source).observe(count)
+        for component, reason in record.errors.items():
+            self.failures.labels(component, "over_budget" if reason.startswith("over budget") else "error").inc()
+        if record.fallback:
+            self.fallbacks.labels(variant).inc()
+        if record.cold_start:
+            self.cold_starts.labels(variant).inc()
+            self.feature_misses.inc()
+        self.feature_reads.observe(record.timings.ms.get("user_features", 0.0) / 1000.0)
+        if record.model_version != self._version:
+            if self._version:
+                self.model.remove(self._version)
+            self.model.labels(record.model_version).set(1)
+            self._version = record.model_version
+
+    def on_events(self, events: tuple[endcap.Event, ...]) -> None:
+        if self.enabled:
+            for event in events:
+                self.events.labels(event.type).inc()
+
+
+@endcap.hookimpl
+def endcap_register_components(registry: Any) -> None:
+    registry.add(ServiceMetrics, type_name="prometheus")

@@ -1,0 +1,126 @@
+"""A real server with its monitoring plugins, read back from /metrics: service metrics,
+recommendation health, online quality, and drift alarms for shifted traffic."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import yaml
+from conftest import RunningServer, free_port, prepared_workspace, run_cli, start_server, stop_server
+from endcap.plugins.drift import psi, reference_histogram, shares
+from endcap.plugins.recommendation_health import gini
+from endcap.v1 import recommendation_pb2 as pb
+from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+WATCHED = ["product.purchases", "product.distinct_buyers"]
+
+
+def test_psi_and_gini_on_known_distributions() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=5000)
+    edges, expected = reference_histogram(reference, 10)
+    assert len(edges) == 9 and abs(sum(expected) - 1) < 1e-9
+    assert psi(np.array(expected), shares(rng.normal(size=5000), np.array(edges))) < 0.02
+    assert psi(np.array(expected), shares(rng.normal(1.0, size=5000), np.array(edges))) > 0.5
+    assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
+    assert gini(np.array([0, 0, 0, 100])) == pytest.approx(0.75)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, int]]:
+    root = tmp_path_factory.mktemp("monitoring")
+    workspace = prepared_workspace(root, users=80, items=400, baskets=6).root
+    monitors = {
+        "request_log": {"type": "structlog"},
+        "metrics": {"type": "prometheus"},
+        "health": {"type": "recommendation_health", "window": 200},
+        "online_quality": {"type": "online_quality", "attribution_hours": 1},
+        "drift": {"type": "drift", "features": WATCHED, "window": 60, "min_requests": 30, "check_every": 10},
+    }
+    (workspace / "endcap.yaml").write_text(yaml.safe_dump({"monitors": monitors}))
+    run_cli("train", workspace=workspace)
+    metrics_port = free_port()
+    server = start_server(workspace, root, extra_args=("--metrics-port", str(metrics_port)))
+    yield server, metrics_port
+    stop_server(server)
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for found, v in samples.get(name, []) if all(found.get(k) == w for k, w in labels.items()))
+
+
+def ask(server: RunningServer, users: list[str]) -> list[pb.RecommendResponse]:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        return [stub.Recommend(pb.RecommendRequest(user_id=u, k=10), timeout=10) for u in users]
+
+
+def test_normal_traffic_raises_no_alarm_and_fills_the_service_metrics(served: tuple[RunningServer, int]) -> None:
+    server, port = served
+    replies = ask(server, [f"u{i % 80}" for i in range(60)])
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError):
+        pb_grpc.RecommendationServiceStub(channel).Recommend(pb.RecommendRequest(user_id="", k=10), timeout=10)
+    samples = scrape(port)
+    assert value(samples, "endcap_requests_total", method="Recommend", code="OK") == 60
+    assert value(samples, "endcap_requests_total", method="Recommend", code="INVALID_ARGUMENT") == 1
+    assert value(samples, "endcap_request_duration_seconds_count", method="Recommend") == 61
+    assert value(samples, "endcap_stage_duration_seconds_count", stage="rank", variant="default") == 60
+    assert value(samples, "endcap_candidates_per_request_count", source="repurchase") == 60
+    assert value(samples, "endcap_model_info", version=replies[0].model_version) == 1
+    assert 0 < value(samples, "endcap_recommendations_coverage") <= 1
+    assert 0 <= value(samples, "endcap_recommendations_gini") < 1
+    assert value(samples, "endcap_recommendations_cold_start_share") == 0
+    psis = {labels["feature"]: v for labels, v in samples["endcap_feature_psi"]}
+    assert set(psis) == set(WATCHED), "the drift monitor watches what it was configured to"
+    assert all(v < 0.2 for v in psis.values()), psis
+    assert all(v == 0 for _, v in samples["endcap_drift_alarm"]), samples["endcap_drift_alarm"]
+
+
+def test_shifted_traffic_raises_the_alarm(served: tuple[RunningServer, int]) -> None:
+    server, port = served
+    ask(server, [f"newcomer-{i}" for i in range(60)])  # cold-start shoppers only see best-sellers
+    samples = scrape(port)
+    alarms = {labels["feature"]: v for labels, v in samples["endcap_drift_alarm"]}
+    assert alarms["product.purchases"] == 1
+    assert value(samples, "endcap_cold_starts_total", variant="default") == 60
+    assert value(samples, "endcap_recommendations_cold_start_share") > 0.4
+    assert (
+        '"drift_alarm"' in server.stderr_path.read_text()
+        and '"feature": "product.purchases"' in server.stderr_path.read_text()
+    )
+
+
+def test_purchases_of_shown_items_are_attributed(served: tuple[RunningServer, int]) -> None:
+    server, port = served
+    shown = ask(server, ["u7"])[0]
+    with grpc.insecure_channel(server.target) as channel:
+        pb_grpc.RecommendationServiceStub(channel).RecordEvents(
+            pb.RecordEventsRequest(
+                events=[
+                    pb.Event(user_id="u7", item_id=shown.items[0].item_id, type=pb.EVENT_TYPE_PURCHASE),
+                    pb.Event(user_id="u7", item_id="never-shown", type=pb.EVENT_TYPE_PURCHASE),
+                ]
+            ),
+            timeout=10,
+        )
+    samples = scrape(port)
+    version = shown.model_version
+    assert value(samples, "endcap_online_attributed_purchases_total", variant="default", model_version=version) == 1
+    assert value(samples, "endcap_online_answers_hit_total", variant="default", model_version=version) == 1
+    assert 0 < value(samples, "endcap_online_hit_rate", variant="default", model_version=version) < 1
+    assert value(samples, "endcap_events_total", type="purchase") == 2
