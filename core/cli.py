@@ -253,6 +253,14 @@ def cmd_evaluate(args: argparse.Namespace, workspace: Workspace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace, workspace: Workspace) -> int:
+    from endcap.monitor_report import write_report
+
+    page = write_report(workspace.root, Path(args.out))
+    _say(f"wrote {page} (open it in a browser)")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
     if getattr(args, "plugins_command", None) == "new":
         from endcap.scaffold import scaffold
@@ -349,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add("evaluate", cmd_evaluate, "temporal-split evaluation against baselines, with ablations")
     evaluate.add_argument("--out", help="report directory (default: <workspace>/reports/evaluation-<time>)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON instead of markdown")
+
+    monitor = add("monitor", cmd_monitor, "reports on what a serving Endcap recorded")
+    monitor_commands = monitor.add_subparsers(dest="monitor_command", metavar="report", required=True)
+    report = monitor_commands.add_parser("report", parents=[common], help="an HTML page of charts")
+    report.add_argument("--out", required=True, help="directory for index.html and its charts")
 
     plugins = add("plugins", cmd_plugins, "list the loaded plugins, their versions, hooks and component types")
     plugins.add_argument("--all", action="store_true", help="also list installed plugins that are not enabled")

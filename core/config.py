@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "recommendation_health",
     "online_quality",
     "drift",
+    "metrics_recorder",
 )
 
 
@@ -120,6 +121,7 @@ class EndcapConfig(BaseModel):
             "health": ComponentBlock(type="recommendation_health"),
             "online_quality": ComponentBlock(type="online_quality"),
             "drift": ComponentBlock(type="drift"),
+            "recorder": ComponentBlock(type="recorder"),
         }
     )
     source: str = "<defaults>"

@@ -45,10 +45,11 @@ class RecommendationService:
         self.events.repair()
         self.model: ServingModel = load_newest_sound_model(workspace, host, online)
         self.pipeline = Pipeline(self.model, online.user, config.serving)
+        self.metrics = self._register_metrics()
+        """Every monitor's collectors; served by :meth:`expose_metrics`, recorded by ``recorder``."""
 
-    def expose_metrics(self, host: str, port: int) -> int:
-        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``; returns the port."""
-        from prometheus_client import CollectorRegistry, start_http_server
+    def _register_metrics(self) -> Any:
+        from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry()
         for name, monitor in self.model.components.monitors.items():
@@ -58,7 +59,13 @@ class RecommendationService:
                 log.warning(
                     "monitor_failed", monitor=name, hook="register_metrics", error=f"{type(exc).__name__}: {exc}"
                 )
-        http_server, _ = start_http_server(port, addr=host, registry=registry)
+        return registry
+
+    def expose_metrics(self, host: str, port: int) -> int:
+        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``; returns the port."""
+        from prometheus_client import start_http_server
+
+        http_server, _ = start_http_server(port, addr=host, registry=self.metrics)
         return int(http_server.server_port)
 
     def notify(self, method: str, *args: Any) -> None:

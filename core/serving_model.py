@@ -74,11 +74,14 @@ def load_components(
     catalog: Catalog,
     user_items: sp.csr_matrix,
     product_features: Callable[[Sequence[str]], pd.DataFrame] | None = None,
+    workspace: Path | None = None,
 ) -> None:
     """Give each component the state ``fit`` saved under ``directory`` (a model version)."""
     for component in components:
         kind = kind_of(type(component))
-        context = ModelContext(catalog, user_items, component_dir(directory, kind, component.name), product_features)
+        context = ModelContext(
+            catalog, user_items, component_dir(directory, kind, component.name), product_features, workspace
+        )
         try:
             component.load(context)
         except FileNotFoundError as exc:
@@ -111,7 +114,12 @@ def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, vers
     components = host.build_components()
     item_ids = list(catalog.item_ids)
     load_components(
-        components.all(), directory, catalog, user_items, lambda refs: online.product_features(refs, item_ids)
+        components.all(),
+        directory,
+        catalog,
+        user_items,
+        lambda refs: online.product_features(refs, item_ids),
+        workspace.root,
     )
     model = assemble(manifest, catalog, components, online.products(list(catalog.item_ids)))
     log.info(

@@ -204,6 +204,8 @@ class ModelContext:
     """Reads product-keyed features from the online store for every catalogue item, in catalogue
     order: ``product_features(["stock:in_stock"])`` gives one column per feature. ``None`` when no
     feature store is at hand (offline evaluation)."""
+    workspace: Path | None = None
+    """The workspace directory when serving (e.g. for a monitor that records to disk)."""
 
 
 class Component(ABC):  # noqa: B024 - a marker base; each kind adds its abstract methods
@@ -280,6 +282,6 @@ class Monitor(Component):
         code name and duration."""
 
     def register_metrics(self, registry: Any) -> None:
-        """Called once at start-up when the server exposes Prometheus metrics
-        (``endcap serve --metrics-port``): add your collectors to this
-        ``prometheus_client.CollectorRegistry``; it is served at ``/metrics``."""
+        """Called once when serving starts: add your collectors to this
+        ``prometheus_client.CollectorRegistry``. It is served at ``/metrics`` with
+        ``endcap serve --metrics-port`` and written to disk by the ``recorder`` monitor."""

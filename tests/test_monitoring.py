@@ -3,8 +3,10 @@ recommendation health, online quality, and drift alarms for shifted traffic."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -42,6 +44,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
         "health": {"type": "recommendation_health", "window": 200},
         "online_quality": {"type": "online_quality", "attribution_hours": 1},
         "drift": {"type": "drift", "features": WATCHED, "window": 60, "min_requests": 30, "check_every": 10},
+        "recorder": {"type": "recorder", "interval_seconds": 0.3},
     }
     (workspace / "endcap.yaml").write_text(yaml.safe_dump({"monitors": monitors}))
     run_cli("train", workspace=workspace)
@@ -124,3 +127,18 @@ def test_purchases_of_shown_items_are_attributed(served: tuple[RunningServer, in
     assert value(samples, "endcap_online_answers_hit_total", variant="default", model_version=version) == 1
     assert 0 < value(samples, "endcap_online_hit_rate", variant="default", model_version=version) < 1
     assert value(samples, "endcap_events_total", type="purchase") == 2
+
+
+def test_report_charts_what_the_server_recorded(served: tuple[RunningServer, int], tmp_path: Path) -> None:
+    server, _ = served
+    ask(server, [f"u{i}" for i in range(10)])
+    time.sleep(1.0)  # a few recording intervals
+    recording = server.workspace / "monitoring" / "metrics.jsonl"
+    assert len(recording.read_text().splitlines()) >= 2
+    out = run_cli("monitor", "report", "--out", str(tmp_path / "report"), workspace=server.workspace).stdout
+    assert "index.html" in out
+    page = (tmp_path / "report" / "index.html").read_text()
+    for chart in ("latency.png", "drift.png", "coverage.png", "hit_rate.png"):
+        assert f'src="{chart}"' in page
+        assert (tmp_path / "report" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Feature and score drift" in page and "Online hit rate" in page
