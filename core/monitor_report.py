@@ -77,7 +77,7 @@ def _chart(path: Path, title: str, unit: str, series: Series, threshold: float |
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 3.6), dpi=100)
+    figure, axes = plt.subplots(figsize=(10, 3.8), dpi=100)
     for name, points in sorted(series.items()):
         if points:
             times = [datetime.fromtimestamp(t, UTC) for t, _ in points]
@@ -89,7 +89,7 @@ def _chart(path: Path, title: str, unit: str, series: Series, threshold: float |
     axes.grid(alpha=0.3)
     axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     if any(series.values()) or threshold is not None:
-        axes.legend(fontsize=8, loc="upper left")
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.autofmt_xdate()
     figure.tight_layout()
     figure.savefig(path)

@@ -17,11 +17,13 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import Field
 
 
-def gini(counts: np.ndarray) -> float:
-    """0 when every item is recommended equally often, towards 1 when a few take everything."""
+def gini(counts: np.ndarray, catalog_size: int | None = None) -> float:
+    """0 when every catalogue item is recommended equally often, towards 1 when a few take
+    everything; items never recommended count as zeros (``catalog_size`` pads them)."""
     if counts.size == 0 or counts.sum() == 0:
         return 0.0
-    ordered = np.sort(counts.astype(np.float64))
+    missing = max((catalog_size or 0) - counts.size, 0)
+    ordered = np.concatenate([np.zeros(missing), np.sort(counts.astype(np.float64))])
     n = ordered.size
     cumulative = np.cumsum(ordered)
     return float((n + 1 - 2 * (cumulative / cumulative[-1]).sum()) / n)
@@ -60,7 +62,7 @@ class RecommendationHealth(endcap.Monitor):
         n = max(len(answers), 1)
         return {
             "coverage": counts.size / self.catalog_size,
-            "gini": gini(counts),
+            "gini": gini(counts, self.catalog_size),
             "cold_start_share": sum(a[2] for a in answers) / n,
             "fallback_share": sum(a[3] for a in answers) / n,
             "short_answer_share": sum(len(a[0]) < a[1] for a in answers) / n,

@@ -32,6 +32,7 @@ def test_psi_and_gini_on_known_distributions() -> None:
     assert psi(np.array(expected), shares(rng.normal(1.0, size=5000), np.array(edges))) > 0.5
     assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
     assert gini(np.array([0, 0, 0, 100])) == pytest.approx(0.75)
+    assert gini(np.array([100]), catalog_size=4) == pytest.approx(0.75)  # unrecommended items count
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_normal_traffic_raises_no_alarm_and_fills_the_service_metrics(served: tu
     assert value(samples, "endcap_candidates_per_request_count", source="repurchase") == 60
     assert value(samples, "endcap_model_info", version=replies[0].model_version) == 1
     assert 0 < value(samples, "endcap_recommendations_coverage") <= 1
-    assert 0 <= value(samples, "endcap_recommendations_gini") < 1
+    assert 0 < value(samples, "endcap_recommendations_gini") < 1
     assert value(samples, "endcap_recommendations_cold_start_share") == 0
     psis = {labels["feature"]: v for labels, v in samples["endcap_feature_psi"]}
     assert set(psis) == set(WATCHED), "the drift monitor watches what it was configured to"
