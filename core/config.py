@@ -55,6 +55,10 @@ class ServingConfig(BaseModel):
     fallback_source: str = "popularity"
     """Name of the candidate generator that serves when every other source returned nothing."""
     max_workers: int = Field(8, ge=1)
+    opentelemetry: bool = False
+    """Emit an OpenTelemetry span per request with a child per pipeline stage. Spans go to the
+    tracer provider the process is given (e.g. ``opentelemetry-instrument`` and ``OTEL_*``
+    variables); without one they cost nothing."""
 
 
 class LimitsConfig(BaseModel):

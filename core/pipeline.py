@@ -68,12 +68,37 @@ class Prepared:
 class _Stopwatch:
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.started_ns = time.time_ns()
+        self._origin = time.perf_counter_ns()
+        self._last = self._origin
+        self.spans: list[tuple[str, int, int]] = []
+        """(stage, start, end) in epoch nanoseconds, for tracing."""
 
     def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.ms[stage] = (now - self._last) * 1000.0
+        now = time.perf_counter_ns()
+        self.ms[stage] = (now - self._last) / 1e6
+        self.spans.append((stage, self.started_ns + self._last - self._origin, self.started_ns + now - self._origin))
         self._last = now
+
+
+def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_version: str) -> None:
+    """One ``endcap.recommend`` span with a child per stage, from the stopwatch's own times."""
+    from opentelemetry import trace
+
+    end = watch.spans[-1][2] if watch.spans else time.time_ns()
+    root = tracer.start_span("endcap.recommend", start_time=watch.started_ns)
+    root.set_attributes(
+        {
+            "endcap.request_id": request_id,
+            "endcap.k": query.k,
+            "endcap.variant": query.variant,
+            "endcap.model_version": model_version,
+        }
+    )
+    context = trace.set_span_in_context(root)
+    for stage, start, stop in watch.spans:
+        tracer.start_span(f"endcap.{stage}", context=context, start_time=start).end(end_time=stop)
+    root.end(end_time=end)
 
 
 def _scaled(scores: np.ndarray) -> np.ndarray:
@@ -85,6 +110,12 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
     if span <= 0:
         return np.ones_like(scores, dtype=np.float32)
     return (0.05 + 0.95 * (scores - low) / span).astype(np.float32)
+
+
+def _tracer() -> Any:
+    from opentelemetry import trace
+
+    return trace.get_tracer("endcap")
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:
@@ -108,6 +139,7 @@ class Pipeline:
         self.model = model
         self.read_user = read_user
         self.serving = serving
+        self.tracer = _tracer() if serving.opentelemetry else None
         self.sources = tuple(model.components.candidates.items())
         self.failures: Counter[str] = Counter()
         """Calls dropped per component (raised or overran its budget) since start."""
@@ -217,6 +249,8 @@ class Pipeline:
             timings=dict(watch.ms),
         )
         top_scores.flags.writeable = False
+        if self.tracer is not None:
+            _trace(self.tracer, watch, request_id, query, self.model.version)
         record = RequestRecord(
             request_id=request_id,
             query=query,

@@ -14,6 +14,7 @@ import yaml
 from conftest import RunningServer, free_port, prepared_workspace, run_cli, start_server, stop_server
 from endcap.plugins.drift import psi, reference_histogram, shares
 from endcap.plugins.recommendation_health import gini
+from endcap.types import Query
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -143,3 +144,38 @@ def test_report_charts_what_the_server_recorded(served: tuple[RunningServer, int
         assert f'src="{chart}"' in page
         assert (tmp_path / "report" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Feature and score drift" in page and "Online hit rate" in page
+
+
+def test_opentelemetry_spans_per_stage_when_enabled(synthetic_workspace: Path) -> None:
+    from endcap.config import EndcapConfig, ServingConfig
+    from endcap.feature_store import OnlineFeatures
+    from endcap.pipeline import Pipeline
+    from endcap.plugin_host import PluginHost
+    from endcap.serving_model import load_serving_model
+    from endcap.workspace import Workspace
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    workspace = Workspace(synthetic_workspace)
+    online = OnlineFeatures(workspace)
+    model = load_serving_model(workspace, PluginHost(EndcapConfig()), online)
+
+    Pipeline(model, online.user, ServingConfig()).recommend(Query("u1", model.user_index["u1"], 5), "off")
+    assert exporter.get_finished_spans() == ()  # off by default
+
+    Pipeline(model, online.user, ServingConfig(opentelemetry=True)).recommend(
+        Query("u1", model.user_index["u1"], 5), "r-otel"
+    )
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    root = spans["endcap.recommend"]
+    assert root.attributes["endcap.request_id"] == "r-otel"
+    for stage in ("user_features", "candidates", "merge", "filter", "features", "rank", "top_k"):
+        child = spans[f"endcap.{stage}"]
+        assert child.parent.span_id == root.context.span_id
+        assert root.start_time <= child.start_time <= child.end_time <= root.end_time
