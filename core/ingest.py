@@ -36,6 +36,7 @@ INSTACART_REQUIRED = ("order_id", "user_id", "order_number", "product_id")
 GENERIC_REQUIRED = ("user_id", "item_id", "timestamp")
 FORMATS = ("auto", "instacart", "generic")
 ON_ERROR = ("fail", "quarantine")
+EPOCH_SECONDS_LIMIT = 253_402_300_800
 INSTACART_ANCHOR = pd.Timestamp("2017-06-01", tz="UTC")
 CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
 KNOWN_COLUMNS = {
@@ -136,6 +137,7 @@ class _Table:
     def timestamps(self, column: str) -> pd.DatetimeIndex:
         raw = self.frame[column].astype(str).str.strip()
         numeric = pd.to_numeric(raw, errors="coerce")
+        numeric = numeric.where(numeric.abs() < EPOCH_SECONDS_LIMIT)  # beyond year 9999: not a time
         if numeric.notna().all():
             parsed = pd.to_datetime(numeric, unit="s", utc=True, errors="coerce")
         else:

@@ -161,6 +161,7 @@ import grpc
 import pytest
 
 import endcap_{name}
+from endcap.config import BUILTIN_PLUGINS
 from endcap.testing import {contract}
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
@@ -180,7 +181,7 @@ installed = any(ep.name == "{name}" for ep in entry_points(group="endcap"))
 @pytest.mark.skipif(not installed, reason="install the package first: pip install -e .")
 def test_served_by_a_live_endcap(endcap_server) -> None:
     config = {{
-        "plugins": ["popularity", "repurchase", "linear_ranker", "structlog_monitor", "{name}"],
+        "plugins": [*BUILTIN_PLUGINS, "{name}"],
         "candidates": {{"popularity": {{"type": "popularity"}}, "repurchase": {{"type": "repurchase"}}}},
         "ranker": {{"type": "linear"}},
     }}

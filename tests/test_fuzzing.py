@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 CASES: Counter[str] = Counter()
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 huge_text = st.one_of(text, st.just(""), st.just(" "), st.builds(lambda n: "x" * n, st.integers(250, 20_000)))

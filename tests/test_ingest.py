@@ -131,3 +131,10 @@ def test_append_adds_to_the_log_and_changes_the_fingerprint(tmp_path: Path) -> N
     assert (first.rows, second.rows) == (1, 2)
     assert first.fingerprint != second.fingerprint
     assert second.users == 2
+
+
+def test_epoch_seconds_beyond_year_9999_are_refused_not_crashed(tmp_path: Path) -> None:
+    # found by the fuzzer: pandas overflowed converting this to a time
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,i,999999999999999999999999999999\n")
+    with pytest.raises(InputFileError, match="not an ISO-8601 time or epoch seconds"):
+        read_purchase_log(path)
