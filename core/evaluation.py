@@ -104,7 +104,7 @@ def evaluate_target(
     users = sorted(split.target["user_id"].unique())
     user_rows = {u: i for i, u in enumerate(users)}
     unseen = sorted(set(split.target["item_id"]) - set(catalog.item_ids.tolist()))
-    columns = np.concatenate([model.item_indices(split.target["item_id"].tolist())])
+    columns = model.item_indices(split.target["item_id"].tolist()).astype(np.int64)
     unseen_index = {item: catalog.n_items + j for j, item in enumerate(unseen)}
     missing = columns < 0
     columns[missing] = [unseen_index[i] for i in split.target["item_id"].to_numpy()[missing]]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from endcap.errors import InputFileError, InvalidArgument
+from endcap.errors import FailedPrecondition, InputFileError, InvalidArgument
 from endcap.workspace import Workspace
 
 INSTACART_REQUIRED = ("order_id", "user_id", "order_number", "product_id")
@@ -360,8 +360,6 @@ def store_log(
 
 def load_interactions(workspace: Workspace) -> pd.DataFrame:
     """The canonical log; a clear error when ``endcap ingest`` has not run."""
-    from endcap.errors import FailedPrecondition
-
     if not workspace.interactions.exists():
         raise FailedPrecondition(
             f"no purchase log in {workspace.root}; run 'endcap ingest PATH' (or 'endcap ingest --demo') first"
