@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,6 +178,8 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
         port = service.expose_metrics(args.host, args.metrics_port)
         log.info("metrics", address=f"http://{args.host}:{port}/metrics")
     server.attach(service)
+    if config.serving.reload_poll_seconds > 0:
+        service.watch_registry(config.serving.reload_poll_seconds, threading.Event())
     log.info("serving", address=server.address, model_version=service.model.version)
     server.wait_for_signal()
     return 0

@@ -55,6 +55,8 @@ class ServingConfig(BaseModel):
     fallback_source: str = "popularity"
     """Name of the candidate generator that serves when every other source returned nothing."""
     max_workers: int = Field(8, ge=1)
+    reload_poll_seconds: float = Field(1.0, ge=0)
+    """How often a server checks the model registry for a newly promoted version (0: never)."""
     opentelemetry: bool = False
     """Emit an OpenTelemetry span per request with a child per pipeline stage. Spans go to the
     tracer provider the process is given (e.g. ``opentelemetry-instrument`` and ``OTEL_*``

@@ -3,6 +3,7 @@ the event log. The servicer translates protobuf to these calls and back; nothing
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,12 +11,13 @@ from typing import Any
 
 import structlog
 from endcap.config import EndcapConfig, LimitsConfig
-from endcap.errors import InvalidArgument
+from endcap.errors import EndcapError, InvalidArgument
 from endcap.events import EVENT_TYPES, EventLog
 from endcap.limits import check_event_count, check_id, check_items_and_context
+from endcap.models import ModelRegistry
 from endcap.pipeline import Pipeline, Recommendation
 from endcap.plugin_host import PluginHost
-from endcap.serving_model import ServingModel, load_newest_sound_model
+from endcap.serving_model import ServingModel, load_newest_sound_model, load_serving_model
 from endcap.types import Event, Query
 from endcap.workspace import Workspace
 
@@ -43,10 +45,55 @@ class RecommendationService:
         self.online = online
         self.events = EventLog(workspace.events_log)
         self.events.repair()
-        self.model: ServingModel = load_newest_sound_model(workspace, host, online)
-        self.pipeline = Pipeline(self.model, online.user, config.serving)
+        model = load_newest_sound_model(workspace, host, online)
+        self.pipeline = Pipeline(model, online.user, config.serving)
+        """The model version being served and its pipeline, swapped whole by :meth:`reload`; a
+        request reads it once, so every answer comes from one version."""
+        self._reload_lock = threading.Lock()
+        self._refused: str | None = None
         self.metrics = self._register_metrics()
         """Every monitor's collectors; served by :meth:`expose_metrics`, recorded by ``recorder``."""
+
+    @property
+    def model(self) -> ServingModel:
+        return self.pipeline.model
+
+    def reload(self, version: str | None = None) -> bool:
+        """Load ``version`` (default: the registry's current) beside the serving one, then switch to
+        it in one assignment. Monitors carry over (reloaded with the new version's state). A version
+        that fails to load is refused, logged, and the serving one stays; returns whether it switched."""
+        with self._reload_lock:
+            registry = ModelRegistry(self.workspace.models)
+            target = version or registry.current()
+            if target is None or target == self.model.version:
+                return False
+            try:
+                model = load_serving_model(
+                    self.workspace, self.host, self.online, target, monitors=self.model.components.monitors
+                )
+            except EndcapError as exc:
+                if self._refused != target:
+                    log.error("reload_refused", version=target, serving=self.model.version, reason=str(exc))
+                self._refused = target
+                return False
+            previous = self.model.version
+            self.pipeline = Pipeline(model, self.online.user, self.config.serving)
+            log.info("model_switched", version=target, previous=previous)
+            return True
+
+    def watch_registry(self, interval: float, stop: threading.Event) -> threading.Thread:
+        """Poll the registry's CURRENT pointer and :meth:`reload` when it moves (``endcap promote``)."""
+
+        def poll() -> None:
+            registry = ModelRegistry(self.workspace.models)
+            while not stop.wait(interval):
+                current = registry.current()
+                if current not in (self.model.version, self._refused):
+                    self.reload(current)
+
+        thread = threading.Thread(target=poll, name="endcap-model-watch", daemon=True)
+        thread.start()
+        return thread
 
     def _register_metrics(self) -> Any:
         from prometheus_client import CollectorRegistry
@@ -88,18 +135,22 @@ class RecommendationService:
         try:
             check_id("user_id", user_id, self.config.limits)
             check_items_and_context(self.config.limits, exclude_item_ids, context)
-            query = self.pipeline.make_query(user_id, k, exclude_item_ids, context, variant)
-            answer, record = self.pipeline.recommend(query, request_id)
+            pipeline = self.pipeline  # one version for the whole request
+            query = pipeline.make_query(user_id, k, exclude_item_ids, context, variant)
+            answer, record = pipeline.recommend(query, request_id)
         except Exception as exc:
             self.notify("on_error", request_id, query, exc)
             raise
         self.notify("on_request", record)
         return answer
 
-    def similar_items(self, item_id: str, k: int, exclude_item_ids: Sequence[str]) -> Any:
+    def similar_items(self, item_id: str, k: int, exclude_item_ids: Sequence[str]) -> tuple[Any, Any, str]:
+        """Similar items, their scores, and the model version that answered."""
         check_id("item_id", item_id, self.config.limits)
         check_items_and_context(self.config.limits, exclude_item_ids)
-        return self.pipeline.similar(item_id, k, exclude_item_ids)
+        pipeline = self.pipeline
+        item_ids, scores = pipeline.similar(item_id, k, exclude_item_ids)
+        return item_ids, scores, pipeline.model.version
 
     def record_events(self, inputs: Sequence[EventInput]) -> int:
         """Validate every event first; write all of them or none."""

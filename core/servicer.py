@@ -48,14 +48,16 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         )
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
-        item_ids, scores = self.service.similar_items(request.item_id, request.k, list(request.exclude_item_ids))
+        item_ids, scores, version = self.service.similar_items(
+            request.item_id, request.k, list(request.exclude_item_ids)
+        )
         source = self.service.config.serving.similar_items_source
         return pb.SimilarItemsResponse(
             items=[
                 pb.RecommendedItem(item_id=i, score=float(s), sources=[source])
                 for i, s in zip(item_ids, scores, strict=True)
             ],
-            model_version=self.service.model.version,
+            model_version=version,
             request_id=request_id_var.get(),
         )
 

@@ -7,8 +7,8 @@ swaps one object.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, U
 from endcap.models import CorruptArtifact, Manifest, ModelRegistry, component_dir, load_catalog, verify_artifact
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.types import Catalog, Component, IndexArray, ModelContext, UserFeatures
+from endcap.types import Catalog, Component, IndexArray, ModelContext, Monitor, UserFeatures
 from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.model")
@@ -103,8 +103,17 @@ def assemble(manifest: Manifest, catalog: Catalog, components: Components, produ
     )
 
 
-def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, version: str | None = None) -> ServingModel:
-    """Load ``version`` (default: current) with every configured component and the product matrix."""
+def load_serving_model(
+    workspace: Workspace,
+    host: PluginHost,
+    online: Any,
+    version: str | None = None,
+    monitors: Mapping[str, Monitor] | None = None,
+) -> ServingModel:
+    """Load ``version`` (default: current) with every configured component and the product matrix.
+
+    ``monitors`` keeps running monitors (a reload): they are given the new version's state
+    instead of being built anew, so their counters and windows carry over."""
     started = time.perf_counter()
     registry = ModelRegistry(workspace.models)
     directory = registry.path(version)
@@ -112,6 +121,8 @@ def load_serving_model(workspace: Workspace, host: PluginHost, online: Any, vers
     verify_artifact(directory, manifest)
     catalog, user_items = load_catalog(directory)
     components = host.build_components()
+    if monitors is not None:
+        components = replace(components, monitors=dict(monitors))
     item_ids = list(catalog.item_ids)
     load_components(
         components.all(),

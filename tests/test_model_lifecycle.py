@@ -96,3 +96,56 @@ def test_retrain_takes_new_purchases_and_is_idempotent(tmp_path: Path) -> None:
     registry.set_current("v-poor")
     fourth = retrain(workspace, host, say=messages.append)
     assert fourth.new_purchases == 0 and registry.current() == fourth.version
+
+
+def test_a_promoted_version_reaches_a_running_server_without_failed_or_mixed_answers(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    import grpc
+    from conftest import start_server, stop_server
+    from endcap.training import train
+    from endcap.v1 import recommendation_pb2 as pb
+    from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+
+    workspace = prepared_workspace(tmp_path, users=30, items=40, baskets=5)
+    host = PluginHost(EndcapConfig())
+    first = train(workspace, host, validate=False)
+    second = train(workspace, host, promote=False, validate=False)
+    server = start_server(workspace.root, tmp_path)
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    reply = stub.Recommend(pb.RecommendRequest(user_id="u1", k=5), timeout=5)
+                    similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id="i0", k=3), timeout=5)
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+                    continue
+                assert len(reply.items) == 5 and len(similar.items) == 3
+                seen.append(reply.model_version)
+                seen.append(similar.model_version)
+
+    client = threading.Thread(target=traffic)
+    client.start()
+    try:
+        time.sleep(1.0)
+        ModelRegistry(workspace.models).set_current(second.version)  # what `endcap promote` does
+        deadline = time.monotonic() + 30
+        while (not seen or seen[-1] != second.version) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        client.join()
+        stop_server(server)
+    assert not failures
+    assert seen[0] == first.version and seen[-1] == second.version
+    switch = seen.index(second.version)
+    assert set(seen[:switch]) == {first.version} and set(seen[switch:]) == {second.version}
+    assert '"model_switched"' in server.stderr_path.read_text()
