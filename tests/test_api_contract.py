@@ -13,14 +13,16 @@ from endcap import hookspecs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_generated_stubs_are_up_to_date() -> None:
+def check_generated(tool: str) -> None:
+    """``tools/<tool> --check`` exits 0: what it generates is committed and current."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "generate_protos.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, str(ROOT / "tools" / tool), "--check"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_stubs_are_up_to_date() -> None:
+    check_generated("generate_protos.py")
 
 
 def hooks() -> list[tuple[str, object]]:
@@ -47,13 +49,7 @@ def test_every_hook_documents_each_argument_and_its_version() -> None:
 
 
 def test_plugin_reference_is_up_to_date() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "generate_docs.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    check_generated("generate_docs.py")
     text = (ROOT / "docs" / "plugins.md").read_text()
     for name, _ in hooks():
         assert f"### `{name}`" in text, f"docs/plugins.md does not document {name}"
