@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from endcap.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_FILE = "endcap.yaml"
 BUILTIN_PLUGINS = (
@@ -103,6 +103,33 @@ class AuthConfig(BaseModel):
     tokens_env: str | None = None
 
 
+class VariantConfig(BaseModel):
+    """One arm of an experiment: its traffic share and what it changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    share: float = Field(gt=0, le=1)
+    ranker: ComponentBlock | None = None
+    """A ranker of its own (trained with the model, beside the main one); default: the main ranker."""
+    candidates: list[str] | None = None
+    """The candidate generators this arm uses, by name (default: all configured)."""
+
+
+class ExperimentConfig(BaseModel):
+    """An A/B test: users are assigned by a stable hash of experiment name and user id; a request's
+    ``variant`` field forces an arm. Metrics and logs carry the variant."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    variants: dict[str, VariantConfig]
+
+    @model_validator(mode="after")
+    def _shares_add_up(self) -> ExperimentConfig:
+        total = sum(v.share for v in self.variants.values())
+        if not self.variants or abs(total - 1.0) > 1e-6:
+            raise ValueError(f"variant shares must add up to 1; they add up to {total:g}")
+        return self
+
+
 def _default_candidates() -> dict[str, ComponentBlock]:
     return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "tifuknn", "als", "item2item")}
 
@@ -115,6 +142,7 @@ class EndcapConfig(BaseModel):
     """Allow-list of plugins (entry-point names in the ``endcap`` group) to load."""
     serving: ServingConfig = ServingConfig()
     limits: LimitsConfig = LimitsConfig()
+    experiment: ExperimentConfig | None = None
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
     candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)

@@ -135,12 +135,21 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 class Pipeline:
     """Answers Recommend and SimilarItems for one loaded model version."""
 
-    def __init__(self, model: ServingModel, read_user: Callable[[str], dict[str, Any]], serving: ServingConfig) -> None:
+    def __init__(
+        self,
+        model: ServingModel,
+        read_user: Callable[[str], dict[str, Any]],
+        serving: ServingConfig,
+        skip_sources: frozenset[str] = frozenset(),
+    ) -> None:
         self.model = model
         self.read_user = read_user
         self.serving = serving
         self.tracer = _tracer() if serving.opentelemetry else None
         self.sources = tuple(model.components.candidates.items())
+        self.skip_sources = skip_sources
+        """Sources this pipeline does not call (an experiment arm without them); their feature
+        columns stay, at zero, so every arm shares one feature layout."""
         self.failures: Counter[str] = Counter()
         """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
@@ -270,6 +279,9 @@ class Pipeline:
     def _generate(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
         results = []
         for name, generator in self.sources:
+            if name in self.skip_sources:
+                results.append(Candidates.empty())
+                continue
 
             def call(generator: Any = generator, name: str = name) -> Candidates:
                 result = generator.generate(query, user, n)

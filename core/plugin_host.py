@@ -6,7 +6,7 @@ import importlib
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,17 @@ class Components:
     ranker: Ranker
     filters: Mapping[str, Filter]
     monitors: Mapping[str, Monitor]
+    variant_rankers: Mapping[str, Ranker] = field(default_factory=dict)
+    """Rankers of experiment arms that bring their own, by variant name."""
 
     def all(self) -> list[Component]:
-        return [*self.candidates.values(), self.ranker, *self.filters.values(), *self.monitors.values()]
+        return [
+            *self.candidates.values(),
+            self.ranker,
+            *self.variant_rankers.values(),
+            *self.filters.values(),
+            *self.monitors.values(),
+        ]
 
 
 def trace_hook_calls(manager: pluggy.PluginManager) -> None:
@@ -197,6 +205,11 @@ class PluginHost:
             ranker=self._build("ranker", "ranker", "ranker", config.ranker),
             filters={n: self._build("filters", f"filters.{n}", n, b) for n, b in config.filters.items()},
             monitors={n: self._build("monitors", f"monitors.{n}", n, b) for n, b in config.monitors.items()},
+            variant_rankers={
+                variant: self._build("ranker", f"experiment.variants.{variant}.ranker", f"ranker@{variant}", arm.ranker)
+                for variant, arm in (config.experiment.variants.items() if config.experiment else ())
+                if arm.ranker is not None
+            },
         )
 
     def _build(self, kind: str, key: str, name: str, block: ComponentBlock) -> Any:

@@ -13,6 +13,7 @@ import structlog
 from endcap.config import EndcapConfig, LimitsConfig
 from endcap.errors import EndcapError, InvalidArgument
 from endcap.events import EVENT_TYPES, EventLog
+from endcap.experiments import choose, variant_pipelines
 from endcap.limits import check_event_count, check_id, check_items_and_context
 from endcap.models import ModelRegistry
 from endcap.pipeline import Pipeline, Recommendation
@@ -46,13 +47,18 @@ class RecommendationService:
         self.events = EventLog(workspace.events_log)
         self.events.repair()
         model = load_newest_sound_model(workspace, host, online)
-        self.pipeline = Pipeline(model, online.user, config.serving)
-        """The model version being served and its pipeline, swapped whole by :meth:`reload`; a
-        request reads it once, so every answer comes from one version."""
+        self.pipelines = variant_pipelines(model, online.user, config)
+        """The model version being served, one pipeline per experiment variant; swapped whole by
+        :meth:`reload`; a request reads it once, so every answer comes from one version."""
         self._reload_lock = threading.Lock()
         self._refused: str | None = None
         self.metrics = self._register_metrics()
         """Every monitor's collectors; served by :meth:`expose_metrics`, recorded by ``recorder``."""
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The default pipeline (the first variant's)."""
+        return next(iter(self.pipelines.values()))
 
     @property
     def model(self) -> ServingModel:
@@ -77,7 +83,7 @@ class RecommendationService:
                 self._refused = target
                 return False
             previous = self.model.version
-            self.pipeline = Pipeline(model, self.online.user, self.config.serving)
+            self.pipelines = variant_pipelines(model, self.online.user, self.config)
             log.info("model_switched", version=target, previous=previous)
             return True
 
@@ -135,8 +141,10 @@ class RecommendationService:
         try:
             check_id("user_id", user_id, self.config.limits)
             check_items_and_context(self.config.limits, exclude_item_ids, context)
-            pipeline = self.pipeline  # one version for the whole request
-            query = pipeline.make_query(user_id, k, exclude_item_ids, context, variant)
+            pipelines = self.pipelines  # one version for the whole request
+            chosen = choose(pipelines, self.config, user_id, variant)
+            pipeline = pipelines[chosen]
+            query = pipeline.make_query(user_id, k, exclude_item_ids, context, chosen)
             answer, record = pipeline.recommend(query, request_id)
         except Exception as exc:
             self.notify("on_error", request_id, query, exc)
