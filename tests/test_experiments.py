@@ -42,7 +42,7 @@ def test_shares_must_add_up(tmp_path: Path) -> None:
         "experiment:\n  name: x\n  variants:\n    a: {share: 0.5}\n    b: {share: 0.3}\n"
     )
     with pytest.raises(
-        ConfigError, match="experiment: Value error, variant shares must add up to 1; they add up to 0.8"
+        ConfigError, match=r"experiment: Value error, variant shares must add up to 1; they add up to 0\.8"
     ):
         load_config(tmp_path)
 
