@@ -45,6 +45,12 @@ class ResourceExhausted(EndcapError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(EndcapError):
+    """The caller's deadline passed before the answer was ready; the work stopped there."""
+
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class ConfigError(FailedPrecondition):
     """``endcap.yaml`` or a plugin's configuration is invalid."""
 

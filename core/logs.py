@@ -9,6 +9,8 @@ from contextvars import ContextVar
 import structlog
 
 request_id_var: ContextVar[str] = ContextVar("endcap_request_id", default="")
+deadline_var: ContextVar[float | None] = ContextVar("endcap_deadline", default=None)
+"""The caller's deadline on ``time.monotonic()``'s clock, for the call being served."""
 
 
 def _add_request_id(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:

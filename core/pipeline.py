@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import structlog
 from endcap.config import ServingConfig
-from endcap.errors import FailedPrecondition, InvalidArgument, NotFound
+from endcap.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from endcap.logs import deadline_var
 from endcap.serving_model import PRODUCT_FEATURE_NAMES, ServingModel
 from endcap.types import (
     Candidates,
@@ -110,6 +111,13 @@ def _scaled(scores: np.ndarray) -> np.ndarray:
     if span <= 0:
         return np.ones_like(scores, dtype=np.float32)
     return (0.05 + 0.95 * (scores - low) / span).astype(np.float32)
+
+
+def _check_deadline(stage: str) -> None:
+    """Stop working for a caller who has stopped waiting (the deadline of the gRPC call)."""
+    deadline = deadline_var.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded(f"the call's deadline passed after {stage}; nothing was returned")
 
 
 def _tracer() -> Any:
@@ -226,12 +234,14 @@ class Pipeline:
     def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
         request_id = request_id or uuid.uuid4().hex
         watch = _Stopwatch()
+        _check_deadline("starting")
         user = self.model.user_features(self.read_user(query.user_id))
         watch.lap("user_features")
 
         errors: dict[str, str] = {}
         prepared = self.prepare(query, user, errors, watch)
         ids, source_scores = prepared.features.ids, prepared.source_scores
+        _check_deadline("candidates and features")
 
         if user.known:
             scores = self.rank(query, prepared.features, source_scores, errors)

@@ -16,7 +16,7 @@ from endcap.auth import AuthInterceptor, load_callers
 from endcap.config import AuthConfig, LimitsConfig, TlsConfig
 from endcap.errors import ConfigError, EndcapError, Unavailable
 from endcap.limits import ConcurrencyLimit
-from endcap.logs import request_id_var
+from endcap.logs import deadline_var, request_id_var
 from endcap.service import RecommendationService
 from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -54,6 +54,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             given = metadata.get(REQUEST_ID_HEADER)
             request_id = given if isinstance(given, str) and 0 < len(given) <= 128 else uuid.uuid4().hex
             token = request_id_var.set(request_id)
+            remaining = context.time_remaining()
+            deadline = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -70,6 +72,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id}); see the server log")
             finally:
                 request_id_var.reset(token)
+                deadline_var.reset(deadline)
                 if self.observe is not None and limited:
                     self.observe(method.rsplit("/", 1)[-1], code.name, time.perf_counter() - started)
 

@@ -199,3 +199,24 @@ def test_a_tampered_model_is_refused_and_the_previous_version_serves(tmp_path: P
     (registry.path(first.version) / "catalog.npz").unlink()
     with pytest.raises(CorruptArtifact, match=r"popularity.npz does not match .* no earlier version is sound either"):
         load_newest_sound_model(workspace, host, online)
+
+
+def test_a_passed_deadline_stops_the_work(synthetic_workspace: Path) -> None:
+    from endcap.errors import DeadlineExceeded
+    from endcap.logs import deadline_var
+
+    config = EndcapConfig()
+    workspace = Workspace(synthetic_workspace)
+    service = RecommendationService(workspace, config, PluginHost(config), OnlineFeatures(workspace))
+    token = deadline_var.set(time.monotonic() - 0.001)
+    try:
+        with pytest.raises(DeadlineExceeded, match="deadline passed after starting"):
+            service.recommend("r", "u1", 5, [], {}, "")
+    finally:
+        deadline_var.reset(token)
+    assert len(service.recommend("r", "u1", 5, [], {}, "").item_ids) == 5
+
+
+def test_slow_calls_end_at_the_client_deadline(stub: pb_grpc.RecommendationServiceStub) -> None:
+    error = refused(lambda request, timeout: stub.Recommend(request, timeout=0.2), pb.RecommendRequest(user_id="u1"))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
