@@ -161,9 +161,13 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     import structlog
     from endcap.server import Server
 
+    if args.processes > 1:
+        return serve_processes(args, workspace)
     _limit_blas_threads()
     config, host = _host(workspace)
-    server = Server(args.host, args.port, config.serving.max_workers, config.limits, config.tls, config.auth)
+    server = Server(
+        args.host, args.port, config.serving.max_workers, config.limits, config.tls, config.auth, args.reuse_port
+    )
     log = structlog.get_logger("endcap.server")
     log.info("listening", address=server.address, health="NOT_SERVING")
     try:
@@ -183,6 +187,32 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     log.info("serving", address=server.address, model_version=service.model.version)
     server.wait_for_signal()
     return 0
+
+
+def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
+    """``--processes N``: N servers share the port (SO_REUSEPORT), so a Python server uses N cores.
+    Worker i serves metrics on ``--metrics-port + i``; SIGTERM and SIGINT are passed on to all."""
+    import signal
+    import subprocess
+
+    command = [sys.executable, "-m", "endcap.cli", "serve", "--workspace", str(workspace.root), "--host", args.host]
+    command += ["--port", str(args.port), "--processes", "1", "--reuse-port"]
+    if args.trace_hooks:
+        command.append("--trace-hooks")
+    workers = []
+    for i in range(args.processes):
+        metrics = ["--metrics-port", str(args.metrics_port + i)] if args.metrics_port is not None else []
+        workers.append(subprocess.Popen([*command, *metrics]))
+
+    def forward(signum: int, frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [worker.wait() for worker in workers]
+    return max(codes, key=abs)
 
 
 def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:
@@ -341,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    serve.add_argument("--processes", type=int, default=1, help="server processes sharing the port (default 1)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     recommend = add("recommend", cmd_recommend, "ask a running server for a user's recommendations")
     recommend.add_argument("--user-id", required=True)

@@ -105,6 +105,7 @@ class Server:
         limits: LimitsConfig | None = None,
         tls: TlsConfig | None = None,
         auth: AuthConfig | None = None,
+        reuse_port: bool = False,
     ) -> None:
         limits = limits or LimitsConfig()
         interceptors: list[grpc.ServerInterceptor] = [
@@ -116,7 +117,7 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-rpc"),
             interceptors=interceptors,
             options=[
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),  # several processes on one port
                 ("grpc.max_receive_message_length", limits.max_message_bytes),
                 ("grpc.max_send_message_length", limits.max_message_bytes),
             ],

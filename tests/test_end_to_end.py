@@ -4,6 +4,7 @@ server on a free port, called with the generated client."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,26 @@ def test_cli_errors_name_the_problem_without_traceback(tmp_path: Path) -> None:
     result = run_cli("train", workspace=tmp_path, check=False)
     assert result.returncode == 1
     assert "run 'endcap ingest PATH'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_several_processes_share_the_port_and_stop_together(workspace: Path, tmp_path: Path) -> None:
+    import psutil
+
+    running = start_server(workspace, tmp_path, extra_args=("--processes", "2"))
+    workers = psutil.Process(running.process.pid).children()
+    assert len(workers) == 2
+    answered = 0
+    for user in ("1", "2", "5", "7") * 5:
+        with grpc.insecure_channel(running.target) as channel:  # a new connection may reach either worker
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            for _ in range(100):  # a worker still loading answers UNAVAILABLE: clients retry
+                try:
+                    reply = stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=10)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    time.sleep(0.1)
+            answered += len(reply.items) == 5
+    assert answered == 20
+    assert stop_server(running) == 0
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
