@@ -102,26 +102,27 @@ def drive(target: str, kind: str, in_flight: int, seconds: float, users: list[st
     from endcap.v1 import recommendation_pb2 as pb
     from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(target)
-    if kind == "endcap":
-        stub = pb_grpc.RecommendationServiceStub(channel)
-
-        def call(user: str) -> None:
-            stub.Recommend(pb.RecommendRequest(user_id=user, k=10), timeout=10)
-    else:
+    def caller() -> object:
+        """A call on a connection of its own: like separate storefront clients, and what lets
+        several server processes on one port share the load."""
+        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        if kind == "endcap":
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            return lambda user: stub.Recommend(pb.RecommendRequest(user_id=user, k=10), timeout=10)
         method = channel.unary_unary("/bench.Echo/Echo" if kind == "echo" else "/bench.Baseline/Recommend")
+        return lambda user: method(user.encode(), timeout=10)
 
-        def call(user: str) -> None:
-            method(user.encode(), timeout=10)
-
-    for user in users[:20]:  # warm up
-        call(user)
+    calls = [caller() for _ in range(in_flight)]
+    for call in calls:  # warm up every connection
+        for user in users[:10]:
+            call(user)
     latencies: list[float] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
+        call = calls[seed]
         mine = []
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
@@ -160,6 +161,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=str(ROOT / ".endcap"))
     parser.add_argument("--seconds", type=float, default=10.0, help="load per measurement")
+    parser.add_argument("--processes", type=int, default=2, help="endcap serve --processes (default 2)")
     options = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     multiprocessing.set_start_method("spawn")  # gRPC does not survive fork
@@ -182,6 +184,8 @@ def main() -> int:
             options.workspace,
             "--port",
             str(ports["endcap"]),
+            "--processes",
+            str(options.processes),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -210,7 +214,10 @@ def main() -> int:
         for process in processes:
             process.terminate()
 
-    print(f"\nServing benchmark ({options.seconds:.0f} s per cell, {os.cpu_count()} cores, k = 10)\n")
+    print(
+        f"\nServing benchmark ({options.seconds:.0f} s per cell, {os.cpu_count()} cores, k = 10, "
+        f"endcap serve --processes {options.processes})\n"
+    )
     print("| in flight | service | p50 ms | p99 ms | req/s |")
     print("|---:|---|---:|---:|---:|")
     for (kind, in_flight), r in results.items():
