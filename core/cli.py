@@ -168,6 +168,7 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     server = Server(
         args.host, args.port, config.serving.max_workers, config.limits, config.tls, config.auth, args.reuse_port
     )
+    server.handle_signals()
     log = structlog.get_logger("endcap.server")
     log.info("listening", address=server.address, health="NOT_SERVING")
     try:

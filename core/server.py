@@ -123,6 +123,7 @@ class Server:
             ],
         )
         self.service: RecommendationService | None = None
+        self.stopping = threading.Event()
         add_to_server(RecommendationServicer(self.current_service), self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -163,16 +164,20 @@ class Server:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
 
-    def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then shut down gracefully."""
-        stopping = threading.Event()
+    def handle_signals(self) -> None:
+        """From now on SIGTERM and SIGINT ask for a graceful stop — also while the model is still
+        loading, which then finishes and the server stops at once."""
 
         def on_signal(signum: int, frame: Any) -> None:
             log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            stopping.set()
+            self.stopping.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        stopping.wait()
+
+    def wait_for_signal(self) -> None:
+        """Block until SIGTERM or SIGINT (see :meth:`handle_signals`), then shut down gracefully."""
+        self.handle_signals()
+        self.stopping.wait()
         self.stop()
         log.info("stopped")

@@ -234,3 +234,24 @@ def test_several_processes_share_the_port_and_stop_together(workspace: Path, tmp
     assert answered == 20
     assert stop_server(running) == 0
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+
+
+def test_sigterm_while_the_model_loads_still_exits_zero(workspace: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from conftest import ENDCAP, free_port
+
+    process = subprocess.Popen(
+        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for the port to be open, model not yet loaded
+        line = process.stderr.readline()
+        if '"listening"' in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
