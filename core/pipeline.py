@@ -342,17 +342,14 @@ class Pipeline:
         return [fallback if source == name else Candidates.empty() for source in self.source_names]
 
     def _merge(self, results: list[Candidates]) -> tuple[IndexArray, np.ndarray]:
-        """Unique candidate ids and a ``candidates × sources`` matrix of scaled scores (0 = absent)."""
+        """Unique candidate ids and a ``candidates × sources`` matrix of scaled scores (0 = absent).
+        A source that repeats an item keeps one of its scores for it."""
         if not results or not any(len(c) for c in results):
             return np.empty(0, dtype=np.int32), np.zeros((0, len(self.sources)), dtype=np.float32)
-        all_ids = np.concatenate([c.ids for c in results])
-        ids, inverse = np.unique(all_ids, return_inverse=True)
+        ids, inverse = np.unique(np.concatenate([c.ids for c in results]), return_inverse=True)
+        columns = np.repeat(np.arange(len(results)), [len(c) for c in results])
         matrix = np.zeros((ids.size, len(results)), dtype=np.float32)
-        start = 0
-        for column, result in enumerate(results):
-            end = start + len(result)
-            np.maximum.at(matrix[:, column], inverse[start:end], _scaled(result.scores))
-            start = end
+        matrix[inverse, columns] = np.concatenate([_scaled(c.scores) for c in results])
         return ids.astype(np.int32), matrix
 
     def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:

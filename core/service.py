@@ -3,6 +3,7 @@ the event log. The servicer translates protobuf to these calls and back; nothing
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -47,7 +48,7 @@ class RecommendationService:
         self.events = EventLog(workspace.events_log)
         self.events.repair()
         model = load_newest_sound_model(workspace, host, online)
-        self.pipelines = variant_pipelines(model, online.user, config)
+        self.pipelines = _warmed_up(variant_pipelines(model, online.user, config))
         """The model version being served, one pipeline per experiment variant; swapped whole by
         :meth:`reload`; a request reads it once, so every answer comes from one version."""
         self._reload_lock = threading.Lock()
@@ -83,7 +84,7 @@ class RecommendationService:
                 self._refused = target
                 return False
             previous = self.model.version
-            self.pipelines = variant_pipelines(model, self.online.user, self.config)
+            self.pipelines = _warmed_up(variant_pipelines(model, self.online.user, self.config))
             log.info("model_switched", version=target, previous=previous)
             return True
 
@@ -168,6 +169,23 @@ class RecommendationService:
         written = self.events.append(events)
         self.notify("on_events", events)
         return written
+
+
+def _warmed_up(pipelines: dict[str, Pipeline], users: int = 20) -> dict[str, Pipeline]:
+    """Run a few requests through each pipeline before it serves (first calls fill caches and
+    allocate buffers), then move everything alive into the collector's permanent generation:
+    a full collection then skips the hundreds of thousands of objects a loaded model and Feast
+    hold, which would otherwise cost a request ~100 ms now and then."""
+    for pipeline in pipelines.values():
+        for user_id in pipeline.model.catalog.user_ids[:users].tolist():
+            try:
+                pipeline.recommend(pipeline.make_query(str(user_id), 0))
+            except Exception as exc:  # warm-up is best effort; real requests report their own errors
+                log.warning("warm_up_failed", user_id=user_id, error=f"{type(exc).__name__}: {exc}")
+                break
+    gc.collect()
+    gc.freeze()
+    return pipelines
 
 
 def _validated(event: EventInput, position: int, now: float, limits: LimitsConfig) -> Event:

@@ -35,7 +35,7 @@ class ServingModel:
     catalog: Catalog
     components: Components
     user_index: dict[str, int]
-    item_lookup: pd.Index
+    item_lookup: dict[str, int]
     product_features: np.ndarray
     """``n_items × len(PRODUCT_FEATURE_NAMES)`` float32, read from the online store at load."""
 
@@ -45,9 +45,8 @@ class ServingModel:
 
     def item_indices(self, item_ids: Any) -> IndexArray:
         """Catalogue indices of ``item_ids``; -1 for ids the model does not know."""
-        if len(item_ids) == 0:
-            return np.empty(0, dtype=np.int32)
-        return self.item_lookup.get_indexer(pd.Index(item_ids, dtype=object)).astype(np.int32)
+        lookup = self.item_lookup.get
+        return np.fromiter((lookup(item_id, -1) for item_id in item_ids), dtype=np.int32, count=len(item_ids))
 
     def user_features(self, raw: dict[str, Any]) -> UserFeatures:
         """Turn one feature-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`."""
@@ -55,12 +54,12 @@ class ServingModel:
             return UserFeatures(stats={})
         stats = {name: float(raw.get(name) or 0.0) for name in USER_STATS_COLUMNS}
         ids = self.item_indices(_sequence(raw.get("item_ids")))
-        known = ids >= 0
-        order = np.argsort(ids[known], kind="stable")
+        order = np.argsort(ids, kind="stable")
+        order = order[ids[order] >= 0]  # sorted, products the model does not know left out
         item_stats = {
-            name: np.asarray(_sequence(raw.get(name)), dtype=np.float32)[known][order] for name in USER_PRODUCT_COLUMNS
+            name: np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order] for name in USER_PRODUCT_COLUMNS
         }
-        return UserFeatures(stats=stats, items=ids[known][order], item_stats=item_stats)
+        return UserFeatures(stats=stats, items=ids[order], item_stats=item_stats)
 
 
 def _sequence(value: Any) -> Any:
@@ -98,7 +97,7 @@ def assemble(manifest: Manifest, catalog: Catalog, components: Components, produ
         catalog=catalog,
         components=components,
         user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
-        item_lookup=pd.Index(catalog.item_ids.astype(object)),
+        item_lookup={item_id: i for i, item_id in enumerate(catalog.item_ids.tolist())},
         product_features=np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32)),
     )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 from endcap.types import Candidates, IndexArray, Query, ScoreArray, UserFeatures
 
@@ -14,25 +17,59 @@ def top_n(ids: IndexArray, scores: ScoreArray, n: int) -> Candidates:
     if n <= 0 or ids.size == 0:
         return Candidates.empty()
     if ids.size > n:
-        keep = np.argpartition(-scores, n - 1)[:n]
+        # every score at or above the n-th best (a partition is cheaper than argpartition here)
+        keep = np.flatnonzero(scores >= np.partition(scores, scores.size - n)[scores.size - n])
         ids, scores = ids[keep], scores[keep]
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable")[:n]  # ties at the n-th score may have added a few
     return Candidates(ids[order].astype(np.int32, copy=False), scores[order].astype(np.float32, copy=False))
 
 
-def user_row(query: Query, user: UserFeatures, user_items: sp.csr_matrix) -> sp.csr_matrix | None:
-    """The user's purchase counts as a 1 × items row: from training when the model knows the
+def user_history(
+    query: Query, user: UserFeatures, user_items: sp.csr_matrix
+) -> tuple[IndexArray, npt.NDArray[np.float32]] | None:
+    """The user's purchased item indices and counts: from training when the model knows the
     user, else from the feature store's purchase arrays; ``None`` when there is no history."""
     if query.user_index >= 0:
-        return user_items[query.user_index]
+        return known_user_history(user_items, query.user_index)
     if user.items.size == 0:
         return None
-    counts = user.item_stats.get("times_bought", np.ones(user.items.size, dtype=np.float32))
-    columns = user.items
+    return user.items, user.item_stats.get("times_bought", np.ones(user.items.size, dtype=np.float32))
+
+
+def known_user_history(user_items: sp.csr_matrix, user_index: int) -> tuple[IndexArray, npt.NDArray[np.float32]] | None:
+    """Row ``user_index`` of the training matrix as (item indices, counts), read from the CSR arrays."""
+    start, end = user_items.indptr[user_index], user_items.indptr[user_index + 1]
+    if start == end:
+        return None
+    return user_items.indices[start:end], user_items.data[start:end]
+
+
+def user_row(query: Query, user: UserFeatures, user_items: sp.csr_matrix) -> sp.csr_matrix | None:
+    """:func:`user_history` as a 1 × items sparse row."""
+    history = user_history(query, user, user_items)
+    if history is None:
+        return None
+    columns, counts = history
     return sp.csr_matrix(
         (counts.astype(np.float32), (np.zeros(columns.size, dtype=np.int32), columns)),
         shape=(1, user_items.shape[1]),
     )
+
+
+def neighbour_scores(similarity: sp.csr_matrix, items: IndexArray, weights: npt.NDArray[Any], n: int) -> Candidates:
+    """The ``n`` best items of ``weights @ similarity[items]`` (an items × items matrix whose
+    row ``i`` holds the neighbours of ``i``), gathered straight from the CSR arrays."""
+    starts = similarity.indptr[items]
+    lengths = similarity.indptr[items + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return Candidates.empty()
+    # positions of every stored neighbour of every item, in one array
+    positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+    contributions = similarity.data[positions] * np.repeat(weights, lengths)
+    dense = np.bincount(similarity.indices[positions], contributions, minlength=similarity.shape[1])
+    ids = np.flatnonzero(dense)
+    return top_n(ids.astype(np.int32), dense[ids].astype(np.float32), n)
 
 
 def similar_from(model: Any, item_index: int, n: int) -> Candidates:
@@ -40,3 +77,24 @@ def similar_from(model: Any, item_index: int, n: int) -> Candidates:
     ids, scores = model.similar_items(item_index, N=n + 1)
     keep = ids != item_index
     return top_n(np.asarray(ids[keep], dtype=np.int32), np.asarray(scores[keep], dtype=np.float32), n)
+
+
+def memoised_for_known_users(
+    generate: Callable[[int, int], Candidates], users: int
+) -> Callable[[int, int], Candidates]:
+    """``generate(user_index, n)`` behind a bounded LRU memo of ``users`` entries (0: no memo).
+
+    For a user the model was trained on, a factor or item-item model's answer depends only on the
+    loaded model, so it is computed once per model load and shared, read-only, by later requests.
+    """
+    if users <= 0:
+        return generate
+
+    @functools.lru_cache(maxsize=users)
+    def memoised(user_index: int, n: int) -> Candidates:
+        result = generate(user_index, n)
+        result.ids.flags.writeable = False
+        result.scores.flags.writeable = False
+        return result
+
+    return memoised

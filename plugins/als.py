@@ -8,7 +8,7 @@ from typing import Any
 
 import endcap
 import numpy as np
-from endcap.plugins._shared import similar_from, top_n, user_row
+from endcap.plugins._shared import memoised_for_known_users, similar_from, top_n, user_row
 from endcap.types import TrainingData
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
@@ -22,6 +22,9 @@ class AlsCandidatesConfig(endcap.ComponentConfig):
     bm25_k1: float = Field(100.0, gt=0)
     bm25_b: float = Field(0.8, ge=0, le=1)
     random_state: int = 42
+    memo_users: int = Field(100_000, ge=0)
+    """Known users whose candidates are kept in memory between requests (least recently used
+    dropped first; about 1 KB each); 0 computes them on every request."""
 
 
 class AlsCandidates(endcap.CandidateGenerator):
@@ -47,20 +50,23 @@ class AlsCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = AlternatingLeastSquares.load(str(context.directory / "als.npz"))
         self.user_items = self._weighted(context.user_items)
+        self._known_user = memoised_for_known_users(self._score_known_user, self.config.memo_users)
+
+    def _score_known_user(self, user_index: int, n: int) -> endcap.Candidates:
+        """One matrix-vector product over the catalogue, then the ``n`` best."""
+        scores = self.model.item_factors @ self.model.user_factors[user_index]
+        return top_n(np.arange(scores.size, dtype=np.int32), scores, n)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue
         if query.user_index >= 0:
-            ids, scores = self.model.recommend(
-                query.user_index, self.user_items[query.user_index], N=n, filter_already_liked_items=False
-            )
-        else:
-            row = user_row(query, user, self.user_items)
-            if row is None:
-                return endcap.Candidates.empty()
-            ids, scores = self.model.recommend(
-                0, self._weighted(row), N=n, filter_already_liked_items=False, recalculate_user=True
-            )
+            return self._known_user(query.user_index, n)
+        row = user_row(query, user, self.user_items)
+        if row is None:
+            return endcap.Candidates.empty()
+        ids, scores = self.model.recommend(
+            0, self._weighted(row), N=n, filter_already_liked_items=False, recalculate_user=True
+        )
         return top_n(np.asarray(ids, dtype=np.int32), np.asarray(scores, dtype=np.float32), n)
 
     def similar(self, item_index: int, n: int) -> endcap.Candidates:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,7 +58,8 @@ class DriftMonitorConfig(endcap.ComponentConfig):
     """PSI above which a feature counts as drifted (0.1 watch, 0.2 act is the usual reading)."""
     min_requests: int = Field(50, ge=1)
     """Requests in the window before PSI is reported."""
-    check_every: int = Field(25, ge=1)
+    check_seconds: float = Field(10.0, gt=0)
+    """How often the alarm is re-evaluated (also on every ``/metrics`` scrape)."""
     features: list[str] | None = None
     """Watch only these features (default: all, and the scores)."""
 
@@ -73,6 +75,7 @@ class DriftMonitor(endcap.Monitor):
         self._window: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=config.window)
         self._alarms: dict[str, bool] = {}
         self._seen = 0
+        self._checker: threading.Thread | None = None
         self.names: tuple[str, ...] = ()
         self.edges: dict[str, np.ndarray] = {}
         self.expected: dict[str, np.ndarray] = {}
@@ -105,9 +108,27 @@ class DriftMonitor(endcap.Monitor):
         with self._lock:
             self._window.append((record.features.values[sample], record.candidate_scores[sample]))
             self._seen += 1
-            check = self._seen % self.config.check_every == 0
-        if check:
-            self.check()
+            if self._checker is None:
+                self._start_checker()
+
+    def _start_checker(self) -> None:
+        """PSI over the window costs milliseconds, so the alarm is re-evaluated every
+        ``check_seconds`` on a thread of its own, never inside a request."""
+
+        def run() -> None:
+            checked = 0
+            while True:
+                time.sleep(self.config.check_seconds)
+                if self._seen == checked:
+                    continue
+                checked = self._seen
+                try:
+                    self.check()
+                except Exception as exc:  # a monitor never takes the service down
+                    log.warning("drift_check_failed", error=f"{type(exc).__name__}: {exc}")
+
+        self._checker = threading.Thread(target=run, name=f"endcap-drift-{self.name}", daemon=True)
+        self._checker.start()
 
     def current(self) -> dict[str, float]:
         """PSI per feature name and for ``score``; empty until ``min_requests`` are in the window."""

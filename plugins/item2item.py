@@ -8,8 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import endcap
-import numpy as np
-from endcap.plugins._shared import similar_from, top_n, user_row
+from endcap.plugins._shared import (
+    known_user_history,
+    memoised_for_known_users,
+    neighbour_scores,
+    similar_from,
+    user_history,
+)
 from endcap.types import TrainingData
 from implicit.nearest_neighbours import (
     BM25Recommender,
@@ -31,6 +36,9 @@ class ItemToItemCandidatesConfig(endcap.ComponentConfig):
     similarity: Literal["bm25", "cosine", "tfidf"] = "bm25"
     neighbours: int = Field(50, ge=1)
     """Neighbours kept per item (implicit's ``K``)."""
+    memo_users: int = Field(100_000, ge=0)
+    """Known users whose candidates are kept in memory between requests (least recently used
+    dropped first; about 1 KB each); 0 computes them on every request."""
 
 
 class ItemToItemCandidates(endcap.CandidateGenerator):
@@ -50,14 +58,20 @@ class ItemToItemCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = MODELS[self.config.similarity].load(str(context.directory / "item2item.npz"))
         self.user_items = context.user_items
+        self._known_user = memoised_for_known_users(
+            lambda user_index, n: self._from_history(known_user_history(self.user_items, user_index), n),
+            self.config.memo_users,
+        )
+
+    def _from_history(self, history: tuple[Any, Any] | None, n: int) -> endcap.Candidates:
+        if history is None:
+            return endcap.Candidates.empty()
+        return neighbour_scores(self.model.similarity, *history, n)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
-        n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue
-        row = user_row(query, user, self.user_items)
-        if row is None:
-            return endcap.Candidates.empty()
-        ids, scores = self.model.recommend(0, row, N=n, filter_already_liked_items=False)
-        return top_n(np.asarray(ids, dtype=np.int32), np.asarray(scores, dtype=np.float32), n)
+        if query.user_index >= 0:
+            return self._known_user(query.user_index, n)
+        return self._from_history(user_history(query, user, self.user_items), n)
 
     def similar(self, item_index: int, n: int) -> endcap.Candidates:
         return similar_from(self.model, item_index, n)

@@ -29,6 +29,10 @@ class LightGbmRankerConfig(endcap.ComponentConfig):
     validation_share: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of users held out of fitting to stop boosting when it stops helping (0: no early stopping)."""
     seed: int = 42
+    compiled: bool = True
+    """Score with the trees compiled to machine code by lleaves (the same scores as LightGBM's
+    ``predict``, about ten times faster for a request's few hundred candidates; compiling takes
+    about half a second per model load). ``false`` scores with LightGBM itself."""
 
 
 class LightGbmRanker(endcap.Ranker):
@@ -100,7 +104,15 @@ class LightGbmRanker(endcap.Ranker):
         }
 
     def load(self, context: endcap.ModelContext) -> None:
-        self.booster = lgb.Booster(model_file=str(context.directory / "model.txt"))
+        model_file = str(context.directory / "model.txt")
+        self.booster = lgb.Booster(model_file=model_file)
+        self._predict = lambda values: self.booster.predict(values, num_threads=1)
+        if self.config.compiled:
+            import lleaves
+
+            compiled = lleaves.Model(model_file=model_file)
+            compiled.compile()
+            self._predict = lambda values: compiled.predict(values, n_jobs=1)
         self.names = tuple(json.loads((context.directory / "features.json").read_text()))
 
     def _columns(self, names: tuple[str, ...]) -> np.ndarray:
@@ -114,8 +126,8 @@ class LightGbmRanker(endcap.Ranker):
         return columns
 
     def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> np.ndarray:
-        values = features.values[:, self._columns(features.names)]
-        return np.asarray(self.booster.predict(values, num_threads=1), dtype=np.float32)
+        values = features.values[:, self._columns(features.names)].astype(np.float64)
+        return np.asarray(self._predict(values), dtype=np.float32)
 
 
 @endcap.hookimpl

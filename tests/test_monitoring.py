@@ -45,7 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningSe
         "metrics": {"type": "prometheus"},
         "health": {"type": "recommendation_health", "window": 200},
         "online_quality": {"type": "online_quality", "attribution_hours": 1},
-        "drift": {"type": "drift", "features": WATCHED, "window": 60, "min_requests": 30, "check_every": 10},
+        "drift": {"type": "drift", "features": WATCHED, "window": 60, "min_requests": 30, "check_seconds": 1.0},
         "recorder": {"type": "recorder", "interval_seconds": 0.3},
     }
     (workspace / "endcap.yaml").write_text(yaml.safe_dump({"monitors": monitors}))
