@@ -3,6 +3,9 @@ recommendation health, online quality, and drift alarms for shifted traffic."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -179,3 +182,16 @@ def test_opentelemetry_spans_per_stage_when_enabled(synthetic_workspace: Path) -
         child = spans[f"endcap.{stage}"]
         assert child.parent.span_id == root.context.span_id
         assert root.start_time <= child.start_time <= child.end_time <= root.end_time
+
+
+def test_importing_feast_leaves_prometheus_metrics_in_memory() -> None:
+    """Feast sets PROMETHEUS_MULTIPROC_DIR on import; through endcap.feature_store our metrics stay
+    in process memory and the variable does not leak into the server's child processes."""
+    script = (
+        "import os, endcap.feature_store\n"
+        "from prometheus_client import values\n"
+        "print(values.ValueClass.__name__, 'PROMETHEUS_MULTIPROC_DIR' in os.environ)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if "PROMETHEUS" not in k}
+    output = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert output.stdout.split() == ["MutexValue", "False"], output.stdout + output.stderr
