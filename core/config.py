@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from endcap.errors import ConfigError
@@ -61,6 +61,22 @@ class ServingConfig(BaseModel):
     """Emit an OpenTelemetry span per request with a child per pipeline stage. Spans go to the
     tracer provider the process is given (e.g. ``opentelemetry-instrument`` and ``OTEL_*``
     variables); without one they cost nothing."""
+
+
+class FeatureStoreConfig(BaseModel):
+    """Which Feast configuration the workspace uses (``feature_repo/feature_store.<profile>.yaml``).
+
+    ``local``: SQLite online store and a file registry inside the workspace — one machine.
+    ``redis``: the Redis online store at ``redis`` and a registry at ``registry`` (a path every
+    server can read, e.g. on a shared volume), so several replicas serve from one store.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    profile: Literal["local", "redis"] = "local"
+    redis: str = "localhost:6379"
+    """Feast's Redis connection string: ``host:port`` with options such as ``,password=...,ssl=true``."""
+    registry: Path | None = None
+    """Feast registry file; default ``<workspace>/feast/registry.db``."""
 
 
 class LimitsConfig(BaseModel):
@@ -141,6 +157,7 @@ class EndcapConfig(BaseModel):
     plugins: tuple[str, ...] = BUILTIN_PLUGINS
     """Allow-list of plugins (entry-point names in the ``endcap`` group) to load."""
     serving: ServingConfig = ServingConfig()
+    feature_store: FeatureStoreConfig = FeatureStoreConfig()
     limits: LimitsConfig = LimitsConfig()
     experiment: ExperimentConfig | None = None
     tls: TlsConfig | None = None

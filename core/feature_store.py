@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +36,26 @@ USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_STATS_COLUMNS] + 
 PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_COLUMNS]
 
 
+PROFILE_FILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+
+
 def repo_config(workspace: Workspace) -> RepoConfig:
-    """``feature_repo/feature_store.yaml`` with ``${ENDCAP_WORKSPACE}`` set to ``workspace``."""
-    text = files("endcap.feature_repo").joinpath("feature_store.yaml").read_text()
-    raw = yaml.safe_load(text.replace("${ENDCAP_WORKSPACE}", str(workspace.root)))
+    """The Feast configuration of ``feature_store.profile`` in the workspace's ``endcap.yaml``:
+    ``feature_repo/feature_store.yaml`` (local) or ``feature_store.redis.yaml``, with the
+    workspace, the Redis connection string and the registry path filled in."""
+    from endcap.config import load_config
+
+    settings = load_config(workspace.root).feature_store
+    registry = settings.registry or workspace.feast / "registry.db"
+    text = files("endcap.feature_repo").joinpath(PROFILE_FILES[settings.profile]).read_text()
+    for name, value in (
+        ("ENDCAP_WORKSPACE", str(workspace.root)),
+        ("ENDCAP_REDIS", settings.redis),
+        ("ENDCAP_FEAST_REGISTRY", str(registry)),
+    ):
+        text = text.replace("${" + name + "}", value)
+    raw = yaml.safe_load(text)
+    raw["registry"]["path"] = str(registry)
     config = RepoConfig(**raw)
     config.repo_path = workspace.feast
     return config
@@ -45,20 +63,30 @@ def repo_config(workspace: Workspace) -> RepoConfig:
 
 def open_store(workspace: Workspace) -> FeatureStore:
     workspace.feast.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=repo_config(workspace))
+    config = repo_config(workspace)
+    Path(config.registry.path).parent.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=config)
 
 
 @dataclass(frozen=True)
 class MaterializeSummary:
     tables: Mapping[str, int]
     as_of: pd.Timestamp
+    materialized_from: pd.Timestamp
+    """Start of the materialized window: the previous run's newest snapshot when incremental."""
 
 
 def write_and_materialize(
-    workspace: Workspace, tables: Mapping[str, pd.DataFrame], extra_objects: Sequence[Any] = ()
+    workspace: Workspace, tables: Mapping[str, pd.DataFrame], extra_objects: Sequence[Any] = (), full: bool = False
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
-    plugins), and materialize to the online store."""
+    plugins), and materialize to the online store.
+
+    Incremental: Endcap's views are materialized from the newest snapshot the previous run
+    wrote (its rows are already online), so a run moves only the snapshots that are new;
+    ``full`` (or a first run) takes the whole retention window. Plugins' views always take the
+    whole window: the newest row per entity wins, whatever its timestamp.
+    """
     workspace.features.mkdir(parents=True, exist_ok=True)
     for name, frame in tables.items():
         target = workspace.features / f"{name}.parquet"
@@ -66,16 +94,24 @@ def write_and_materialize(
         frame.to_parquet(partial, index=False)
         os.replace(partial, target)
     store = open_store(workspace)
-    store.apply([*definitions.build(workspace.root).all(), *extra_objects])
+    endcap_views = definitions.build(workspace.root)
+    store.apply([*endcap_views.all(), *extra_objects])
     as_of = max(frame["event_timestamp"].max() for frame in tables.values())
     end = max(pd.Timestamp.now(tz="UTC"), as_of) + pd.Timedelta(seconds=1)
-    # The whole retention window: the newest row per entity wins, whichever view (ours or a plugin's) it is in.
-    start = end - pd.Timedelta(definitions.TTL)
-    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime())
-    return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of)
+    window_start = end - pd.Timedelta(definitions.TTL)
+    state_file = workspace.feast / "materialized.json"
+    previous = None if full or not state_file.exists() else pd.Timestamp(json.loads(state_file.read_text())["as_of"])
+    start = max(window_start, previous) if previous is not None and previous <= as_of else window_start
+    ours = [view.name for view in endcap_views.views()]
+    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=ours)
+    theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
+    if theirs:
+        store.materialize(start_date=window_start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=theirs)
+    state_file.write_text(json.dumps({"as_of": as_of.isoformat()}))
+    return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of, start)
 
 
-def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None) -> MaterializeSummary:
+def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, full: bool = False) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
     ``apply`` (with the plugins' own definitions when ``host`` is given), and materialization of
     the newest snapshot into the online store."""
@@ -83,7 +119,16 @@ def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None) ->
 
     tables = compute_feature_tables(log, cutoffs=feature_cutoffs(log))
     extra = host.feast_objects(workspace.features) if host is not None else []
-    return write_and_materialize(workspace, tables, extra)
+    return write_and_materialize(workspace, tables, extra, full)
+
+
+def _existing_store(workspace: Workspace) -> FeatureStore:
+    store = open_store(workspace)
+    if not Path(store.config.registry.path).exists():
+        raise FailedPrecondition(
+            f"no feature store in {workspace.root} (registry {store.config.registry.path}); run 'endcap features' first"
+        )
+    return store
 
 
 class OnlineFeatures:
@@ -96,9 +141,7 @@ class OnlineFeatures:
     """
 
     def __init__(self, workspace: Workspace) -> None:
-        if not (workspace.feast / "registry.db").exists():
-            raise FailedPrecondition(f"no feature store in {workspace.root}; run 'endcap features' first")
-        self.store = open_store(workspace)
+        self.store = _existing_store(workspace)
         self._online = self.store._get_provider().online_store
         self._user_views = [
             (self.store.get_feature_view(view), columns)
@@ -138,9 +181,7 @@ class HistoricalFeatures:
     """Point-in-time reads from the offline store (``get_historical_features``), for training."""
 
     def __init__(self, workspace: Workspace) -> None:
-        if not (workspace.feast / "registry.db").exists():
-            raise FailedPrecondition(f"no feature store in {workspace.root}; run 'endcap features' first")
-        self.store = open_store(workspace)
+        self.store = _existing_store(workspace)
 
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
         """For each (user, time) pair, the newest snapshot at or before that time, in input order;

@@ -171,13 +171,16 @@ class RecommendationService:
         return written
 
 
-def _warmed_up(pipelines: dict[str, Pipeline], users: int = 20) -> dict[str, Pipeline]:
+def _warmed_up(pipelines: dict[str, Pipeline], users: int = 20, seconds: float = 1.0) -> dict[str, Pipeline]:
     """Run a few requests through each pipeline before it serves (first calls fill caches and
-    allocate buffers), then move everything alive into the collector's permanent generation:
-    a full collection then skips the hundreds of thousands of objects a loaded model and Feast
-    hold, which would otherwise cost a request ~100 ms now and then."""
+    allocate buffers), for at most ``seconds`` in all; then move everything alive into the
+    collector's permanent generation: a full collection then skips the hundreds of thousands of
+    objects a loaded model and Feast hold, which would otherwise cost a request ~100 ms now and then."""
+    stop_at = time.monotonic() + seconds
     for pipeline in pipelines.values():
         for user_id in pipeline.model.catalog.user_ids[:users].tolist():
+            if time.monotonic() > stop_at:
+                break
             try:
                 pipeline.recommend(pipeline.make_query(str(user_id), 0))
             except Exception as exc:  # warm-up is best effort; real requests report their own errors

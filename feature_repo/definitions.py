@@ -30,7 +30,10 @@ class Definitions:
     user_product_stats: FeatureView
 
     def all(self) -> list[object]:
-        return [self.user, self.product, self.user_stats, self.product_stats, self.user_product_stats]
+        return [self.user, self.product, *self.views()]
+
+    def views(self) -> list[FeatureView]:
+        return [self.user_stats, self.product_stats, self.user_product_stats]
 
 
 def _source(features_dir: Path, name: str) -> FileSource:
