@@ -70,9 +70,12 @@ def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
     from endcap.ingest import load_interactions
 
     _, host = _host(workspace)
-    summary = build_features(workspace, load_interactions(workspace), host)
+    summary = build_features(workspace, load_interactions(workspace), host, full=args.full)
     rows = ", ".join(f"{name} {count}" for name, count in summary.tables.items())
-    _say(f"features applied and materialized as of {summary.as_of}: {rows} rows -> {workspace.feast}")
+    _say(
+        f"features applied and materialized as of {summary.as_of} (snapshots from {summary.materialized_from}): "
+        f"{rows} rows -> {workspace.feast}"
+    )
     return 0
 
 
@@ -354,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail: refuse the file at the first bad row; quarantine: set bad rows aside in a file and ingest the rest",
     )
 
-    add("features", cmd_features, "compute feature tables, feast apply, and materialize to the online store")
+    features = add("features", cmd_features, "compute feature tables, feast apply, and materialize to the online store")
+    features.add_argument(
+        "--full", action="store_true", help="materialize the whole retention window, not only the new snapshots"
+    )
 
     train = add("train", cmd_train, "fit every configured component and write a new model version")
     train.add_argument("--no-promote", action="store_true", help="write the version without making it current")

@@ -57,6 +57,8 @@ class ServingConfig(BaseModel):
     max_workers: int = Field(8, ge=1)
     reload_poll_seconds: float = Field(1.0, ge=0)
     """How often a server checks the model registry for a newly promoted version (0: never)."""
+    realtime_features: bool = True
+    """``RecordEvents`` purchases update the buyer's online features at once (Feast push sources)."""
     opentelemetry: bool = False
     """Emit an OpenTelemetry span per request with a child per pipeline stage. Spans go to the
     tracer provider the process is given (e.g. ``opentelemetry-instrument`` and ``OTEL_*``

@@ -164,6 +164,13 @@ class OnlineFeatures:
                 row[column] = _python_value(values.get(column)) if fresh and values is not None else None
         return row
 
+    def push(self, view: str, rows: pd.DataFrame) -> None:
+        """Write ``rows`` (join key, features, ``event_timestamp``) to the online store through
+        ``view``'s push source."""
+        from feast.data_source import PushMode
+
+        self.store.push(definitions.push_source_name(view), rows, to=PushMode.ONLINE)
+
     def products(self, item_ids: Sequence[str]) -> pd.DataFrame:
         """Product statistics for ``item_ids`` in that order; missing products are NaN."""
         frame = self.product_features(PRODUCT_FEATURES, item_ids)

@@ -19,6 +19,7 @@ from endcap.limits import check_event_count, check_id, check_items_and_context
 from endcap.models import ModelRegistry
 from endcap.pipeline import Pipeline, Recommendation
 from endcap.plugin_host import PluginHost
+from endcap.realtime import RealtimeFeatures
 from endcap.serving_model import ServingModel, load_newest_sound_model, load_serving_model
 from endcap.types import Event, Query
 from endcap.workspace import Workspace
@@ -47,6 +48,7 @@ class RecommendationService:
         self.online = online
         self.events = EventLog(workspace.events_log)
         self.events.repair()
+        self.realtime = RealtimeFeatures(online.user, online.push) if config.serving.realtime_features else None
         model = load_newest_sound_model(workspace, host, online)
         self.pipelines = _warmed_up(variant_pipelines(model, online.user, config))
         """The model version being served, one pipeline per experiment variant; swapped whole by
@@ -167,6 +169,11 @@ class RecommendationService:
         now = time.time()
         events = tuple(_validated(i, position, now, self.config.limits) for position, i in enumerate(inputs))
         written = self.events.append(events)
+        if self.realtime is not None:
+            try:
+                self.realtime.apply(events)
+            except Exception as exc:  # the events are logged; the next retrain still learns from them
+                log.error("realtime_update_failed", events=len(events), error=f"{type(exc).__name__}: {exc}")
         self.notify("on_events", events)
         return written
 

@@ -2,7 +2,9 @@
 
 The parquet sources live in the workspace named by ``$ENDCAP_WORKSPACE`` (``feast apply``) or
 passed to :func:`build` (``endcap features``). User×product statistics are stored as arrays in
-one row per user, so serving reads a user's whole history with a single online lookup.
+one row per user, so serving reads a user's whole history with a single online lookup. The two
+user views are fed by push sources too: ``RecordEvents`` pushes a user's updated row the moment
+a purchase is recorded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
 TTL = timedelta(days=3650)
@@ -45,6 +47,17 @@ def _source(features_dir: Path, name: str) -> FileSource:
     )
 
 
+def push_source_name(view: str) -> str:
+    """The push source feeding ``view`` (``RecordEvents`` pushes a user's updated row through it)."""
+    return f"{view}_push"
+
+
+def _pushed(features_dir: Path, name: str) -> PushSource:
+    """A push source for real-time updates, backed by the view's parquet table for
+    materialization and point-in-time reads."""
+    return PushSource(name=push_source_name(name), batch_source=_source(features_dir, name))
+
+
 def build(workspace: Path) -> Definitions:
     """Feast objects whose sources are the feature tables under ``<workspace>/features``."""
     features_dir = workspace / "features"
@@ -63,7 +76,7 @@ def build(workspace: Path) -> Definitions:
                 Field(name="avg_days_between_orders", dtype=Float32, description="Mean gap between orders"),
                 Field(name="distinct_items", dtype=Int64, description="Distinct products bought"),
             ],
-            source=_source(features_dir, USER_STATS),
+            source=_pushed(features_dir, USER_STATS),
         ),
         product_stats=FeatureView(
             name=PRODUCT_STATS,
@@ -89,7 +102,7 @@ def build(workspace: Path) -> Definitions:
                     description="Orders since each product was last bought (0 = in the last order)",
                 ),
             ],
-            source=_source(features_dir, USER_PRODUCT_STATS),
+            source=_pushed(features_dir, USER_PRODUCT_STATS),
         ),
     )
 

@@ -1,0 +1,62 @@
+"""Real-time user features on the default (SQLite) profile: a recorded purchase is in the buyer's
+online row before RecordEvents returns."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grpc
+from conftest import start_server, stop_server
+from endcap.feature_store import OnlineFeatures
+from endcap.realtime import updated_user_rows
+from endcap.v1 import recommendation_pb2 as pb
+from endcap.v1 import recommendation_pb2_grpc as pb_grpc
+from endcap.workspace import Workspace
+
+
+def test_one_more_order_updates_counts_and_recency() -> None:
+    current = {
+        "orders": 4,
+        "avg_basket_size": 2.0,
+        "avg_days_between_orders": 7.0,
+        "distinct_items": 2,
+        "item_ids": ["a", "b"],
+        "times_bought": [3, 1],
+        "orders_since_last_bought": [0, 2],
+    }
+    stats, products = updated_user_rows(current, ["b", "c", "b"])
+    assert stats == {"orders": 5, "avg_basket_size": 2.0, "avg_days_between_orders": 7.0, "distinct_items": 3}
+    assert products == {"item_ids": ["a", "b", "c"], "times_bought": [3, 2, 1], "orders_since_last_bought": [1, 0, 0]}
+    stats, products = updated_user_rows(dict.fromkeys(current), ["x"])
+    assert stats["orders"] == 1 and products == {
+        "item_ids": ["x"],
+        "times_bought": [1],
+        "orders_since_last_bought": [0],
+    }
+
+
+def test_record_events_updates_the_known_users_online_row(synthetic_workspace: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(synthetic_workspace, workspace)
+    online = OnlineFeatures(Workspace(workspace))
+    before = online.user("u3")
+    staple = before["item_ids"][0]
+    server = start_server(workspace, tmp_path)
+    try:
+        stub = pb_grpc.RecommendationServiceStub(grpc.insecure_channel(server.target))
+        events = [pb.Event(user_id="u3", item_id=staple, type=pb.EVENT_TYPE_PURCHASE)]
+        events.append(pb.Event(user_id="u3", item_id="i59", type=pb.EVENT_TYPE_VIEW))  # views change nothing
+        stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=10)
+        after = online.user("u3")
+    finally:
+        stop_server(server)
+    assert after["orders"] == before["orders"] + 1
+    at = after["item_ids"].index(staple)
+    assert after["times_bought"][at] == before["times_bought"][0] + 1
+    assert after["orders_since_last_bought"][at] == 0
+    assert "i59" not in after["item_ids"] or "i59" in before["item_ids"]
+    others = [s for i, s in zip(after["item_ids"], after["orders_since_last_bought"], strict=True) if i != staple]
+    assert others == [
+        s + 1 for i, s in zip(before["item_ids"], before["orders_since_last_bought"], strict=True) if i != staple
+    ]
