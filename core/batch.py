@@ -1,49 +1,56 @@
-"""``endcap batch``: top-k for every user the model knows, written as CSV or Parquet.
+"""``endcap batch``, local engine: top-k for every user the model knows.
 
-Output columns are ``user_id,item_id,rank,score``. The file is written to a temporary name
-beside the target and moved into place only when complete.
+Users go through the serving pipeline in blocks: before a block, every candidate generator that
+can answer many users at once (``prefetch``: ALS scores the whole block with one matrix product)
+does so, then the block's users are answered on a pool of threads. A progress bar shows on a
+terminal. Output columns are ``user_id,item_id,rank,score`` (plus ``user_bucket`` in a
+partitioned Parquet directory); see :mod:`endcap.batch_output` for how it is put in place.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from endcap.errors import InvalidArgument
 from endcap.pipeline import Pipeline
 
-OUTPUT_SUFFIXES = (".csv", ".parquet")
+BLOCK_USERS = 512
 
 
-def recommend_all(pipeline: Pipeline, k: int) -> pd.DataFrame:
-    users: list[str] = []
-    items: list[tuple[str, ...]] = []
-    scores: list[np.ndarray] = []
-    for user_id in pipeline.model.catalog.user_ids.tolist():
-        answer, _ = pipeline.recommend(pipeline.make_query(user_id, k))
-        users.append(user_id)
-        items.append(answer.item_ids)
-        scores.append(answer.scores)
-    counts = np.array([len(i) for i in items], dtype=np.int64)
+def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.DataFrame:
+    """The pipeline's top-``k`` for ``user_ids``, one row per recommended item, in input order."""
+    indices = np.array([pipeline.model.user_index.get(u, -1) for u in user_ids], dtype=np.int32)
+    known = indices[indices >= 0]
+    if known.size:
+        wanted = max(pipeline.serving.candidates_per_source, k)
+        for _, generator in pipeline.sources:
+            generator.prefetch(known, wanted)
+    answers = [pipeline.recommend(pipeline.make_query(user_id, k))[0] for user_id in user_ids]
+    counts = np.array([len(a.item_ids) for a in answers], dtype=np.int64)
     return pd.DataFrame(
         {
-            "user_id": np.repeat(np.array(users, dtype=object), counts),
-            "item_id": np.array([i for row in items for i in row], dtype=object),
-            "rank": np.concatenate([np.arange(1, c + 1) for c in counts]) if counts.size else [],
-            "score": np.concatenate(scores) if scores else [],
+            "user_id": np.repeat(np.array(list(user_ids), dtype=object), counts),
+            "item_id": np.array([i for a in answers for i in a.item_ids], dtype=object),
+            "rank": np.concatenate([np.arange(1, c + 1) for c in counts]).astype(np.int32) if counts.size else [],
+            "score": np.concatenate([a.scores for a in answers]).astype(np.float32) if answers else [],
         }
     )
 
 
-def write_output(frame: pd.DataFrame, out: Path) -> None:
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InvalidArgument(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)}; got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    if out.suffix.lower() == ".csv":
-        frame.to_csv(partial, index=False)
-    else:
-        frame.to_parquet(partial, index=False)
-    os.replace(partial, out)
+def recommend_all(pipeline: Pipeline, k: int, threads: int = 2, progress: bool | None = None) -> pd.DataFrame:
+    """Every known user, in catalogue order. ``progress``: ``None`` shows a bar on a terminal only."""
+    from tqdm import tqdm
+
+    users = pipeline.model.catalog.user_ids.tolist()
+    blocks = [users[i : i + BLOCK_USERS] for i in range(0, len(users), BLOCK_USERS)]
+    bar = tqdm(total=len(users), unit="user", desc="batch", disable=None if progress is None else not progress)
+    with bar, ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="endcap-batch") as pool:
+        frames = []
+        for frame in pool.map(lambda block: recommend_users(pipeline, block, k), blocks):
+            frames.append(frame)
+            bar.update(frame["user_id"].nunique())
+    if not frames:
+        return recommend_users(pipeline, [], k)
+    return pd.concat(frames, ignore_index=True)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from endcap.errors import EndcapError, InputFileError
+from endcap.errors import EndcapError, FailedPrecondition, InputFileError, InvalidArgument
 from endcap.workspace import Workspace
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -238,23 +238,47 @@ def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
-    from endcap.batch import recommend_all, write_output
-    from endcap.feature_store import OnlineFeatures
-    from endcap.pipeline import Pipeline
-    from endcap.serving_model import load_serving_model
+    from endcap.batch_output import output_kind
 
     _limit_blas_threads()
     out = Path(args.out)
-    config, host = _host(workspace)
-    online = OnlineFeatures(workspace)
-    model = load_serving_model(workspace, host, online)
+    kind = output_kind(out)
     started = time.perf_counter()
-    pipeline = Pipeline(model, online.user, config.serving)
-    frame = recommend_all(pipeline, pipeline.resolve_k(args.k))
-    write_output(frame, out)
+    if args.engine == "spark":
+        from endcap.batch_spark import run
+        from endcap.models import ModelRegistry, load_catalog
+
+        if kind != "dataset":
+            raise InvalidArgument(
+                f"--engine spark writes a partitioned Parquet directory; give --out a directory, not {out}"
+            )
+        registry = ModelRegistry(workspace.models)
+        version = registry.current()
+        if version is None:
+            raise FailedPrecondition(f"no model in {workspace.models}; run 'endcap train' first")
+        catalog, _ = load_catalog(registry.path(version))
+        config, _ = _host(workspace)
+        k = args.k or config.serving.default_k
+        rows = run(workspace.root, version, catalog.user_ids.tolist(), k, out, args.master)
+        users = catalog.n_users
+    else:
+        from endcap.batch import recommend_all
+        from endcap.batch_output import write_frame
+        from endcap.feature_store import OnlineFeatures
+        from endcap.pipeline import Pipeline
+        from endcap.serving_model import load_serving_model
+
+        config, host = _host(workspace)
+        online = OnlineFeatures(workspace)
+        model = load_serving_model(workspace, host, online)
+        version = model.version
+        pipeline = Pipeline(model, online.user, config.serving)
+        frame = recommend_all(pipeline, pipeline.resolve_k(args.k), threads=args.threads)
+        write_frame(frame, out)
+        rows, users = len(frame), frame["user_id"].nunique()
     _say(
-        f"wrote {len(frame)} recommendations for {frame['user_id'].nunique()} users "
-        f"(model {model.version}) to {out} in {time.perf_counter() - started:.1f}s"
+        f"wrote {rows} recommendations for {users} users (model {version}, {args.engine} engine) "
+        f"to {out} in {time.perf_counter() - started:.1f}s"
     )
     return 0
 
@@ -392,9 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--tls-cert", help="client certificate, for mutual TLS")
     recommend.add_argument("--tls-key", help="client private key, for mutual TLS")
 
-    batch = add("batch", cmd_batch, "top-k for every known user into a CSV or Parquet file")
-    batch.add_argument("--out", required=True, help="output file (.csv or .parquet)")
+    batch = add("batch", cmd_batch, "top-k for every known user into CSV, Parquet, or a partitioned Parquet directory")
+    batch.add_argument(
+        "--out", required=True, help="output: a .csv or .parquet file, or a directory (partitioned Parquet)"
+    )
     batch.add_argument("--k", type=int, default=10)
+    batch.add_argument("--engine", choices=("local", "spark"), default="local", help="where to run (default local)")
+    batch.add_argument("--master", default="local[*]", help="Spark master URL for --engine spark (default local[*])")
+    batch.add_argument("--threads", type=int, default=2, help="threads of the local engine (default 2)")
 
     evaluate = add("evaluate", cmd_evaluate, "temporal-split evaluation against baselines, with ablations")
     evaluate.add_argument("--out", help="report directory (default: <workspace>/reports/evaluation-<time>)")

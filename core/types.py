@@ -243,6 +243,11 @@ class CandidateGenerator(Component):
         """Items similar to / bought with ``item_index``; ``None`` when not supported."""
         return None
 
+    def prefetch(self, user_indices: IndexArray, n: int) -> None:
+        """Batch jobs call this with the next block of known users before asking for each of
+        them: a generator that can answer many users at once (one matrix product for the block)
+        computes and keeps their answers here. The default does nothing."""
+
 
 class Ranker(Component):
     """Scores the merged candidates of a request."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -79,22 +80,49 @@ def similar_from(model: Any, item_index: int, n: int) -> Candidates:
     return top_n(np.asarray(ids[keep], dtype=np.int32), np.asarray(scores[keep], dtype=np.float32), n)
 
 
-def memoised_for_known_users(
-    generate: Callable[[int, int], Candidates], users: int
-) -> Callable[[int, int], Candidates]:
-    """``generate(user_index, n)`` behind a bounded LRU memo of ``users`` entries (0: no memo).
+class KnownUserMemo:
+    """Candidates of known users behind a bounded LRU memo (``users`` entries; 0: no memo).
 
     For a user the model was trained on, a factor or item-item model's answer depends only on the
     loaded model, so it is computed once per model load and shared, read-only, by later requests.
+    ``put`` lets a batch job fill it for a block of users computed together.
     """
-    if users <= 0:
-        return generate
 
-    @functools.lru_cache(maxsize=users)
-    def memoised(user_index: int, n: int) -> Candidates:
-        result = generate(user_index, n)
-        result.ids.flags.writeable = False
-        result.scores.flags.writeable = False
+    def __init__(self, generate: Callable[[int, int], Candidates], users: int) -> None:
+        self.generate = generate
+        self.users = users
+        self._entries: OrderedDict[tuple[int, int], Candidates] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, user_index: int, n: int) -> Candidates:
+        key = (user_index, n)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        result = self.generate(user_index, n)
+        self.put(user_index, n, result)
         return result
 
-    return memoised
+    def put(self, user_index: int, n: int, result: Candidates) -> None:
+        if self.users <= 0:
+            return
+        result.ids.flags.writeable = False
+        result.scores.flags.writeable = False
+        with self._lock:
+            self._entries[(user_index, n)] = result
+            while len(self._entries) > self.users:
+                self._entries.popitem(last=False)
+
+
+def top_n_per_row(scores: npt.NDArray[np.float32], n: int) -> list[Candidates]:
+    """:func:`top_n` of every row of a users × items score matrix, selected for all rows at once."""
+    if scores.shape[1] > n:
+        columns = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    else:
+        columns = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    picked = np.take_along_axis(scores, columns, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    columns, picked = np.take_along_axis(columns, order, axis=1), np.take_along_axis(picked, order, axis=1)
+    return [Candidates(c.astype(np.int32), s.astype(np.float32)) for c, s in zip(columns, picked, strict=True)]

@@ -8,8 +8,8 @@ from typing import Any
 
 import endcap
 import numpy as np
-from endcap.plugins._shared import memoised_for_known_users, similar_from, top_n, user_row
-from endcap.types import TrainingData
+from endcap.plugins._shared import KnownUserMemo, similar_from, top_n, top_n_per_row, user_row
+from endcap.types import IndexArray, TrainingData
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.nearest_neighbours import bm25_weight
 from pydantic import Field
@@ -50,12 +50,19 @@ class AlsCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = AlternatingLeastSquares.load(str(context.directory / "als.npz"))
         self.user_items = self._weighted(context.user_items)
-        self._known_user = memoised_for_known_users(self._score_known_user, self.config.memo_users)
+        self._known_user = KnownUserMemo(self._score_known_user, self.config.memo_users)
 
     def _score_known_user(self, user_index: int, n: int) -> endcap.Candidates:
         """One matrix-vector product over the catalogue, then the ``n`` best."""
         scores = self.model.item_factors @ self.model.user_factors[user_index]
         return top_n(np.arange(scores.size, dtype=np.int32), scores, n)
+
+    def prefetch(self, user_indices: IndexArray, n: int) -> None:
+        """A block of known users in one matrix product (users × catalogue), kept in the memo."""
+        n = min(n, self.user_items.shape[1])
+        scores = self.model.user_factors[user_indices] @ self.model.item_factors.T
+        for user_index, candidates in zip(user_indices.tolist(), top_n_per_row(scores, n), strict=True):
+            self._known_user.put(user_index, n, candidates)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import endcap
 from endcap.plugins._shared import (
+    KnownUserMemo,
     known_user_history,
-    memoised_for_known_users,
     neighbour_scores,
     similar_from,
     user_history,
@@ -58,7 +58,7 @@ class ItemToItemCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = MODELS[self.config.similarity].load(str(context.directory / "item2item.npz"))
         self.user_items = context.user_items
-        self._known_user = memoised_for_known_users(
+        self._known_user = KnownUserMemo(
             lambda user_index, n: self._from_history(known_user_history(self.user_items, user_index), n),
             self.config.memo_users,
         )

@@ -211,3 +211,20 @@ def test_lightgbm_ranker_learns_from_ranking_examples(tmp_path: Path) -> None:
     assert scores[0] > max(scores[1], scores[2])
     with pytest.raises(ValueError, match=r"features \['source.a'\] the model was trained with are not served"):
         ranker.score(Query("u", 0, 3), endcap.FeatureMatrix(served.ids, ("product.noise",), served.values[:, :1]))
+
+
+def test_als_answers_a_prefetched_block_exactly_as_one_user_at_a_time(
+    data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    blocked = fitted(AlsCandidates("als", AlsCandidatesConfig()), data, tmp_path)
+    one_by_one = AlsCandidates("als", AlsCandidatesConfig(memo_users=0))
+    one_by_one.load(endcap.ModelContext(*load_catalog(tmp_path), tmp_path))
+    users = np.arange(min(8, data.catalog.n_users), dtype=np.int32)
+    blocked.prefetch(users, 15)
+    for user_index in users.tolist():
+        query = Query(user_id=str(data.catalog.user_ids[user_index]), user_index=user_index, k=10)
+        expected = one_by_one.generate(query, UserFeatures(stats={}), 15)
+        got = blocked.generate(query, UserFeatures(stats={}), 15)
+        assert not got.ids.flags.writeable  # served from the memo, shared read-only
+        np.testing.assert_array_equal(got.ids, expected.ids)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)
