@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
     _limit_blas_threads()
     _, host = _host(workspace)
     started = time.perf_counter()
-    manifest = train(workspace, host, promote=False)
+    manifest = train(workspace, host, promote=False, validate=not args.no_validate)
     validation = manifest.validation
     _say(
         f"trained model {manifest.version} on {manifest.training_rows} rows "
@@ -388,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = add("train", cmd_train, "fit every configured component and write a new model version")
     train.add_argument("--no-promote", action="store_true", help="write the version without making it current")
+    train.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="skip the validation holdout (trains once; promote's quality gate then has nothing to compare)",
+    )
 
     promote = add("promote", cmd_promote, "make a model version current, unless it is worse on validation")
     promote.add_argument("version", nargs="?", help="version to promote (default: the newest)")

@@ -1,0 +1,134 @@
+"""Scale benchmark: ingest, features, train and batch on a synthetic log of many users.
+
+    .venv/bin/python bench/scale_bench.py                       # 1M users x 100k products x 50M purchases
+    .venv/bin/python bench/scale_bench.py --scale 0.1           # the same shape, a tenth of the size
+    .venv/bin/python bench/scale_bench.py --skip-spark --workdir /big/disk/scale
+
+Generates a purchase log (user_id,item_id,timestamp) with power-law product popularity, per-user
+staples and a few baskets per user over four weeks, then runs each step as the ``endcap``
+command a user would run, each in its own process, and prints wall time and peak memory (the
+largest resident set in the step's process tree) as a table.
+
+The workspace uses the generators that scale with the catalogue (popularity, repurchase, ALS,
+item-item) and the linear ranker: TIFU-KNN's neighbour search is quadratic in users, and the
+learned ranker's examples are built one user at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENDCAP = str(Path(sys.executable).parent / "endcap")
+CONFIG = {
+    "candidates": {name: {"type": name} for name in ("popularity", "repurchase", "als", "item2item")},
+    "ranker": {"type": "linear"},
+    "monitors": {},
+}
+
+
+def synthetic_log(users: int, items: int, purchases: int, seed: int = 0) -> pa.Table:
+    """``purchases`` lines: each user has 2-8 baskets a few days apart within four weeks; half of
+    a user's lines are their own staples, the rest drawn from a Zipf(1.1) popularity."""
+    rng = np.random.default_rng(seed)
+    baskets = rng.integers(2, 9, size=users)
+    user = rng.choice(users, size=purchases, p=baskets / baskets.sum()).astype(np.int64)
+    basket = (rng.random(purchases) * baskets[user]).astype(np.int64)
+    popularity = 1.0 / np.arange(1, items + 1) ** 1.1
+    popular = rng.choice(items, size=purchases, p=popularity / popularity.sum())
+    staples = rng.choice(items, size=(users, 5), p=popularity / popularity.sum())
+    own = staples[user, rng.integers(0, 5, size=purchases)]
+    item = np.where(rng.random(purchases) < 0.5, own, popular)
+    start = np.datetime64("2024-03-01T08:00:00", "s")
+    offset_days = (user % 7) + basket * (21 // np.maximum(baskets[user] - 1, 1))
+    when = start + (offset_days * 86400 + (user % 36000)).astype("timedelta64[s]")
+    return pa.table(
+        {
+            "user_id": pa.array(np.char.add("u", user.astype(str))),
+            "item_id": pa.array(np.char.add("p", item.astype(str))),
+            "timestamp": pa.array(when.astype("datetime64[s]")).cast(pa.timestamp("s", tz="UTC")),
+        }
+    )
+
+
+def step(name: str, command: list[str], results: list[tuple[str, float, float]], logs: Path) -> None:
+    """Run ``command``; record wall seconds and the peak memory of its whole process tree (the
+    sum of resident sets of the process and its descendants, e.g. Spark's JVM and Python
+    workers), sampled every 0.2 s."""
+    import psutil
+
+    print(f"-- {name}: {' '.join(command)}", flush=True)
+    output = logs / f"{name.split(',')[0].replace(' ', '-')}-{len(results)}.log"
+    started = time.perf_counter()
+    peak = 0
+    with output.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    text = output.read_text()
+    if process.returncode != 0:
+        print(text[-4000:])
+        raise SystemExit(f"{name} failed ({output})")
+    print("   " + "\n   ".join(text.strip().splitlines()[-1:]), flush=True)
+    results.append((name, seconds, peak / 2**30))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of 1M users / 100k products / 50M lines")
+    parser.add_argument("--workdir", default=str(ROOT / "bench" / "scale-work"))
+    parser.add_argument("--skip-spark", action="store_true")
+    parser.add_argument("--master", default="local[*]")
+    options = parser.parse_args()
+    users, items, purchases = (max(100, int(n * options.scale)) for n in (1_000_000, 100_000, 50_000_000))
+    workdir = Path(options.workdir)
+    workspace = workdir / "ws"
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "endcap.yaml").write_text(yaml.safe_dump(CONFIG))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+    results: list[tuple[str, float, float]] = []
+    started = time.perf_counter()
+    log = workdir / "log.csv"
+    pacsv.write_csv(synthetic_log(users, items, purchases), log)
+    results.append(("generate log (in this process)", time.perf_counter() - started, float("nan")))
+    print(f"-- log: {purchases:,} lines, {log.stat().st_size / 2**30:.2f} GiB", flush=True)
+
+    ws = ["--workspace", str(workspace)]
+    step("ingest", [ENDCAP, "ingest", str(log), *ws], results, workdir)
+    step("features", [ENDCAP, "features", *ws], results, workdir)
+    step("train", [ENDCAP, "train", "--no-validate", *ws], results, workdir)
+    step("batch, local engine", [ENDCAP, "batch", "--out", str(workdir / "out-local"), *ws], results, workdir)
+    if not options.skip_spark:
+        spark = [ENDCAP, "batch", "--engine", "spark", "--master", options.master, "--out", str(workdir / "out-spark")]
+        step("batch, Spark local", [*spark, *ws], results, workdir)
+
+    print(
+        f"\nScale benchmark: {users:,} users x {items:,} products x {purchases:,} purchases, {os.cpu_count()} cores\n"
+    )
+    print("| step | wall s | peak memory GiB |")
+    print("|---|---:|---:|")
+    for name, seconds, peak in results:
+        print(f"| {name} | {seconds:.1f} | {'' if peak != peak else f'{peak:.2f}'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
