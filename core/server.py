@@ -124,6 +124,7 @@ class Server:
         )
         self.service: RecommendationService | None = None
         self.stopping = threading.Event()
+        self.stop_signal = ""
         add_to_server(RecommendationServicer(self.current_service), self.grpc_server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -169,7 +170,9 @@ class Server:
         loading, which then finishes and the server stops at once."""
 
         def on_signal(signum: int, frame: Any) -> None:
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            # Only set flags here: a handler runs between two bytecodes of the main thread, which
+            # may be inside the logger holding its lock, so logging from here could deadlock.
+            self.stop_signal = signal.Signals(signum).name
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, on_signal)
@@ -179,5 +182,6 @@ class Server:
         """Block until SIGTERM or SIGINT (see :meth:`handle_signals`), then shut down gracefully."""
         self.handle_signals()
         self.stopping.wait()
+        log.info("shutdown_requested", signal=self.stop_signal)
         self.stop()
         log.info("stopped")

@@ -76,6 +76,7 @@ class DriftMonitor(endcap.Monitor):
         self._alarms: dict[str, bool] = {}
         self._seen = 0
         self._checker: threading.Thread | None = None
+        self._samples: dict[int, np.ndarray] = {}
         self.names: tuple[str, ...] = ()
         self.edges: dict[str, np.ndarray] = {}
         self.expected: dict[str, np.ndarray] = {}
@@ -104,7 +105,10 @@ class DriftMonitor(endcap.Monitor):
         rows = record.features.values.shape[0]
         if rows == 0:
             return
-        sample = np.linspace(0, rows - 1, min(rows, self.config.rows_per_request)).astype(np.int64)
+        sample = self._samples.get(rows)
+        if sample is None:  # evenly through the ranked list; the same few hundred sizes recur
+            sample = np.linspace(0, rows - 1, min(rows, self.config.rows_per_request)).astype(np.int64)
+            self._samples[rows] = sample
         with self._lock:
             self._window.append((record.features.values[sample], record.candidate_scores[sample]))
             self._seen += 1

@@ -78,21 +78,31 @@ class ServiceMetrics(endcap.Monitor):
         self.model = Gauge(
             "endcap_model_info", "The model version being served (value 1)", ["version"], registry=registry
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.enabled = True
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: the per-request path skips prometheus-client's
+        label validation and locking on every observation."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def on_call(self, method: str, code: str, seconds: float) -> None:
         if self.enabled:
-            self.requests.labels(method, code).inc()
-            self.latency.labels(method).observe(seconds)
+            self._child(self.requests, method, code).inc()
+            self._child(self.latency, method).observe(seconds)
 
     def on_request(self, record: endcap.RequestRecord) -> None:
         if not self.enabled:
             return
         variant = record.query.variant or "default"
         for stage, ms in record.timings.ms.items():
-            self.stages.labels(stage, variant).observe(ms / 1000.0)
+            self._child(self.stages, stage, variant).observe(ms / 1000.0)
         for source, count in record.candidates_per_source.items():
-            self.candidates.labels(source).observe(count)
+            self._child(self.candidates, source).observe(count)
         for component, reason in record.errors.items():
             self.failures.labels(component, "over_budget" if reason.startswith("over budget") else "error").inc()
         if record.fallback:
