@@ -7,7 +7,17 @@ thread pool as Endcap), ``endcap serve`` on the demo workspace, and a hand-writt
 reads the user and every candidate from Feast's SDK and then ranks — what a team would write
 without Endcap. A separate process drives each with the same closed-loop load (1, 8 and 32
 requests in flight, k = 10) and the script prints p50/p99 latency, requests/s and the ratios the
-serving targets are stated in.
+serving targets are stated in. Each server first takes ``--warmup`` seconds of load, as a server
+that has been up a while would have (ALS and item-item answers of known users memoised, pages
+of the online store cached). ``--config FILE`` serves a copy of the workspace with that
+``endcap.yaml``, e.g. to measure without the memo::
+
+    candidates:
+      popularity: {type: popularity}
+      repurchase: {type: repurchase}
+      tifuknn: {type: tifuknn}
+      als: {type: als, memo_users: 0}
+      item2item: {type: item2item, memo_users: 0}
 """
 
 from __future__ import annotations
@@ -162,7 +172,22 @@ def main() -> int:
     parser.add_argument("--workspace", default=str(ROOT / ".endcap"))
     parser.add_argument("--seconds", type=float, default=10.0, help="load per measurement")
     parser.add_argument("--processes", type=int, default=2, help="endcap serve --processes (default 2)")
+    parser.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds of load on each server before measuring (default 5)"
+    )
+    parser.add_argument(
+        "--config",
+        help="serve a copy of the workspace with this endcap.yaml (e.g. memo_users: 0 on als and item2item)",
+    )
     options = parser.parse_args()
+    if options.config:
+        import shutil
+        import tempfile
+
+        copy = Path(tempfile.mkdtemp(prefix="endcap-bench-")) / "ws"
+        shutil.copytree(options.workspace, copy, ignore=shutil.ignore_patterns("monitoring", "events"))
+        shutil.copy(options.config, copy / "endcap.yaml")
+        options.workspace = str(copy)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     multiprocessing.set_start_method("spawn")  # gRPC does not survive fork
 
@@ -202,6 +227,9 @@ def main() -> int:
             )
         )
         wait_ready(lambda: channels["baseline"].unary_unary("/bench.Baseline/Recommend")(b"1", timeout=10))
+        if options.warmup > 0:  # servers that have run a while: caches filled, code paths warm
+            for kind in ("echo", "endcap", "baseline"):
+                measure(f"127.0.0.1:{ports[kind]}", kind, 8, options.warmup, users)
         results: dict[tuple[str, int], dict[str, float]] = {}
         for in_flight in CONCURRENCY:
             for kind in ("echo", "endcap", "baseline"):
@@ -228,8 +256,10 @@ def main() -> int:
         f"- Recommend p50 <= 1.5 ms at 1 in flight: {one['p50']:.2f} ms -> {'met' if one['p50'] <= 1.5 else 'NOT met'}"
     )
     print(f"- Recommend p99 <= 5 ms at 1 in flight: {one['p99']:.2f} ms -> {'met' if one['p99'] <= 5 else 'NOT met'}")
-    best = max(results[("endcap", c)]["rps"] / results[("echo", c)]["rps"] for c in CONCURRENCY)
-    print(f"- throughput >= 0.4x echo: best {best:.2f}x -> {'met' if best >= 0.4 else 'NOT met'}")
+    ratios = {c: results[("endcap", c)]["rps"] / results[("echo", c)]["rps"] for c in CONCURRENCY}
+    listed = ", ".join(f"{ratio:.2f}x at {c} in flight" for c, ratio in ratios.items())
+    met = all(ratio >= 0.4 for ratio in ratios.values())
+    print(f"- throughput >= 0.4x echo at every load: {listed} -> {'met' if met else 'NOT met'}")
     speedup = results[("baseline", 1)]["p50"] / one["p50"]
     print(f"- p50 >= 5x lower than the hand-written baseline: {speedup:.1f}x -> {'met' if speedup >= 5 else 'NOT met'}")
     return 0
