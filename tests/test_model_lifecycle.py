@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import prepared_workspace, run_cli
 from endcap.config import EndcapConfig
@@ -89,6 +90,8 @@ def test_retrain_takes_new_purchases_and_is_idempotent(tmp_path: Path) -> None:
     grown = load_interactions(workspace)
     assert len(grown) == len(log) + 2  # the two purchases, not the view
     assert "new-user" in set(grown["user_id"])
+    offline = pd.read_parquet(workspace.features / "user_stats.parquet")  # the offline store for training
+    assert "new-user" in set(offline["user_id"])
     state = json.loads((workspace.root / "data" / "retrain.json").read_text())
     assert state["event_offset"] == workspace.events_log.stat().st_size
 
