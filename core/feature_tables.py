@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
 PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
@@ -110,17 +111,21 @@ def _snapshot(log: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> 
         .reset_index()
     )
 
-    per_user_pairs = pairs.groupby("user_id", sort=True)
-    user_product_stats = (
-        pd.DataFrame(
-            {
-                "item_ids": per_user_pairs["item_id"].agg(list),
-                "times_bought": per_user_pairs["times_bought"].agg(lambda s: s.astype(np.int64).tolist()),
-                "orders_since_last_bought": per_user_pairs["orders_since_last_bought"].agg(list),
-            }
-        )
-        .rename_axis("user_id")
-        .reset_index()
+    # pairs are sorted by user: one list per user cut from each column at the user boundaries
+    users, counts = np.unique(pairs["user_id"].to_numpy(), return_counts=True)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), type=pa.int32())
+    user_product_stats = pd.DataFrame(
+        {
+            "user_id": users,
+            **{
+                name: pa.ListArray.from_arrays(offsets, pa.array(pairs[column].to_numpy(dtype))).to_pandas()
+                for name, column, dtype in (
+                    ("item_ids", "item_id", object),
+                    ("times_bought", "times_bought", np.int64),
+                    ("orders_since_last_bought", "orders_since_last_bought", np.int64),
+                )
+            },
+        }
     )
 
     return {

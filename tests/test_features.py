@@ -39,9 +39,9 @@ def test_feature_tables_hold_the_expected_statistics() -> None:
     assert products.loc["x", "distinct_buyers"] == 2
     assert products.loc["x", "reorder_rate"] == pytest.approx(1 / 3)
     pairs = tables["user_product_stats"].set_index("user_id")
-    assert pairs.loc["a", "item_ids"] == ["x", "y", "z"]
-    assert pairs.loc["a", "times_bought"] == [2, 1, 1]
-    assert pairs.loc["a", "orders_since_last_bought"] == [1, 2, 0]
+    assert list(pairs.loc["a", "item_ids"]) == ["x", "y", "z"]
+    assert list(pairs.loc["a", "times_bought"]) == [2, 1, 1]
+    assert list(pairs.loc["a", "orders_since_last_bought"]) == [1, 2, 0]
     as_of = pd.Timestamp("2024-01-11", tz="UTC") + pd.Timedelta(microseconds=1)
     assert all((t["event_timestamp"] == as_of).all() for t in tables.values())
 
