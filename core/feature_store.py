@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -76,50 +76,83 @@ class MaterializeSummary:
     """Start of the materialized window: the previous run's newest snapshot when incremental."""
 
 
+def write_tables(
+    workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataFrame]]
+) -> tuple[Mapping[str, int], pd.Timestamp]:
+    """Write the offline tables one snapshot at a time (a row group each), so memory holds one
+    snapshot, not all of them; each file is moved into place when complete. Returns the rows per
+    table and the newest snapshot time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    workspace.features.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, pq.ParquetWriter] = {}
+    rows: dict[str, int] = {}
+    as_of = pd.Timestamp.min.tz_localize("UTC")
+    try:
+        for snapshot in snapshots:
+            for name, frame in snapshot.items():
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if name not in writers:
+                    partial = workspace.features / f"{name}.parquet.partial"
+                    writers[name] = pq.ParquetWriter(partial, table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+                rows[name] = rows.get(name, 0) + len(frame)
+                as_of = max(as_of, frame["event_timestamp"].max())
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name in writers:
+        os.replace(workspace.features / f"{name}.parquet.partial", workspace.features / f"{name}.parquet")
+    return rows, as_of
+
+
 def write_and_materialize(
-    workspace: Workspace, tables: Mapping[str, pd.DataFrame], extra_objects: Sequence[Any] = (), full: bool = False
+    workspace: Workspace,
+    snapshots: Iterable[Mapping[str, pd.DataFrame]],
+    extra_objects: Sequence[Any] = (),
+    full: bool = False,
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
     plugins), and materialize to the online store.
 
-    Incremental: Endcap's views are materialized from the newest snapshot the previous run
-    wrote (its rows are already online), so a run moves only the snapshots that are new;
-    ``full`` (or a first run) takes the whole retention window. Plugins' views always take the
-    whole window: the newest row per entity wins, whatever its timestamp.
+    Incremental: the newest snapshot holds every user and product, so Endcap's views are
+    materialized from the newest snapshot the previous run wrote (a first run: from the newest
+    snapshot itself): a run moves only what is new. ``full`` takes the whole retention window.
+    Plugins' views always take the whole window: the newest row per entity wins, whatever its
+    timestamp.
     """
-    workspace.features.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables.items():
-        target = workspace.features / f"{name}.parquet"
-        partial = target.with_suffix(".parquet.partial")
-        frame.to_parquet(partial, index=False)
-        os.replace(partial, target)
+    rows, as_of = write_tables(workspace, snapshots)
     store = open_store(workspace)
     endcap_views = definitions.build(workspace.root)
     store.apply([*endcap_views.all(), *extra_objects])
-    as_of = max(frame["event_timestamp"].max() for frame in tables.values())
     end = max(pd.Timestamp.now(tz="UTC"), as_of) + pd.Timedelta(seconds=1)
     window_start = end - pd.Timedelta(definitions.TTL)
     state_file = workspace.feast / "materialized.json"
-    previous = None if full or not state_file.exists() else pd.Timestamp(json.loads(state_file.read_text())["as_of"])
-    start = max(window_start, previous) if previous is not None and previous <= as_of else window_start
+    previous = None if not state_file.exists() else pd.Timestamp(json.loads(state_file.read_text())["as_of"])
+    if full:
+        start = window_start
+    elif previous is not None and previous <= as_of:
+        start = max(window_start, previous)
+    else:
+        start = max(window_start, as_of)
     ours = [view.name for view in endcap_views.views()]
     store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=ours)
     theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
     if theirs:
         store.materialize(start_date=window_start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=theirs)
     state_file.write_text(json.dumps({"as_of": as_of.isoformat()}))
-    return MaterializeSummary({name: len(frame) for name, frame in tables.items()}, as_of, start)
+    return MaterializeSummary(rows, as_of, start)
 
 
 def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, full: bool = False) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
     ``apply`` (with the plugins' own definitions when ``host`` is given), and materialization of
     the newest snapshot into the online store."""
-    from endcap.feature_tables import compute_feature_tables, feature_cutoffs
+    from endcap.feature_tables import feature_cutoffs, iter_snapshots
 
-    tables = compute_feature_tables(log, cutoffs=feature_cutoffs(log))
     extra = host.feast_objects(workspace.features) if host is not None else []
-    return write_and_materialize(workspace, tables, extra, full)
+    return write_and_materialize(workspace, iter_snapshots(log, cutoffs=feature_cutoffs(log)), extra, full)
 
 
 def _existing_store(workspace: Workspace) -> FeatureStore:

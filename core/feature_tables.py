@@ -7,7 +7,7 @@ snapshot, for point-in-time joins; the online store is materialized from the new
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -48,20 +48,27 @@ def day_cutoffs(times: pd.Series) -> list[pd.Timestamp]:
     return sorted(pd.DatetimeIndex(times).floor("D").unique())
 
 
-def compute_feature_tables(
+def iter_snapshots(
     log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
-) -> Mapping[str, pd.DataFrame]:
-    """``user_stats``, ``product_stats`` and ``user_product_stats``, one snapshot per cutoff.
+) -> Iterator[dict[str, pd.DataFrame]]:
+    """``user_stats``, ``product_stats`` and ``user_product_stats`` of one snapshot at a time.
 
     A snapshot at ``t`` is computed from the lines strictly before ``t`` and stamped
     ``event_timestamp = t``, so a point-in-time join at ``t`` or later can see it and nothing
     earlier can. The default is the single serving snapshot (:func:`serving_cutoff`).
     """
     created = created if created is not None else pd.Timestamp.now(tz="UTC")
-    snapshots = [
-        _snapshot(log[log["timestamp"] < cutoff], cutoff, created) for cutoff in (cutoffs or [serving_cutoff(log)])
-    ]
-    snapshots = [s for s in snapshots if s is not None]
+    for cutoff in cutoffs or [serving_cutoff(log)]:
+        snapshot = _snapshot(log[log["timestamp"] < cutoff], cutoff, created)
+        if snapshot is not None:
+            yield snapshot
+
+
+def compute_feature_tables(
+    log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
+) -> Mapping[str, pd.DataFrame]:
+    """Every snapshot of :func:`iter_snapshots`, each table concatenated over them."""
+    snapshots = list(iter_snapshots(log, cutoffs, created))
     return {name: pd.concat([s[name] for s in snapshots], ignore_index=True) for name in snapshots[0]}
 
 
