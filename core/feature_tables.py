@@ -58,6 +58,9 @@ def iter_snapshots(
     earlier can. The default is the single serving snapshot (:func:`serving_cutoff`).
     """
     created = created if created is not None else pd.Timestamp.now(tz="UTC")
+    # A basket's index counts the user's earlier baskets, which a cutoff never removes: number
+    # them once for the whole log rather than once per snapshot.
+    log = add_basket_index(log) if "basket_index" not in log.columns else log
     for cutoff in cutoffs or [serving_cutoff(log)]:
         snapshot = _snapshot(log[log["timestamp"] < cutoff], cutoff, created)
         if snapshot is not None:
@@ -75,7 +78,7 @@ def compute_feature_tables(
 def _snapshot(log: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
     if log.empty:
         return None
-    log = add_basket_index(log)
+    log = add_basket_index(log) if "basket_index" not in log.columns else log
     baskets = log.groupby(["user_id", "basket_index"], sort=False).agg(
         size=("item_id", "size"), timestamp=("timestamp", "min")
     )
