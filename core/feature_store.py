@@ -30,9 +30,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 # ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
 warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
-USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_STATS_COLUMNS] + [
-    f"{definitions.USER_PRODUCT_STATS}:{c}" for c in ("item_ids", *USER_PRODUCT_COLUMNS)
-]
+USER_COLUMNS = (*USER_STATS_COLUMNS, "item_ids", *USER_PRODUCT_COLUMNS)
+USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_COLUMNS]
 PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_COLUMNS]
 
 
@@ -176,26 +175,17 @@ class OnlineFeatures:
     def __init__(self, workspace: Workspace) -> None:
         self.store = _existing_store(workspace)
         self._online = self.store._get_provider().online_store
-        self._user_views = [
-            (self.store.get_feature_view(view), columns)
-            for view, columns in (
-                (definitions.USER_STATS, USER_STATS_COLUMNS),
-                (definitions.USER_PRODUCT_STATS, ("item_ids", *USER_PRODUCT_COLUMNS)),
-            )
-        ]
+        self._user_view = self.store.get_feature_view(definitions.USER_STATS)
 
     def user(self, user_id: str) -> dict[str, Any]:
         """The user's statistics and purchase arrays; values are ``None`` for an unknown user
         or one whose row is older than the view's TTL."""
         key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
-        now = datetime.now(UTC)
-        row: dict[str, Any] = {}
-        for view, columns in self._user_views:
-            [(written, values)] = self._online.online_read(self.store.config, view, [key], list(columns))
-            fresh = values is not None and (not view.ttl or written is None or now - written <= view.ttl)
-            for column in columns:
-                row[column] = _python_value(values.get(column)) if fresh and values is not None else None
-        return row
+        view = self._user_view
+        [(written, values)] = self._online.online_read(self.store.config, view, [key], list(USER_COLUMNS))
+        values = values or {}
+        fresh = bool(values) and (not view.ttl or written is None or datetime.now(UTC) - written <= view.ttl)
+        return {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
 
     def push(self, view: str, rows: pd.DataFrame) -> None:
         """Write ``rows`` (join key, features, ``event_timestamp``) to the online store through

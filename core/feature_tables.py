@@ -51,7 +51,7 @@ def day_cutoffs(times: pd.Series) -> list[pd.Timestamp]:
 def iter_snapshots(
     log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
 ) -> Iterator[dict[str, pd.DataFrame]]:
-    """``user_stats``, ``product_stats`` and ``user_product_stats`` of one snapshot at a time.
+    """``user_stats`` (statistics and purchase arrays) and ``product_stats`` of one snapshot at a time.
 
     A snapshot at ``t`` is computed from the lines strictly before ``t`` and stamped
     ``event_timestamp = t``, so a point-in-time join at ``t`` or later can see it and nothing
@@ -138,10 +138,10 @@ def _snapshot(log: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> 
         }
     )
 
+    user_stats = user_stats.merge(user_product_stats, on="user_id", how="left")
     return {
         "user_stats": _stamp(user_stats, as_of, created),
         "product_stats": _stamp(product_stats, as_of, created),
-        "user_product_stats": _stamp(user_product_stats, as_of, created),
     }
 
 

@@ -4,8 +4,8 @@
 in one call count as one new order: the user's statistics and purchase arrays are read from the
 online store, brought up to date (``orders`` + 1, ``times_bought`` + 1 and
 ``orders_since_last_bought`` = 0 for what was bought, + 1 for the rest), and pushed back through
-the views' Feast push sources, so the very next ``Recommend`` sees them. The events log stays
-the record of what happened: the next ``endcap retrain`` folds it into the offline store.
+the ``user_stats`` view's Feast push source, so the very next ``Recommend`` sees them. The events
+log stays the record of what happened: the next ``endcap retrain`` folds it into the offline store.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from endcap.types import Event
 
 
 def updated_user_rows(current: Mapping[str, Any], purchased: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The user's ``user_stats`` and ``user_product_stats`` values after one more order holding
-    ``purchased`` (item ids); ``current`` is :meth:`OnlineFeatures.user`'s row (all ``None`` for
-    a user the store has not seen)."""
+    """The user's statistics and purchase arrays (the two parts of a ``user_stats`` row) after one
+    more order holding ``purchased`` (item ids); ``current`` is :meth:`OnlineFeatures.user`'s row
+    (all ``None`` for a user the store has not seen)."""
     basket = list(dict.fromkeys(purchased))
     orders_before = int(current.get("orders") or 0)
     orders = orders_before + 1
@@ -70,12 +70,9 @@ class RealtimeFeatures:
             return 0
         now = pd.Timestamp.now(tz="UTC")
         with self._lock:
-            stats_rows, product_rows = [], []
+            rows = []
             for user_id, items in baskets.items():
                 stats, products = updated_user_rows(self.read_user(user_id), items)
-                stamp = {"user_id": user_id, "event_timestamp": now, "created_timestamp": now}
-                stats_rows.append({**stamp, **stats})
-                product_rows.append({**stamp, **products})
-            self.push("user_stats", pd.DataFrame(stats_rows))
-            self.push("user_product_stats", pd.DataFrame(product_rows))
+                rows.append({"user_id": user_id, **stats, **products, "event_timestamp": now, "created_timestamp": now})
+            self.push("user_stats", pd.DataFrame(rows))
         return len(baskets)

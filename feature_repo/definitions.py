@@ -1,10 +1,10 @@
-"""Feast definitions: entities ``user`` and ``product`` and Endcap's three feature views.
+"""Feast definitions: entities ``user`` and ``product`` and Endcap's two feature views.
 
 The parquet sources live in the workspace named by ``$ENDCAP_WORKSPACE`` (``feast apply``) or
-passed to :func:`build` (``endcap features``). User×product statistics are stored as arrays in
-one row per user, so serving reads a user's whole history with a single online lookup. The two
-user views are fed by push sources too: ``RecordEvents`` pushes a user's updated row the moment
-a purchase is recorded.
+passed to :func:`build` (``endcap features``). A user's statistics and user×product statistics
+(as arrays) are one row of ``user_stats``, so serving reads a user's whole history with a single
+online lookup. ``user_stats`` is fed by a push source too: ``RecordEvents`` pushes a user's
+updated row the moment a purchase is recorded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from feast.types import Array, Float32, Int64, String
 TTL = timedelta(days=3650)
 USER_STATS = "user_stats"
 PRODUCT_STATS = "product_stats"
-USER_PRODUCT_STATS = "user_product_stats"
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,12 @@ class Definitions:
     product: Entity
     user_stats: FeatureView
     product_stats: FeatureView
-    user_product_stats: FeatureView
 
     def all(self) -> list[object]:
         return [self.user, self.product, *self.views()]
 
     def views(self) -> list[FeatureView]:
-        return [self.user_stats, self.product_stats, self.user_product_stats]
+        return [self.user_stats, self.product_stats]
 
 
 def _source(features_dir: Path, name: str) -> FileSource:
@@ -75,6 +73,13 @@ def build(workspace: Path) -> Definitions:
                 Field(name="avg_basket_size", dtype=Float32, description="Mean items per order"),
                 Field(name="avg_days_between_orders", dtype=Float32, description="Mean gap between orders"),
                 Field(name="distinct_items", dtype=Int64, description="Distinct products bought"),
+                Field(name="item_ids", dtype=Array(String), description="Products the user bought"),
+                Field(name="times_bought", dtype=Array(Int64), description="Orders containing each product"),
+                Field(
+                    name="orders_since_last_bought",
+                    dtype=Array(Int64),
+                    description="Orders since each product was last bought (0 = in the last order)",
+                ),
             ],
             source=_pushed(features_dir, USER_STATS),
         ),
@@ -89,21 +94,6 @@ def build(workspace: Path) -> Definitions:
             ],
             source=_source(features_dir, PRODUCT_STATS),
         ),
-        user_product_stats=FeatureView(
-            name=USER_PRODUCT_STATS,
-            entities=[user],
-            ttl=TTL,
-            schema=[
-                Field(name="item_ids", dtype=Array(String), description="Products the user bought"),
-                Field(name="times_bought", dtype=Array(Int64), description="Orders containing each product"),
-                Field(
-                    name="orders_since_last_bought",
-                    dtype=Array(Int64),
-                    description="Orders since each product was last bought (0 = in the last order)",
-                ),
-            ],
-            source=_pushed(features_dir, USER_PRODUCT_STATS),
-        ),
     )
 
 
@@ -113,4 +103,3 @@ user = _definitions.user
 product = _definitions.product
 user_stats = _definitions.user_stats
 product_stats = _definitions.product_stats
-user_product_stats = _definitions.user_product_stats
