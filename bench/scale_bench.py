@@ -87,6 +87,7 @@ def step(name: str, command: list[str], results: list[tuple[str, float, float]],
         print(text[-4000:])
         raise SystemExit(f"{name} failed ({output})")
     print("   " + "\n   ".join(text.strip().splitlines()[-1:]), flush=True)
+    print(f"   {seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
     results.append((name, seconds, peak / 2**30))
 
 
