@@ -36,6 +36,14 @@ class AlsCandidates(endcap.CandidateGenerator):
     def _weighted(self, user_items: Any) -> Any:
         return bm25_weight(user_items, K1=self.config.bm25_k1, B=self.config.bm25_b).tocsr().astype(np.float32)
 
+    def _weighted_new(self, row: Any) -> Any:
+        """:func:`bm25_weight` of one new user's row, with the idf and average length of training."""
+        k1, b = self.config.bm25_k1, self.config.bm25_b
+        row = row.tocsr().astype(np.float32)
+        norm = (1.0 - b) + b * float(row.data.sum()) / self._average_length
+        row.data = row.data * (k1 + 1.0) / (k1 * norm + row.data) * self._idf[row.indices]
+        return row
+
     def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
         model = AlternatingLeastSquares(
             factors=self.config.factors,
@@ -50,6 +58,12 @@ class AlsCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = AlternatingLeastSquares.load(str(context.directory / "als.npz"))
         self.user_items = self._weighted(context.user_items)
+        # BM25 statistics of the training matrix, to weight the row of a user it has not seen
+        # (weighting that one row on its own would give every item a negative idf)
+        users, items = context.user_items.shape
+        df = np.bincount(context.user_items.indices, minlength=items)
+        self._idf = (np.log(max(users, 1)) - np.log1p(df)).astype(np.float32)
+        self._average_length = float(context.user_items.sum()) / max(users, 1) or 1.0
         self._known_user = KnownUserMemo(self._score_known_user, self.config.memo_users)
 
     def _score_known_user(self, user_index: int, n: int) -> endcap.Candidates:
@@ -72,7 +86,7 @@ class AlsCandidates(endcap.CandidateGenerator):
         if row is None:
             return endcap.Candidates.empty()
         ids, scores = self.model.recommend(
-            0, self._weighted(row), N=n, filter_already_liked_items=False, recalculate_user=True
+            0, self._weighted_new(row), N=n, filter_already_liked_items=False, recalculate_user=True
         )
         return top_n(np.asarray(ids, dtype=np.int32), np.asarray(scores, dtype=np.float32), n)
 

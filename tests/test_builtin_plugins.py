@@ -228,3 +228,19 @@ def test_als_answers_a_prefetched_block_exactly_as_one_user_at_a_time(
         assert not got.ids.flags.writeable  # served from the memo, shared read-only
         np.testing.assert_array_equal(got.ids, expected.ids)
         np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)
+
+
+def test_als_folds_in_a_new_user_like_the_same_history_seen_in_training(
+    data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    """A new user's row is weighted with the training matrix's BM25 statistics: a newcomer who
+    bought what u3 bought gets u3's candidates (weighting the one row on its own would not)."""
+    generator = fitted(AlsCandidates("als", AlsCandidatesConfig()), data, tmp_path)
+    known = generator.generate(query_for(data, "u3"), NO_USER, 20)
+    u3 = int(np.flatnonzero(data.catalog.user_ids == "u3")[0])
+    row = data.user_items[u3]
+    history = UserFeatures(
+        stats={"orders": 5.0}, items=row.indices.astype(np.int32), item_stats={"times_bought": row.data}
+    )
+    folded = generator.generate(query_for(data, "newcomer"), history, 20)
+    assert len(set(folded.ids.tolist()) & set(known.ids.tolist())) >= 15
