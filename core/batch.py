@@ -48,9 +48,9 @@ def recommend_all(pipeline: Pipeline, k: int, threads: int = 2, progress: bool |
     bar = tqdm(total=len(users), unit="user", desc="batch", disable=None if progress is None else not progress)
     with bar, ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="endcap-batch") as pool:
         frames = []
-        for frame in pool.map(lambda block: recommend_users(pipeline, block, k), blocks):
+        for block, frame in zip(blocks, pool.map(lambda b: recommend_users(pipeline, b, k), blocks), strict=True):
             frames.append(frame)
-            bar.update(frame["user_id"].nunique())
+            bar.update(len(block))
     if not frames:
         return recommend_users(pipeline, [], k)
     return pd.concat(frames, ignore_index=True)

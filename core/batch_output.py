@@ -41,7 +41,9 @@ def output_kind(out: Path) -> str:
 
 def user_buckets(user_ids: pd.Series) -> np.ndarray:
     """A stable partition number per user id (CRC-32 of the id, modulo :data:`BUCKETS`)."""
-    return np.array([zlib.crc32(u.encode()) % BUCKETS for u in user_ids.astype(str)], dtype=np.int32)
+    codes, users = pd.factorize(user_ids.astype(str))  # every user has k rows: hash each user once
+    buckets = np.array([zlib.crc32(u.encode()) % BUCKETS for u in users], dtype=np.int32)
+    return buckets[codes]
 
 
 def publish(out: Path, write: Callable[[Path], None]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 from endcap.batch_output import BUCKETS, publish, user_buckets
+from endcap.errors import FailedPrecondition
 
 OUTPUT_SCHEMA = "user_id string, item_id string, rank int, score float, user_bucket int"
 _PIPELINES: dict[tuple[str, str], Any] = {}
@@ -47,16 +48,24 @@ def run(workspace_root: Path, version: str, user_ids: list[str], k: int, out: Pa
     returns the rows written."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this same environment
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master(master)
-        .appName("endcap-batch")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", str(BUCKETS))
-        .getOrCreate()
-    )
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise FailedPrecondition("--engine spark needs pyspark: pip install 'endcap[spark]'") from exc
+    try:
+        spark = (
+            SparkSession.builder.master(master)
+            .appName("endcap-batch")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.shuffle.partitions", str(BUCKETS))
+            .getOrCreate()
+        )
+    except Exception as exc:  # no Java, a bad master URL: say so instead of a JVM traceback
+        raise FailedPrecondition(
+            f"cannot start Spark at {master}: {type(exc).__name__}: {exc}; Spark needs Java 17 on PATH "
+            "and a reachable --master (local[*] runs on this machine)"
+        ) from exc
     spark.sparkContext.setLogLevel("ERROR")
     try:
         job = spark.sparkContext.broadcast({"workspace": str(workspace_root), "version": version, "k": k})

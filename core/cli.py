@@ -256,9 +256,11 @@ def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
         version = registry.current()
         if version is None:
             raise FailedPrecondition(f"no model in {workspace.models}; run 'endcap train' first")
+        from endcap.config import load_config
+        from endcap.pipeline import resolve_k
+
+        k = resolve_k(load_config(workspace.root).serving, args.k)
         catalog, _ = load_catalog(registry.path(version))
-        config, _ = _host(workspace)
-        k = args.k or config.serving.default_k
         rows = run(workspace.root, version, catalog.user_ids.tolist(), k, out, args.master)
         users = catalog.n_users
     else:

@@ -132,6 +132,15 @@ def _read_only(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def resolve_k(serving: ServingConfig, k: int) -> int:
+    """``k`` as asked (0 means ``serving.default_k``); outside 1..``max_k`` is INVALID_ARGUMENT."""
+    if k == 0:
+        return serving.default_k
+    if not 1 <= k <= serving.max_k:
+        raise InvalidArgument(f"k must be between 1 and {serving.max_k} (0 means {serving.default_k}); got {k}")
+    return k
+
+
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` best scores, best first."""
     if scores.size > k:
@@ -171,13 +180,7 @@ class Pipeline:
     # -- validation ------------------------------------------------------------------------
 
     def resolve_k(self, k: int) -> int:
-        if k == 0:
-            return self.serving.default_k
-        if not 1 <= k <= self.serving.max_k:
-            raise InvalidArgument(
-                f"k must be between 1 and {self.serving.max_k} (0 means {self.serving.default_k}); got {k}"
-            )
-        return k
+        return resolve_k(self.serving, k)
 
     def make_query(
         self,

@@ -19,10 +19,10 @@ import pandas as pd
 from endcap.types import Event
 
 
-def updated_user_rows(current: Mapping[str, Any], purchased: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The user's statistics and purchase arrays (the two parts of a ``user_stats`` row) after one
-    more order holding ``purchased`` (item ids); ``current`` is :meth:`OnlineFeatures.user`'s row
-    (all ``None`` for a user the store has not seen)."""
+def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> dict[str, Any]:
+    """The user's ``user_stats`` values (statistics and purchase arrays) after one more order
+    holding ``purchased`` (item ids); ``current`` is :meth:`OnlineFeatures.user`'s row (all
+    ``None`` for a user the store has not seen)."""
     basket = list(dict.fromkeys(purchased))
     orders_before = int(current.get("orders") or 0)
     orders = orders_before + 1
@@ -41,14 +41,15 @@ def updated_user_rows(current: Mapping[str, Any], purchased: Sequence[str]) -> t
             times[i] += 1
             since[i] = 0
     average = float(current.get("avg_basket_size") or 0.0)
-    stats = {
+    return {
         "orders": orders,
         "avg_basket_size": (average * orders_before + len(basket)) / orders,
         "avg_days_between_orders": float(current.get("avg_days_between_orders") or 0.0),
         "distinct_items": len(item_ids),
+        "item_ids": item_ids,
+        "times_bought": times,
+        "orders_since_last_bought": since,
     }
-    products = {"item_ids": item_ids, "times_bought": times, "orders_since_last_bought": since}
-    return stats, products
 
 
 class RealtimeFeatures:
@@ -72,7 +73,7 @@ class RealtimeFeatures:
         with self._lock:
             rows = []
             for user_id, items in baskets.items():
-                stats, products = updated_user_rows(self.read_user(user_id), items)
-                rows.append({"user_id": user_id, **stats, **products, "event_timestamp": now, "created_timestamp": now})
+                row = updated_user_row(self.read_user(user_id), items)
+                rows.append({"user_id": user_id, **row, "event_timestamp": now, "created_timestamp": now})
             self.push("user_stats", pd.DataFrame(rows))
         return len(baskets)

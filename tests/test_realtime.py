@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 from conftest import start_server, stop_server
 from endcap.feature_store import OnlineFeatures
-from endcap.realtime import updated_user_rows
+from endcap.realtime import updated_user_row
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from endcap.workspace import Workspace
@@ -25,10 +25,18 @@ def test_one_more_order_updates_counts_and_recency() -> None:
         "times_bought": [3, 1],
         "orders_since_last_bought": [0, 2],
     }
-    stats, products = updated_user_rows(current, ["b", "c", "b"])
+    row = updated_user_row(current, ["b", "c", "b"])
+    stats, products = (
+        {k: row[k] for k in ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")},
+        {k: row[k] for k in ("item_ids", "times_bought", "orders_since_last_bought")},
+    )
     assert stats == {"orders": 5, "avg_basket_size": 2.0, "avg_days_between_orders": 7.0, "distinct_items": 3}
     assert products == {"item_ids": ["a", "b", "c"], "times_bought": [3, 2, 1], "orders_since_last_bought": [1, 0, 0]}
-    stats, products = updated_user_rows(dict.fromkeys(current), ["x"])
+    row = updated_user_row(dict.fromkeys(current), ["x"])
+    stats, products = (
+        {k: row[k] for k in ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")},
+        {k: row[k] for k in ("item_ids", "times_bought", "orders_since_last_bought")},
+    )
     assert stats["orders"] == 1 and products == {
         "item_ids": ["x"],
         "times_bought": [1],
