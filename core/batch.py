@@ -20,14 +20,20 @@ BLOCK_USERS = 512
 
 
 def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.DataFrame:
-    """The pipeline's top-``k`` for ``user_ids``, one row per recommended item, in input order."""
-    indices = np.array([pipeline.model.user_index.get(u, -1) for u in user_ids], dtype=np.int32)
-    known = indices[indices >= 0]
-    if known.size:
-        wanted = max(pipeline.serving.candidates_per_source, k)
-        for _, generator in pipeline.sources:
-            generator.prefetch(known, wanted)
-    answers = [pipeline.recommend(pipeline.make_query(user_id, k))[0] for user_id in user_ids]
+    """The pipeline's top-``k`` for ``user_ids``, one row per recommended item, in input order.
+
+    Prefetching goes block by block: a block's scores are users × catalogue, so a whole Spark
+    batch at once would need gigabytes."""
+    answers = []
+    for start in range(0, len(user_ids), BLOCK_USERS):
+        block = user_ids[start : start + BLOCK_USERS]
+        indices = np.array([pipeline.model.user_index.get(u, -1) for u in block], dtype=np.int32)
+        known = indices[indices >= 0]
+        if known.size:
+            wanted = max(pipeline.serving.candidates_per_source, k)
+            for _, generator in pipeline.sources:
+                generator.prefetch(known, wanted)
+        answers.extend(pipeline.recommend(pipeline.make_query(user_id, k))[0] for user_id in block)
     counts = np.array([len(a.item_ids) for a in answers], dtype=np.int64)
     return pd.DataFrame(
         {

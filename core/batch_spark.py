@@ -39,7 +39,7 @@ def _pipeline(workspace_root: str, version: str) -> Any:
         config = load_config(workspace.root)
         online = OnlineFeatures(workspace)
         model = load_serving_model(workspace, PluginHost(config), online, version)
-        _PIPELINES[key] = Pipeline(model, online.user, config.serving)
+        _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False)
     return _PIPELINES[key]
 
 

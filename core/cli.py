@@ -274,7 +274,7 @@ def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
         online = OnlineFeatures(workspace)
         model = load_serving_model(workspace, host, online)
         version = model.version
-        pipeline = Pipeline(model, online.user, config.serving)
+        pipeline = Pipeline(model, online.user, config.serving, budgets=False)
         frame = recommend_all(pipeline, pipeline.resolve_k(args.k), threads=args.threads)
         write_frame(frame, out)
         rows, users = len(frame), frame["user_id"].nunique()

@@ -97,7 +97,7 @@ def evaluate_target(
     manifest = train(sub, host, validate=False)
     online = OnlineFeatures(sub)
     model = load_serving_model(sub, host, online)
-    pipeline = Pipeline(model, online.user, config.serving)
+    pipeline = Pipeline(model, online.user, config.serving, budgets=False)
     trained = time.perf_counter()
 
     catalog = model.catalog

@@ -91,7 +91,7 @@ def write_tables(
     try:
         for snapshot in snapshots:
             for name, frame in snapshot.items():
-                table = pa.Table.from_pandas(frame, preserve_index=False)
+                table = _offline_table(frame)
                 if name not in writers:
                     partial = workspace.features / f"{name}.parquet.partial"
                     writers[name] = pq.ParquetWriter(partial, table.schema)
@@ -104,6 +104,23 @@ def write_tables(
     for name in writers:
         os.replace(workspace.features / f"{name}.parquet.partial", workspace.features / f"{name}.parquet")
     return rows, as_of
+
+
+def _offline_table(frame: pd.DataFrame) -> Any:
+    """A snapshot as the offline store keeps it: plain Arrow types (``string``, ``list<string>``)
+    and no pandas metadata, whichever pandas dtypes computed it."""
+    import pyarrow as pa
+
+    def plain(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(kind):
+            return pa.string()
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            return pa.list_(plain(kind.value_type))
+        return kind
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    schema = pa.schema([pa.field(field.name, plain(field.type)) for field in table.schema])
+    return table.cast(schema).replace_schema_metadata(None)
 
 
 def write_and_materialize(

@@ -8,6 +8,7 @@ snapshot, for point-in-time joins; the online store is materialized from the new
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,16 +21,24 @@ USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought")
 
 def add_basket_index(log: pd.DataFrame) -> pd.DataFrame:
     """Add ``basket_index``: 0 for each user's first basket, counting up in time order
-    (a basket's time is its earliest line)."""
-    baskets = (
-        log.groupby(["user_id", "basket_id"], sort=False)["timestamp"]
-        .min()
-        .reset_index()
-        .sort_values(["user_id", "timestamp", "basket_id"], kind="stable")
-    )
-    baskets["basket_index"] = baskets.groupby("user_id", sort=False).cumcount().astype(np.int32)
+    (a basket's time is its earliest line; ties go by basket id)."""
     log = log.drop(columns=["basket_index"], errors="ignore")
-    return log.merge(baskets[["user_id", "basket_id", "basket_index"]], on=["user_id", "basket_id"], how="left")
+    user, _ = pd.factorize(log["user_id"], sort=True)
+    basket_code, _ = pd.factorize(log["basket_id"], sort=True)
+    baskets, row_basket = np.unique(user.astype(np.int64) * (basket_code.max() + 1) + basket_code, return_inverse=True)
+    first_time = np.full(len(baskets), np.iinfo(np.int64).max)
+    np.minimum.at(first_time, row_basket, _microseconds(log["timestamp"]))
+    basket_user, basket_id = np.divmod(baskets, basket_code.max() + 1)
+    order = np.lexsort((basket_id, first_time, basket_user))
+    user_start = np.flatnonzero(np.r_[True, basket_user[order][1:] != basket_user[order][:-1]])
+    index = np.empty(len(baskets), np.int32)
+    index[order] = np.arange(len(order)) - np.repeat(user_start, np.diff(np.r_[user_start, len(order)]))
+    return log.assign(basket_index=index[row_basket])
+
+
+def _microseconds(times: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch of tz-aware UTC times."""
+    return pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[us]").view(np.int64)
 
 
 def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
@@ -58,13 +67,13 @@ def iter_snapshots(
     earlier can. The default is the single serving snapshot (:func:`serving_cutoff`).
     """
     created = created if created is not None else pd.Timestamp.now(tz="UTC")
-    # A basket's index counts the user's earlier baskets, which a cutoff never removes: number
-    # them once for the whole log rather than once per snapshot.
-    log = add_basket_index(log) if "basket_index" not in log.columns else log
+    if log.empty:
+        return
+    coded = _CodedLog.of(log)
     for cutoff in cutoffs or [serving_cutoff(log)]:
-        snapshot = _snapshot(log[log["timestamp"] < cutoff], cutoff, created)
+        snapshot = coded.snapshot(cutoff)
         if snapshot is not None:
-            yield snapshot
+            yield {name: _stamp(frame, cutoff, created) for name, frame in snapshot.items()}
 
 
 def compute_feature_tables(
@@ -75,74 +84,117 @@ def compute_feature_tables(
     return {name: pd.concat([s[name] for s in snapshots], ignore_index=True) for name in snapshots[0]}
 
 
-def _snapshot(log: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
-    if log.empty:
-        return None
-    log = add_basket_index(log) if "basket_index" not in log.columns else log
-    baskets = log.groupby(["user_id", "basket_index"], sort=False).agg(
-        size=("item_id", "size"), timestamp=("timestamp", "min")
-    )
-    per_user = baskets.groupby(level="user_id")
-    span_days = (per_user["timestamp"].max() - per_user["timestamp"].min()).dt.total_seconds() / 86400.0
-    orders = per_user.size()
-    user_stats = (
-        pd.DataFrame(
+@dataclass(frozen=True)
+class _CodedLog:
+    """The log as integer arrays, built once and cut at each snapshot: users and items are
+    numbered in string order (so code order is the tables' sort order), and the lines are
+    sorted by user, item and basket so each user × item pair is one run."""
+
+    user_ids: pd.Index
+    item_ids: pd.Index
+    user: np.ndarray
+    item: np.ndarray
+    basket_index: np.ndarray
+    time: np.ndarray
+    basket: np.ndarray
+    """Each line's basket, numbered across users (user order, then basket index)."""
+    basket_user: np.ndarray
+
+    @classmethod
+    def of(cls, log: pd.DataFrame) -> _CodedLog:
+        log = add_basket_index(log) if "basket_index" not in log.columns else log
+        user, user_ids = pd.factorize(log["user_id"], sort=True)
+        item, item_ids = pd.factorize(log["item_id"], sort=True)
+        basket_index = log["basket_index"].to_numpy(np.int64)
+        order = np.lexsort((basket_index, item, user))
+        user, item, basket_index = user[order], item[order], basket_index[order]
+        baskets_per_user = np.zeros(len(user_ids), np.int64)
+        np.maximum.at(baskets_per_user, user, basket_index + 1)
+        first_basket = np.r_[0, np.cumsum(baskets_per_user)[:-1]]
+        return cls(
+            user_ids=pd.Index(user_ids),
+            item_ids=pd.Index(item_ids),
+            user=user,
+            item=item,
+            basket_index=basket_index,
+            time=_microseconds(log["timestamp"])[order],
+            basket=first_basket[user] + basket_index,
+            basket_user=np.repeat(np.arange(len(user_ids)), baskets_per_user),
+        )
+
+    def snapshot(self, cutoff: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
+        before = self.time < _microseconds(pd.Series([cutoff]))[0]
+        if not before.any():
+            return None
+        user, item, basket_index, time, basket = (
+            a[before] for a in (self.user, self.item, self.basket_index, self.time, self.basket)
+        )
+        n_users, n_items = len(self.user_ids), len(self.item_ids)
+
+        size = np.bincount(basket, minlength=len(self.basket_user))
+        basket_time = np.full(len(size), np.iinfo(np.int64).max)
+        np.minimum.at(basket_time, basket, time)
+        held = np.flatnonzero(size)
+        owner = self.basket_user[held]
+        orders = np.bincount(owner, minlength=n_users)
+        lines = np.bincount(owner, weights=size[held], minlength=n_users)
+        first, last = np.full(n_users, np.iinfo(np.int64).max), np.zeros(n_users, np.int64)
+        np.minimum.at(first, owner, basket_time[held])
+        np.maximum.at(last, owner, basket_time[held])
+
+        pair_start = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (item[1:] != item[:-1])])
+        pair_user, pair_item = user[pair_start], item[pair_start]
+        times_bought = np.diff(np.r_[pair_start, len(user)])
+        last_basket = np.maximum.reduceat(basket_index, pair_start)
+        distinct_items = np.bincount(pair_user, minlength=n_users)
+
+        buyers = np.flatnonzero(orders)
+        span_days = (last - first)[buyers] / 1e6 / 86400.0
+        user_stats = pd.DataFrame(
             {
-                "orders": orders.astype(np.int64),
-                "avg_basket_size": per_user["size"].mean().astype(np.float32),
-                "avg_days_between_orders": (span_days / (orders - 1).clip(lower=1)).astype(np.float32),
-                "distinct_items": log.groupby("user_id")["item_id"].nunique().astype(np.int64),
+                "user_id": self.user_ids[buyers],
+                "orders": orders[buyers].astype(np.int64),
+                "avg_basket_size": (lines[buyers] / orders[buyers]).astype(np.float32),
+                "avg_days_between_orders": (span_days / np.maximum(orders[buyers] - 1, 1)).astype(np.float32),
+                "distinct_items": distinct_items[buyers].astype(np.int64),
+                **_per_user_lists(
+                    distinct_items[buyers],
+                    item_ids=_arrow(self.item_ids[pair_item].array),
+                    times_bought=pa.array(times_bought.astype(np.int64)),
+                    orders_since_last_bought=pa.array((orders[pair_user] - 1 - last_basket).astype(np.int64)),
+                ),
             }
         )
-        .rename_axis("user_id")
-        .reset_index()
-    )
 
-    pairs = (
-        log.groupby(["user_id", "item_id"], sort=True)
-        .agg(times_bought=("basket_index", "size"), last_basket=("basket_index", "max"))
-        .reset_index()
-    )
-    pairs["orders_since_last_bought"] = (
-        pairs["user_id"].map(orders).to_numpy() - 1 - pairs["last_basket"].to_numpy()
-    ).astype(np.int64)
-
-    per_item = pairs.groupby("item_id", sort=True)
-    purchases = per_item["times_bought"].sum()
-    product_stats = (
-        pd.DataFrame(
+        purchases = np.bincount(pair_item, weights=times_bought, minlength=n_items).astype(np.int64)
+        distinct_buyers = np.bincount(pair_item, minlength=n_items)
+        sold = np.flatnonzero(distinct_buyers)
+        product_stats = pd.DataFrame(
             {
-                "purchases": purchases.astype(np.int64),
-                "distinct_buyers": per_item.size().astype(np.int64),
-                "reorder_rate": ((purchases - per_item.size()) / purchases).astype(np.float32),
+                "item_id": self.item_ids[sold],
+                "purchases": purchases[sold],
+                "distinct_buyers": distinct_buyers[sold].astype(np.int64),
+                "reorder_rate": ((purchases[sold] - distinct_buyers[sold]) / purchases[sold]).astype(np.float32),
             }
         )
-        .rename_axis("item_id")
-        .reset_index()
-    )
+        return {"user_stats": user_stats, "product_stats": product_stats}
 
-    # pairs are sorted by user: one list per user cut from each column at the user boundaries
-    users, counts = np.unique(pairs["user_id"].to_numpy(), return_counts=True)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), type=pa.int32())
-    user_product_stats = pd.DataFrame(
-        {
-            "user_id": users,
-            **{
-                name: pa.ListArray.from_arrays(offsets, pa.array(pairs[column].to_numpy(dtype))).to_pandas()
-                for name, column, dtype in (
-                    ("item_ids", "item_id", object),
-                    ("times_bought", "times_bought", np.int64),
-                    ("orders_since_last_bought", "orders_since_last_bought", np.int64),
-                )
-            },
-        }
-    )
 
-    user_stats = user_stats.merge(user_product_stats, on="user_id", how="left")
-    return {
-        "user_stats": _stamp(user_stats, as_of, created),
-        "product_stats": _stamp(product_stats, as_of, created),
-    }
+def _arrow(values: object) -> pa.Array:
+    """``values`` as one Arrow array (pandas' Arrow-backed strings come as a chunked array)."""
+    array = pa.array(values)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _per_user_lists(lengths: np.ndarray, **values: pa.Array) -> dict[str, pd.Series]:
+    """One list per user cut from each array (pairs in user order) at the user boundaries,
+    kept in Arrow."""
+    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
+    columns = {}
+    for name, flat in values.items():
+        lists = pa.ListArray.from_arrays(offsets, flat)
+        columns[name] = pd.Series(lists, dtype=pd.ArrowDtype(lists.type))
+    return columns
 
 
 def label_baskets(log: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,9 @@ Columns a format does not use (a rating, a price, ...) are ignored and named in 
 
 The canonical log has ``user_id, item_id, basket_id`` (strings), ``timestamp`` (UTC) and
 ``quantity`` (int32), one row per basket line, sorted by user and time.
+
+Strings stay in Arrow buffers (:data:`ID_DTYPE`) from the CSV reader to the parquet file and back:
+a 50M-line log as Python string objects would need several times the memory.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from endcap.errors import FailedPrecondition, InputFileError, InvalidArgument
 from endcap.workspace import Workspace
 
@@ -39,6 +45,9 @@ ON_ERROR = ("fail", "quarantine")
 EPOCH_SECONDS_LIMIT = 253_402_300_800
 INSTACART_ANCHOR = pd.Timestamp("2017-06-01", tz="UTC")
 CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
+ID_COLUMNS = ("user_id", "item_id", "basket_id")
+ID_DTYPE = pd.StringDtype("pyarrow")
+"""Strings held in Arrow buffers: the input's cells and the canonical log's ids."""
 KNOWN_COLUMNS = {
     "instacart": (*INSTACART_REQUIRED, "days_since_prior_order", "order_hour_of_day", "quantity"),
     "generic": (*GENERIC_REQUIRED, "quantity"),
@@ -63,7 +72,7 @@ class IngestSummary:
 
 
 class _Table:
-    """The raw input, all values as strings, with enough bookkeeping to locate a bad cell."""
+    """The raw input, all values as Arrow-backed strings, with enough bookkeeping to locate a bad cell."""
 
     def __init__(self, path: Path, quarantine: bool = False) -> None:
         self.path = path
@@ -82,7 +91,7 @@ class _Table:
 
     def reject(self, bad: Any, column: str, reason: Callable[[int], str]) -> None:
         """Refuse the file at the first bad row, or (quarantine mode) set every bad row aside."""
-        rows = np.flatnonzero(np.asarray(bad, dtype=bool))
+        rows = np.flatnonzero(pd.Series(bad, copy=False).fillna(False).to_numpy(dtype=bool))
         if rows.size == 0:
             return
         if not self.quarantine:
@@ -111,31 +120,34 @@ class _Table:
         values = pd.to_numeric(raw, errors="coerce")
         bad = values.isna() | (values < minimum) | (values != np.floor(values))
         if default is not None:
-            blank = raw.astype(str).str.strip() == ""
+            blank = (raw.str.strip() == "").to_numpy(dtype=bool)
             values = values.where(~blank, default)
             bad &= ~blank
         self.reject(bad, column, lambda row: f"{column} must be an integer >= {minimum}, got {raw.iloc[row]!r}")
-        return values.where(~bad, minimum).to_numpy(dtype=np.int64)
+        return values.where(~bad, minimum).to_numpy(dtype=np.int64, na_value=minimum)
 
     def floats(self, column: str, minimum: float) -> np.ndarray:
         """Optional non-negative numbers; blanks become NaN."""
         if column not in self.frame.columns:
             return np.full(len(self.frame), np.nan)
         raw = self.frame[column]
-        blank = raw.astype(str).str.strip() == ""
+        blank = (raw.str.strip() == "").to_numpy(dtype=bool)
         values = pd.to_numeric(raw, errors="coerce")
         bad = ~blank & (values.isna() | (values < minimum))
         self.reject(bad, column, lambda row: f"{column} must be a number >= {minimum} or empty, got {raw.iloc[row]!r}")
-        return values.where(~bad, np.nan).to_numpy(dtype=np.float64)
+        return values.where(~bad, np.nan).to_numpy(dtype=np.float64, na_value=np.nan)
 
-    def ids(self, column: str) -> np.ndarray:
-        values = self.frame[column].astype(str).str.strip()
+    def ids(self, column: str) -> pd.Series:
+        values = self.frame[column].str.strip()
         values = values.str.replace(r"\.0$", "", regex=True)  # ids written as floats by pandas
         self.reject(values == "", column, lambda row: f"{column} is empty")
-        return values.to_numpy(dtype=object)
+        return values
 
     def timestamps(self, column: str) -> pd.DatetimeIndex:
-        raw = self.frame[column].astype(str).str.strip()
+        raw = self.frame[column].str.strip()
+        exact = _iso_with_zone(raw)
+        if exact is not None:
+            return exact
         numeric = pd.to_numeric(raw, errors="coerce")
         numeric = numeric.where(numeric.abs() < EPOCH_SECONDS_LIMIT)  # beyond year 9999: not a time
         if numeric.notna().all():
@@ -150,9 +162,23 @@ class _Table:
         return pd.DatetimeIndex(parsed.where(~bad, pd.Timestamp(0, tz="UTC")))
 
 
-def _utc_days(timestamps: pd.DatetimeIndex) -> np.ndarray:
-    """``YYYY-MM-DD`` of each UTC time, formatted in one vectorised call."""
-    return np.datetime_as_string(timestamps.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[D]"))
+def _iso_with_zone(raw: pd.Series) -> pd.DatetimeIndex | None:
+    """Times when every cell is ISO 8601 with a zone (``2024-03-01 08:00:00Z``, ``...+01:00``),
+    parsed by Arrow without leaving its buffers; ``None`` sends the column to pandas' parsers."""
+    try:
+        parsed = pc.cast(pa.array(raw.array), pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        return None
+    if parsed.null_count:
+        return None
+    return pd.DatetimeIndex(parsed.to_pandas())
+
+
+def _utc_days(timestamps: pd.DatetimeIndex) -> pd.Series:
+    """``YYYY-MM-DD`` of each UTC time: each distinct day formatted once, then taken per row."""
+    days, rows = np.unique(timestamps.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[D]"), return_inverse=True)
+    names = pa.array(np.datetime_as_string(days), type=pa.string())
+    return pd.Series(pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), names).cast(pa.string()), dtype=ID_DTYPE)
 
 
 def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
@@ -160,9 +186,9 @@ def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
         raise InputFileError(str(path), 0, 0, "no such file")
     try:
         if is_csv:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            frame = pd.read_csv(path, dtype=ID_DTYPE, keep_default_na=False, encoding="utf-8")
         else:
-            frame = pd.read_parquet(path).astype(str)
+            frame = pd.read_parquet(path).astype(str).astype(ID_DTYPE)
     except UnicodeDecodeError as exc:
         line, column = _first_invalid_utf8(path)
         raise InputFileError(str(path), line, column, "not valid UTF-8 text") from exc
@@ -171,6 +197,7 @@ def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
     except (OSError, ValueError) as exc:
         raise InputFileError(str(path), 0, 0, f"cannot read: {exc}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    frame = frame.reset_index(drop=True)  # rows longer than the header: pandas made an index of the surplus
     if frame.empty:
         raise InputFileError(str(path), 1, 0, "no rows")
     return frame
@@ -239,7 +266,7 @@ def _generic(table: _Table) -> pd.DataFrame:
         {
             "user_id": users,
             "item_id": table.ids("item_id"),
-            "basket_id": pd.Series(users).astype(str) + "@" + pd.Series(_utc_days(timestamps)),
+            "basket_id": users + "@" + _utc_days(timestamps),
             "timestamp": timestamps,
             "quantity": table.integers("quantity", 1, default=1),
         }
@@ -289,8 +316,6 @@ def read_purchase_log_quarantining(
 def ignored_columns(path: Path, fmt: str) -> list[str]:
     """Columns of ``path`` that the format does not use (they are ignored, not an error)."""
     if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         header = pq.read_schema(path).names
     else:
         header = pd.read_csv(path, nrows=0, encoding="utf-8").columns
@@ -300,24 +325,56 @@ def ignored_columns(path: Path, fmt: str) -> list[str]:
 
 
 def canonical(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (user, basket, item) — repeated lines add their quantities — sorted by user
-    and time, with the canonical column types."""
-    frame = (
-        frame.groupby(["user_id", "basket_id", "item_id"], sort=False, as_index=False)
-        .agg(timestamp=("timestamp", "min"), quantity=("quantity", "sum"))
-        .sort_values(["user_id", "timestamp", "basket_id", "item_id"], kind="stable")
-        .reset_index(drop=True)
+    """One row per (user, basket, item) — repeated lines add their quantities — sorted by user,
+    time, basket and item, with the canonical column types.
+
+    Works on integer codes: each id column is numbered in string order, so sorting the codes
+    sorts the strings, and the strings are only taken back (in Arrow) for the final rows."""
+    ids = {column: _sorted_codes(frame[column]) for column in ID_COLUMNS}
+    times = _utc_microseconds(frame["timestamp"])
+    quantity = frame["quantity"].to_numpy(dtype=np.int64)
+    user, basket, item = (ids[column][0] for column in ("user_id", "basket_id", "item_id"))
+    order = np.lexsort((item, basket, user))
+    user, basket, item = user[order], basket[order], item[order]
+    first = np.flatnonzero(
+        np.concatenate([[True], (user[1:] != user[:-1]) | (basket[1:] != basket[:-1]) | (item[1:] != item[:-1])])
     )
-    frame["timestamp"] = frame["timestamp"].astype("datetime64[us, UTC]")
-    frame["quantity"] = frame["quantity"].astype(np.int32)
-    for column in ("user_id", "item_id", "basket_id"):
-        frame[column] = frame[column].astype(str)
-    return frame[list(CANONICAL_COLUMNS)]
+    times = np.minimum.reduceat(times[order], first) if len(order) else times
+    quantity = np.add.reduceat(quantity[order], first) if len(order) else quantity
+    user, basket, item = user[first], basket[first], item[first]
+    final = np.lexsort((item, basket, times, user))
+    return pd.DataFrame(
+        {
+            "user_id": ids["user_id"][1].take(user[final]),
+            "item_id": ids["item_id"][1].take(item[final]),
+            "basket_id": ids["basket_id"][1].take(basket[final]),
+            "timestamp": pd.DatetimeIndex(times[final].astype("datetime64[us]")).tz_localize("UTC"),
+            "quantity": quantity[final].astype(np.int32),
+        }
+    )
+
+
+def _sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.api.extensions.ExtensionArray]:
+    """Codes numbering ``values`` in string order, and the distinct strings (Arrow-backed)."""
+    strings = values if values.dtype == ID_DTYPE else values.astype(str).astype(ID_DTYPE)
+    codes, uniques = pd.factorize(strings, sort=True)
+    return codes, uniques
+
+
+def _utc_microseconds(times: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch (UTC) of tz-aware or naive-UTC times."""
+    index = pd.DatetimeIndex(times)
+    index = index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+    return index.to_numpy().astype("datetime64[us]").view(np.int64)
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
-    """sha256 of the canonical log's content (independent of the files it came from)."""
-    hashed = pd.util.hash_pandas_object(frame[list(CANONICAL_COLUMNS)], index=False).to_numpy()
+    """sha256 of the canonical log's content (independent of the files it came from).
+
+    The id columns are hashed as categoricals, which pandas hashes exactly like their strings
+    but with each distinct string hashed once."""
+    hashed_columns = frame[list(CANONICAL_COLUMNS)].astype({column: "category" for column in ID_COLUMNS})
+    hashed = pd.util.hash_pandas_object(hashed_columns, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
@@ -372,4 +429,5 @@ def load_interactions(workspace: Workspace) -> pd.DataFrame:
         raise FailedPrecondition(
             f"no purchase log in {workspace.root}; run 'endcap ingest PATH' (or 'endcap ingest --demo') first"
         )
-    return pd.read_parquet(workspace.interactions)
+    table = pq.read_table(workspace.interactions)
+    return table.to_pandas(types_mapper={pa.string(): ID_DTYPE, pa.large_string(): ID_DTYPE}.get)

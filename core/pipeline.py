@@ -158,6 +158,7 @@ class Pipeline:
         read_user: Callable[[str], dict[str, Any]],
         serving: ServingConfig,
         skip_sources: frozenset[str] = frozenset(),
+        budgets: bool = True,
     ) -> None:
         self.model = model
         self.read_user = read_user
@@ -167,6 +168,9 @@ class Pipeline:
         self.skip_sources = skip_sources
         """Sources this pipeline does not call (an experiment arm without them); their feature
         columns stay, at zero, so every arm shares one feature layout."""
+        self.budgets = budgets
+        """Whether a component that overruns its ``budget_ms`` is dropped: on for serving, off
+        for batch jobs, where an answer must not depend on how busy the machine was."""
         self.failures: Counter[str] = Counter()
         """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
@@ -315,7 +319,7 @@ class Pipeline:
             errors[key] = f"{type(exc).__name__}: {exc}"
         else:
             elapsed = (time.perf_counter() - started) * 1000.0
-            budget = getattr(component.config, "budget_ms", None)
+            budget = getattr(component.config, "budget_ms", None) if self.budgets else None
             if budget is None or elapsed <= budget:
                 return result
             errors[key] = f"over budget: {elapsed:.1f} ms > {budget:g} ms"

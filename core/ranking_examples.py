@@ -65,7 +65,7 @@ def build_ranking_examples(
         products_by_cutoff = historical.products(list(data.catalog.item_ids), cutoffs)
         for cutoff in cutoffs:
             model = assemble(stub, data.catalog, components, products_by_cutoff[cutoff])
-            pipeline = Pipeline(model, lambda user_id: {}, config.serving)
+            pipeline = Pipeline(model, lambda user_id: {}, config.serving, budgets=False)
             for row in np.flatnonzero(cutoff_of_user == cutoff):
                 user_id = str(labels["user_id"].iloc[row])
                 query = Query(user_id, model.user_index[user_id], config.serving.default_k)

@@ -60,11 +60,11 @@ def online(synthetic_workspace: Path) -> OnlineFeatures:
     return OnlineFeatures(Workspace(synthetic_workspace))
 
 
-def make_pipeline(workspace: Path, online: OnlineFeatures, **config: Any) -> Pipeline:
+def make_pipeline(workspace: Path, online: OnlineFeatures, budgets: bool = True, **config: Any) -> Pipeline:
     settings = EndcapConfig(**config)
     host = PluginHost(settings, extra_plugins={"test": TestComponents()})
     model = load_serving_model(Workspace(workspace), host, online)
-    return Pipeline(model, online.user, settings.serving)
+    return Pipeline(model, online.user, settings.serving, budgets=budgets)
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +211,15 @@ def test_a_source_over_its_budget_is_dropped_and_counted(synthetic_workspace: Pa
     relaxed = {**candidates, "slow": ComponentBlock(type="slow", budget_ms=1000)}
     _, record = make_pipeline(synthetic_workspace, online, candidates=relaxed).recommend(pipeline.make_query("u1", 5))
     assert "slow" not in record.errors and record.candidates_per_source["slow"] == 1
+
+
+def test_batch_pipelines_keep_a_source_over_its_budget(synthetic_workspace: Path, online: OnlineFeatures) -> None:
+    """Offline jobs must not give answers that depend on how busy the machine was."""
+    candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5)}
+    pipeline = make_pipeline(synthetic_workspace, online, budgets=False, candidates=candidates)
+    _, record = pipeline.recommend(pipeline.make_query("u1", 5))
+    assert "slow" not in record.errors and record.candidates_per_source["slow"] == 1
+    assert pipeline.failures["slow"] == 0
 
 
 def test_business_rule_boosts_move_items_up(synthetic_workspace: Path, online: OnlineFeatures) -> None:
