@@ -1,18 +1,21 @@
 """``endcap batch --engine spark``: the same batch job on Apache Spark.
 
-The users are partitioned across executors and scored with ``mapInPandas``; each Python worker
-loads the model version named in a broadcast once (from the workspace, which a cluster mounts
-at the same path on every node, as replicas do) and answers its partitions through the same
-serving pipeline the local engine uses, so both engines write the same recommendations. Output
-is a Parquet directory partitioned by ``user_bucket``, put in place by
-:func:`endcap.batch_output.publish`.
+The model version's artifacts (catalogue, ALS factors, similarity matrices, ranker) are
+broadcast; each Python worker unpacks them once into a local directory, checks them against the
+manifest's checksums and loads them. Executors therefore need no access to the model registry,
+only to the workspace's configuration and feature store (``endcap.yaml`` and the Feast registry
+at the same path on every node, the Redis online store in production). Users are partitioned
+across executors and scored with ``mapInPandas`` through the same serving pipeline the local
+engine uses, so both engines write the same recommendations. Output is a Parquet directory
+partitioned by ``user_bucket``, put in place by :func:`endcap.batch_output.publish`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,26 @@ _PIPELINES: dict[tuple[str, str], Any] = {}
 """Loaded pipelines per (workspace, version) in this Python worker: one load per worker."""
 
 
-def _pipeline(workspace_root: str, version: str) -> Any:
+def pack_version(directory: Path) -> dict[str, bytes]:
+    """Every file of a model version (manifest included), by path relative to ``directory``."""
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def unpack_version(files: Mapping[str, bytes], version: str, root: Path) -> Path:
+    """Write a packed version under ``root/version`` (a registry of one version) and return ``root``."""
+    for name, content in files.items():
+        target = root / version / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return root
+
+
+def _pipeline(workspace_root: str, version: str, files: Mapping[str, bytes]) -> Any:
     key = (workspace_root, version)
     if key not in _PIPELINES:
         from endcap.config import load_config
         from endcap.feature_store import OnlineFeatures
+        from endcap.models import ModelRegistry
         from endcap.pipeline import Pipeline
         from endcap.plugin_host import PluginHost
         from endcap.serving_model import load_serving_model
@@ -38,14 +56,16 @@ def _pipeline(workspace_root: str, version: str) -> Any:
         workspace = Workspace(Path(workspace_root))
         config = load_config(workspace.root)
         online = OnlineFeatures(workspace)
-        model = load_serving_model(workspace, PluginHost(config), online, version)
+        with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
+            registry = ModelRegistry(unpack_version(files, version, Path(local)))
+            model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)
         _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False)
     return _PIPELINES[key]
 
 
-def run(workspace_root: Path, version: str, user_ids: list[str], k: int, out: Path, master: str) -> int:
-    """Score ``user_ids`` with model ``version`` on Spark at ``master`` and publish to ``out``;
-    returns the rows written."""
+def run(workspace_root: Path, version_dir: Path, user_ids: list[str], k: int, out: Path, master: str) -> int:
+    """Score ``user_ids`` with the model version in ``version_dir`` on Spark at ``master`` and
+    publish to ``out``; returns the rows written."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this same environment
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     try:
@@ -68,13 +88,15 @@ def run(workspace_root: Path, version: str, user_ids: list[str], k: int, out: Pa
         ) from exc
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        job = spark.sparkContext.broadcast({"workspace": str(workspace_root), "version": version, "k": k})
+        job = spark.sparkContext.broadcast({"workspace": str(workspace_root), "version": version_dir.name, "k": k})
+        model = spark.sparkContext.broadcast(pack_version(version_dir))
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             from endcap.batch import recommend_users
 
             settings = job.value
-            pipeline = _pipeline(settings["workspace"], settings["version"])
+            key = (settings["workspace"], settings["version"])
+            pipeline = _PIPELINES.get(key) or _pipeline(*key, model.value)
             for batch in batches:
                 frame = recommend_users(pipeline, batch["user_id"].tolist(), settings["k"])
                 yield frame.assign(user_bucket=user_buckets(frame["user_id"]))

@@ -261,7 +261,7 @@ def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
 
         k = resolve_k(load_config(workspace.root).serving, args.k)
         catalog, _ = load_catalog(registry.path(version))
-        rows = run(workspace.root, version, catalog.user_ids.tolist(), k, out, args.master)
+        rows = run(workspace.root, registry.path(version), catalog.user_ids.tolist(), k, out, args.master)
         users = catalog.n_users
     else:
         from endcap.batch import recommend_all

@@ -108,13 +108,15 @@ def load_serving_model(
     online: Any,
     version: str | None = None,
     monitors: Mapping[str, Monitor] | None = None,
+    registry: ModelRegistry | None = None,
 ) -> ServingModel:
     """Load ``version`` (default: current) with every configured component and the product matrix.
 
     ``monitors`` keeps running monitors (a reload): they are given the new version's state
-    instead of being built anew, so their counters and windows carry over."""
+    instead of being built anew, so their counters and windows carry over. ``registry`` loads
+    from another copy of the registry than the workspace's (a Spark worker's local copy)."""
     started = time.perf_counter()
-    registry = ModelRegistry(workspace.models)
+    registry = registry or ModelRegistry(workspace.models)
     directory = registry.path(version)
     manifest = registry.manifest(directory.name)
     verify_artifact(directory, manifest)

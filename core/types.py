@@ -199,7 +199,8 @@ class ModelContext:
     catalog: Catalog
     user_items: sp.csr_matrix
     directory: Path
-    """This component's own directory inside the model version."""
+    """This component's own directory inside the model version. Read everything you need while
+    loading: a Spark batch worker loads from a temporary copy that is removed afterwards."""
     product_features: Callable[[Sequence[str]], pd.DataFrame] | None = None
     """Reads product-keyed features from the online store for every catalogue item, in catalogue
     order: ``product_features(["stock:in_stock"])`` gives one column per feature. ``None`` when no

@@ -43,6 +43,26 @@ def test_spark_engine_writes_what_the_local_engine_writes(synthetic_workspace: P
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_a_broadcast_model_version_unpacks_to_the_same_checked_files(synthetic_workspace: Path, tmp_path: Path) -> None:
+    """What Spark workers load: the packed version, written back, passes the manifest's checksums."""
+    from endcap.batch_spark import pack_version, unpack_version
+    from endcap.models import CorruptArtifact, ModelRegistry, verify_artifact
+
+    source = ModelRegistry(synthetic_workspace / "models")
+    version = source.current()
+    assert version is not None
+    files = pack_version(source.path(version))
+    assert "manifest.json" in files and any(name.startswith("components/candidates/als/") for name in files)
+    copy = ModelRegistry(unpack_version(files, version, tmp_path / "copy"))
+    verify_artifact(copy.path(version), copy.manifest(version))
+    damaged = dict(files)
+    name = next(n for n in files if n.startswith("components/candidates/als/"))
+    damaged[name] = files[name][:-1] + bytes([files[name][-1] ^ 1])
+    broken = ModelRegistry(unpack_version(damaged, version, tmp_path / "damaged"))
+    with pytest.raises(CorruptArtifact, match="does not match its checksum"):
+        verify_artifact(broken.path(version), broken.manifest(version))
+
+
 def test_spark_engine_wants_a_directory(synthetic_workspace: Path, tmp_path: Path) -> None:
     result = run_cli(
         "batch", "--engine", "spark", "--out", str(tmp_path / "x.csv"), workspace=synthetic_workspace, check=False
