@@ -40,19 +40,31 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     def __init__(self, concurrency: ConcurrencyLimit, observe: Callable[[str, str, float], None] | None = None) -> None:
         self.concurrency = concurrency
         self.observe = observe
+        self._handlers: dict[str, Any] = {}
+        """Wrapped handlers by method: built on a method's first call, then reused by every call."""
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        wrapped = self._handlers.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        method = handler_call_details.method
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._wrap(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._handlers[method] = wrapped
+        return wrapped
+
+    def _wrap(self, inner: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable[..., Any]:
         limited = not method.startswith("/grpc.health.")
+        name = method.rsplit("/", 1)[-1]
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            given = metadata.get(REQUEST_ID_HEADER)
-            request_id = given if isinstance(given, str) and 0 < len(given) <= 128 else uuid.uuid4().hex
+            request_id = _request_id(context)
             token = request_id_var.set(request_id)
             remaining = context.time_remaining()
             deadline = deadline_var.set(time.monotonic() + remaining if remaining is not None else None)
@@ -74,13 +86,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 request_id_var.reset(token)
                 deadline_var.reset(deadline)
                 if self.observe is not None and limited:
-                    self.observe(method.rsplit("/", 1)[-1], code.name, time.perf_counter() - started)
+                    self.observe(name, code.name, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrapped
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    """The caller's ``x-request-id`` when it is a usable id, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
