@@ -25,12 +25,12 @@ def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.D
     Prefetching goes block by block: a block's scores are users × catalogue, so a whole Spark
     batch at once would need gigabytes."""
     answers = []
+    wanted = max(pipeline.serving.candidates_per_source, k)
     for start in range(0, len(user_ids), BLOCK_USERS):
         block = user_ids[start : start + BLOCK_USERS]
         indices = np.array([pipeline.model.user_index.get(u, -1) for u in block], dtype=np.int32)
         known = indices[indices >= 0]
         if known.size:
-            wanted = max(pipeline.serving.candidates_per_source, k)
             for _, generator in pipeline.sources:
                 generator.prefetch(known, wanted)
         answers.extend(pipeline.recommend(pipeline.make_query(user_id, k))[0] for user_id in block)

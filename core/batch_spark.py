@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ _PIPELINES: dict[tuple[str, str], Any] = {}
 
 def pack_version(directory: Path) -> dict[str, bytes]:
     """Every file of a model version (manifest included), by path relative to ``directory``."""
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+    files = sorted(path for path in directory.rglob("*") if path.is_file())
+    return {str(path.relative_to(directory)): path.read_bytes() for path in files}
 
 
 def unpack_version(files: Mapping[str, bytes], version: str, root: Path) -> Path:
@@ -42,7 +43,8 @@ def unpack_version(files: Mapping[str, bytes], version: str, root: Path) -> Path
     return root
 
 
-def _pipeline(workspace_root: str, version: str, files: Mapping[str, bytes]) -> Any:
+def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str, bytes]]) -> Any:
+    """This worker's pipeline for ``version``; the first call unpacks ``files()`` (the broadcast)."""
     key = (workspace_root, version)
     if key not in _PIPELINES:
         from endcap.config import load_config
@@ -57,7 +59,7 @@ def _pipeline(workspace_root: str, version: str, files: Mapping[str, bytes]) -> 
         config = load_config(workspace.root)
         online = OnlineFeatures(workspace)
         with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
-            registry = ModelRegistry(unpack_version(files, version, Path(local)))
+            registry = ModelRegistry(unpack_version(files(), version, Path(local)))
             model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)
         _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False)
     return _PIPELINES[key]
@@ -95,8 +97,7 @@ def run(workspace_root: Path, version_dir: Path, user_ids: list[str], k: int, ou
             from endcap.batch import recommend_users
 
             settings = job.value
-            key = (settings["workspace"], settings["version"])
-            pipeline = _PIPELINES.get(key) or _pipeline(*key, model.value)
+            pipeline = _pipeline(settings["workspace"], settings["version"], lambda: model.value)
             for batch in batches:
                 frame = recommend_users(pipeline, batch["user_id"].tolist(), settings["k"])
                 yield frame.assign(user_bucket=user_buckets(frame["user_id"]))

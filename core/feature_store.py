@@ -81,7 +81,6 @@ def write_tables(
     """Write the offline tables one snapshot at a time (a row group each), so memory holds one
     snapshot, not all of them; each file is moved into place when complete. Returns the rows per
     table and the newest snapshot time."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     workspace.features.mkdir(parents=True, exist_ok=True)

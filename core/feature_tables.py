@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from endcap.integer_codes import run_starts, sorted_codes, utc_microseconds
 
 USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
 PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
@@ -23,22 +24,18 @@ def add_basket_index(log: pd.DataFrame) -> pd.DataFrame:
     """Add ``basket_index``: 0 for each user's first basket, counting up in time order
     (a basket's time is its earliest line; ties go by basket id)."""
     log = log.drop(columns=["basket_index"], errors="ignore")
-    user, _ = pd.factorize(log["user_id"], sort=True)
-    basket_code, _ = pd.factorize(log["basket_id"], sort=True)
-    baskets, row_basket = np.unique(user.astype(np.int64) * (basket_code.max() + 1) + basket_code, return_inverse=True)
+    user, _ = sorted_codes(log["user_id"])
+    basket_code, basket_ids = sorted_codes(log["basket_id"])
+    width = max(len(basket_ids), 1)
+    baskets, row_basket = np.unique(user.astype(np.int64) * width + basket_code, return_inverse=True)
     first_time = np.full(len(baskets), np.iinfo(np.int64).max)
-    np.minimum.at(first_time, row_basket, _microseconds(log["timestamp"]))
-    basket_user, basket_id = np.divmod(baskets, basket_code.max() + 1)
+    np.minimum.at(first_time, row_basket, utc_microseconds(log["timestamp"]))
+    basket_user, basket_id = np.divmod(baskets, width)
     order = np.lexsort((basket_id, first_time, basket_user))
-    user_start = np.flatnonzero(np.r_[True, basket_user[order][1:] != basket_user[order][:-1]])
+    user_start = run_starts(basket_user[order])
     index = np.empty(len(baskets), np.int32)
     index[order] = np.arange(len(order)) - np.repeat(user_start, np.diff(np.r_[user_start, len(order)]))
     return log.assign(basket_index=index[row_basket])
-
-
-def _microseconds(times: pd.Series) -> np.ndarray:
-    """Microseconds since the epoch of tz-aware UTC times."""
-    return pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[us]").view(np.int64)
 
 
 def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
@@ -103,8 +100,8 @@ class _CodedLog:
     @classmethod
     def of(cls, log: pd.DataFrame) -> _CodedLog:
         log = add_basket_index(log) if "basket_index" not in log.columns else log
-        user, user_ids = pd.factorize(log["user_id"], sort=True)
-        item, item_ids = pd.factorize(log["item_id"], sort=True)
+        user, user_ids = sorted_codes(log["user_id"])
+        item, item_ids = sorted_codes(log["item_id"])
         basket_index = log["basket_index"].to_numpy(np.int64)
         order = np.lexsort((basket_index, item, user))
         user, item, basket_index = user[order], item[order], basket_index[order]
@@ -112,18 +109,18 @@ class _CodedLog:
         np.maximum.at(baskets_per_user, user, basket_index + 1)
         first_basket = np.r_[0, np.cumsum(baskets_per_user)[:-1]]
         return cls(
-            user_ids=pd.Index(user_ids),
-            item_ids=pd.Index(item_ids),
+            user_ids=user_ids,
+            item_ids=item_ids,
             user=user,
             item=item,
             basket_index=basket_index,
-            time=_microseconds(log["timestamp"])[order],
+            time=utc_microseconds(log["timestamp"])[order],
             basket=first_basket[user] + basket_index,
             basket_user=np.repeat(np.arange(len(user_ids)), baskets_per_user),
         )
 
     def snapshot(self, cutoff: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
-        before = self.time < _microseconds(pd.Series([cutoff]))[0]
+        before = self.time < utc_microseconds([cutoff])[0]
         if not before.any():
             return None
         user, item, basket_index, time, basket = (
@@ -142,7 +139,7 @@ class _CodedLog:
         np.minimum.at(first, owner, basket_time[held])
         np.maximum.at(last, owner, basket_time[held])
 
-        pair_start = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (item[1:] != item[:-1])])
+        pair_start = run_starts(user, item)
         pair_user, pair_item = user[pair_start], item[pair_start]
         times_bought = np.diff(np.r_[pair_start, len(user)])
         last_basket = np.maximum.reduceat(basket_index, pair_start)

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from endcap.errors import FailedPrecondition, InputFileError, InvalidArgument
+from endcap.integer_codes import run_starts, sorted_codes, utc_microseconds
 from endcap.workspace import Workspace
 
 INSTACART_REQUIRED = ("order_id", "user_id", "order_number", "product_id")
@@ -176,9 +177,10 @@ def _iso_with_zone(raw: pd.Series) -> pd.DatetimeIndex | None:
 
 def _utc_days(timestamps: pd.DatetimeIndex) -> pd.Series:
     """``YYYY-MM-DD`` of each UTC time: each distinct day formatted once, then taken per row."""
-    days, rows = np.unique(timestamps.tz_convert("UTC").tz_localize(None).to_numpy().astype("datetime64[D]"), return_inverse=True)
-    names = pa.array(np.datetime_as_string(days), type=pa.string())
-    return pd.Series(pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), names).cast(pa.string()), dtype=ID_DTYPE)
+    days, rows = np.unique(utc_microseconds(timestamps) // 86_400_000_000, return_inverse=True)
+    names = pa.array(np.datetime_as_string(days.astype("datetime64[D]")), type=pa.string())
+    per_row = pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), names).cast(pa.string())
+    return pd.Series(per_row, dtype=ID_DTYPE)
 
 
 def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
@@ -330,17 +332,15 @@ def canonical(frame: pd.DataFrame) -> pd.DataFrame:
 
     Works on integer codes: each id column is numbered in string order, so sorting the codes
     sorts the strings, and the strings are only taken back (in Arrow) for the final rows."""
-    ids = {column: _sorted_codes(frame[column]) for column in ID_COLUMNS}
-    times = _utc_microseconds(frame["timestamp"])
+    ids = {column: sorted_codes(_strings(frame[column])) for column in ID_COLUMNS}
+    times = utc_microseconds(frame["timestamp"])
     quantity = frame["quantity"].to_numpy(dtype=np.int64)
     user, basket, item = (ids[column][0] for column in ("user_id", "basket_id", "item_id"))
     order = np.lexsort((item, basket, user))
     user, basket, item = user[order], basket[order], item[order]
-    first = np.flatnonzero(
-        np.concatenate([[True], (user[1:] != user[:-1]) | (basket[1:] != basket[:-1]) | (item[1:] != item[:-1])])
-    )
-    times = np.minimum.reduceat(times[order], first) if len(order) else times
-    quantity = np.add.reduceat(quantity[order], first) if len(order) else quantity
+    first = run_starts(user, basket, item)
+    times = np.minimum.reduceat(times[order], first) if first.size else times
+    quantity = np.add.reduceat(quantity[order], first) if first.size else quantity
     user, basket, item = user[first], basket[first], item[first]
     final = np.lexsort((item, basket, times, user))
     return pd.DataFrame(
@@ -354,18 +354,9 @@ def canonical(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _sorted_codes(values: pd.Series) -> tuple[np.ndarray, pd.api.extensions.ExtensionArray]:
-    """Codes numbering ``values`` in string order, and the distinct strings (Arrow-backed)."""
-    strings = values if values.dtype == ID_DTYPE else values.astype(str).astype(ID_DTYPE)
-    codes, uniques = pd.factorize(strings, sort=True)
-    return codes, uniques
-
-
-def _utc_microseconds(times: pd.Series) -> np.ndarray:
-    """Microseconds since the epoch (UTC) of tz-aware or naive-UTC times."""
-    index = pd.DatetimeIndex(times)
-    index = index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
-    return index.to_numpy().astype("datetime64[us]").view(np.int64)
+def _strings(values: pd.Series) -> pd.Series:
+    """``values`` as Arrow-backed strings (ids from other sources may be objects or numbers)."""
+    return values if values.dtype == ID_DTYPE else values.astype(str).astype(ID_DTYPE)
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
