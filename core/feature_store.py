@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -182,25 +182,48 @@ def _existing_store(workspace: Workspace) -> FeatureStore:
 class OnlineFeatures:
     """Reads from the Feast online store: one lookup per user, all products at load time.
 
-    The user's row is read through the configured online store's own ``online_read`` (SQLite or
-    Redis alike), which skips the SDK's per-call feature resolution and response building: a
-    fifth of the time of ``get_online_features`` for the same values. Feast stays the system of
-    record; this only reads what its materialization and push sources wrote.
+    The user's row is one indexed read: straight from the table Feast's SQLite online store
+    writes (see :mod:`endcap.sqlite_rows`), or through the configured store's own
+    ``online_read`` (Redis), either way skipping the SDK's per-call feature resolution and
+    response building. Feast stays the system of record; this only reads what its
+    materialization and push sources wrote.
     """
 
     def __init__(self, workspace: Workspace) -> None:
         self.store = _existing_store(workspace)
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
+        self._ttl_seconds = self._user_view.ttl.total_seconds() if self._user_view.ttl else None
+        self._read_user_row = self._row_reader()
+
+    def _row_reader(self) -> Any:
+        """``user_id → (written at, values by feature)`` for the configured online store."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.helpers import compute_table_id
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        config, view = self.store.config, self._user_view
+        if isinstance(self._online, SqliteOnlineStore):
+            from endcap.sqlite_rows import SqliteRows, string_key_encoder
+
+            version = config.entity_key_serialization_version
+            key = string_key_encoder("user_id", lambda proto: serialize_entity_key(proto, version))
+            table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+            return SqliteRows(Path(self._online._get_db_path(config)), table, key).read
+
+        def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:
+            key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
+            [(written, values)] = self._online.online_read(config, view, [key], list(USER_COLUMNS))
+            return (written.timestamp() if written is not None else None), values or {}
+
+        return online_read
 
     def user(self, user_id: str) -> dict[str, Any]:
         """The user's statistics and purchase arrays; values are ``None`` for an unknown user
         or one whose row is older than the view's TTL."""
-        key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
-        view = self._user_view
-        [(written, values)] = self._online.online_read(self.store.config, view, [key], list(USER_COLUMNS))
-        values = values or {}
-        fresh = bool(values) and (not view.ttl or written is None or datetime.now(UTC) - written <= view.ttl)
+        written, values = self._read_user_row(user_id)
+        ttl = self._ttl_seconds
+        fresh = bool(values) and (ttl is None or written is None or time.time() - written <= ttl)
         return {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
 
     def push(self, view: str, rows: pd.DataFrame) -> None:

@@ -102,15 +102,24 @@ def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_
     root.end(end_time=end)
 
 
-def _scaled(scores: np.ndarray) -> np.ndarray:
-    """Scores mapped to (0, 1]: the best is 1, the worst of the list just above 0."""
-    if scores.size == 0:
-        return scores.astype(np.float32)
-    low, high = float(scores.min()), float(scores.max())
-    span = high - low
-    if span <= 0:
-        return np.ones_like(scores, dtype=np.float32)
-    return (0.05 + 0.95 * (scores - low) / span).astype(np.float32)
+def _scaled_per_source(scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each source's scores (consecutive runs of ``sizes``) mapped to (0, 1]: its best is 1, its
+    worst just above 0; a source whose scores are all equal gets 1 throughout."""
+    scores = scores.astype(np.float32, copy=False)
+    starts = (np.cumsum(sizes) - sizes)[sizes > 0]
+    low = np.minimum.reduceat(scores, starts)
+    span = np.maximum.reduceat(scores, starts) - low
+    source = np.repeat(np.arange(starts.size), sizes[sizes > 0])
+    flat = span <= 0
+    scaled = 0.05 + 0.95 * (scores - low[source]) / np.where(flat, 1.0, span)[source]
+    scaled[flat[source]] = 1.0
+    return scaled.astype(np.float32, copy=False)
+
+
+def _candidates(name: str, result: Any) -> Candidates:
+    if not isinstance(result, Candidates):
+        raise TypeError(f"{name}.generate returned {type(result).__name__}, expected Candidates")
+    return result
 
 
 def _check_deadline(stage: str) -> None:
@@ -301,13 +310,28 @@ class Pipeline:
                 continue
 
             def call(generator: Any = generator, name: str = name) -> Candidates:
-                result = generator.generate(query, user, n)
-                self._check(name, result)
-                return result
+                return _candidates(name, generator.generate(query, user, n))
 
             result = self._isolated(name, generator, errors, call)
             results.append(result if result is not None else Candidates.empty())
-        return results
+        return self._in_catalog(results, self.source_names, errors)
+
+    def _in_catalog(self, results: list[Candidates], names: Sequence[str], errors: dict[str, str]) -> list[Candidates]:
+        """``results`` with every source that proposed an index outside the catalogue dropped
+        (counted and logged like a source that raised): one check over all of them."""
+        if not any(len(c) for c in results):
+            return results
+        everything = np.concatenate([c.ids for c in results])
+        last = self.model.catalog.n_items - 1
+        if everything.min() >= 0 and everything.max() <= last:
+            return results
+        checked = []
+        for name, result in zip(names, results, strict=True):
+            if len(result) and (result.ids.min() < 0 or result.ids.max() > last):
+                self._drop(name, errors, f"ValueError: {name}.generate returned item indices outside 0..{last}")
+                result = Candidates.empty()
+            checked.append(result)
+        return checked
 
     def _isolated(self, key: str, component: Any, errors: dict[str, str], call: Callable[[], Any]) -> Any:
         """Run one component call; a call that raises or overruns its budget counts as failed:
@@ -316,22 +340,20 @@ class Pipeline:
         try:
             result = call()
         except Exception as exc:  # one component never fails the request
-            errors[key] = f"{type(exc).__name__}: {exc}"
-        else:
-            elapsed = (time.perf_counter() - started) * 1000.0
-            budget = getattr(component.config, "budget_ms", None) if self.budgets else None
-            if budget is None or elapsed <= budget:
-                return result
-            errors[key] = f"over budget: {elapsed:.1f} ms > {budget:g} ms"
-        self.failures[key] += 1
-        log.warning("component_dropped", component=key, reason=errors[key], total=self.failures[key])
+            self._drop(key, errors, f"{type(exc).__name__}: {exc}")
+            return None
+        elapsed = (time.perf_counter() - started) * 1000.0
+        budget = getattr(component.config, "budget_ms", None) if self.budgets else None
+        if budget is None or elapsed <= budget:
+            return result
+        self._drop(key, errors, f"over budget: {elapsed:.1f} ms > {budget:g} ms")
         return None
 
-    def _check(self, name: str, result: Candidates) -> None:
-        if not isinstance(result, Candidates):
-            raise TypeError(f"{name}.generate returned {type(result).__name__}, expected Candidates")
-        if result.ids.size and (result.ids.min() < 0 or result.ids.max() >= self.model.catalog.n_items):
-            raise ValueError(f"{name}.generate returned item indices outside 0..{self.model.catalog.n_items - 1}")
+    def _drop(self, key: str, errors: dict[str, str], reason: str) -> None:
+        """Record that component ``key`` was dropped from this request, and why."""
+        errors[key] = reason
+        self.failures[key] += 1
+        log.warning("component_dropped", component=key, reason=reason, total=self.failures[key])
 
     def _fallback(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
         name = self.serving.fallback_source
@@ -340,24 +362,34 @@ class Pipeline:
             return [Candidates.empty() for _ in self.sources]
         cold = Query(query.user_id, -1, query.k, query.exclude, query.context, query.variant)
 
-        def call() -> Candidates:
-            result = generator.generate(cold, UserFeatures(stats={}), n)
-            self._check(name, result)
-            return result
+        key = f"{name} (fallback)"
 
-        fallback = self._isolated(f"{name} (fallback)", generator, errors, call) or Candidates.empty()
+        def call() -> Candidates:
+            return _candidates(name, generator.generate(cold, UserFeatures(stats={}), n))
+
+        result = self._isolated(key, generator, errors, call) or Candidates.empty()
+        [fallback] = self._in_catalog([result], [key], errors)
         return [fallback if source == name else Candidates.empty() for source in self.source_names]
 
     def _merge(self, results: list[Candidates]) -> tuple[IndexArray, np.ndarray]:
-        """Unique candidate ids and a ``candidates × sources`` matrix of scaled scores (0 = absent).
-        A source that repeats an item keeps one of its scores for it."""
-        if not results or not any(len(c) for c in results):
-            return np.empty(0, dtype=np.int32), np.zeros((0, len(self.sources)), dtype=np.float32)
-        ids, inverse = np.unique(np.concatenate([c.ids for c in results]), return_inverse=True)
-        columns = np.repeat(np.arange(len(results)), [len(c) for c in results])
-        matrix = np.zeros((ids.size, len(results)), dtype=np.float32)
-        matrix[inverse, columns] = np.concatenate([_scaled(c.scores) for c in results])
-        return ids.astype(np.int32), matrix
+        """Unique candidate ids (ascending) and a ``candidates × sources`` matrix of each source's
+        scores scaled to (0, 1] (0 = absent): one pass over all sources' arrays together. A
+        source that repeats an item keeps one of its scores for it."""
+        sizes = np.array([len(c) for c in results], dtype=np.int64)
+        if not sizes.any():
+            return np.empty(0, dtype=np.int32), np.zeros((0, len(results)), dtype=np.float32)
+        ids = np.concatenate([c.ids for c in results])
+        scaled = _scaled_per_source(np.concatenate([c.scores for c in results]), sizes)
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        first = np.empty(ordered.size, dtype=bool)
+        first[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        rows = np.empty(ordered.size, dtype=np.int64)
+        rows[order] = np.cumsum(first) - 1
+        matrix = np.zeros((int(rows[order[-1]]) + 1, len(results)), dtype=np.float32)
+        matrix[rows, np.repeat(np.arange(len(results)), sizes)] = scaled
+        return ordered[first].astype(np.int32, copy=False), matrix
 
     def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:
         keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)

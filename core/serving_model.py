@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,7 @@ class ServingModel:
 
     def item_indices(self, item_ids: Any) -> IndexArray:
         """Catalogue indices of ``item_ids``; -1 for ids the model does not know."""
-        lookup = self.item_lookup.get
-        return np.fromiter((lookup(item_id, -1) for item_id in item_ids), dtype=np.int32, count=len(item_ids))
+        return np.fromiter(map(self.item_lookup.get, item_ids, repeat(-1)), dtype=np.int32, count=len(item_ids))
 
     def user_features(self, raw: dict[str, Any]) -> UserFeatures:
         """Turn one feature-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`."""

@@ -1,0 +1,89 @@
+"""One entity's row read straight from the table Feast's SQLite online store writes.
+
+Feast's ``online_read`` is generic: it serialises the key through the SDK, opens one shared
+connection for every thread, converts each timestamp to a ``datetime`` and groups rows by key.
+A request that wants one user's row needs one indexed ``SELECT``: this reader runs it on a
+read-only connection per thread, with the key built from a prefix computed once. Feast still
+writes the table (materialization and push sources); this only reads it, and it checks at start
+that its key encoding is Feast's own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+_PROBE = "endcap-key-probe-√"
+
+
+def string_key_encoder(join_key: str, serialize: Callable[[EntityKeyProto], bytes]) -> Callable[[str], bytes]:
+    """``value → serialized entity key`` for a single string join key: Feast's encoding ends
+    with the value's length and bytes, so everything before them is computed once. Falls back to
+    ``serialize`` itself if a probe key does not come out the same."""
+
+    def proto(value: str) -> EntityKeyProto:
+        return EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
+
+    prefix = serialize(proto(""))[:-4]
+    pack = struct.Struct("<I").pack
+
+    def encode(value: str) -> bytes:
+        raw = value.encode()
+        return prefix + pack(len(raw)) + raw
+
+    if encode(_PROBE) != serialize(proto(_PROBE)):
+        return lambda value: serialize(proto(value))
+    return encode
+
+
+class SqliteRows:
+    """Reads every feature of one entity from one Feast SQLite table, on the calling thread's
+    own read-only connection."""
+
+    def __init__(self, database: Path, table: str, key: Callable[[str], bytes]) -> None:
+        self.database = database
+        self.key = key
+        quoted = '"' + table.replace('"', '""') + '"'
+        self._sql = f"SELECT feature_name, value, event_ts FROM {quoted} WHERE entity_key = ?"
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(f"{self.database.resolve().as_uri()}?mode=ro", uri=True)
+            self._local.connection = connection
+        return connection
+
+    def read(self, entity: str) -> tuple[float | None, dict[str, ValueProto]]:
+        """The entity's newest write time (epoch seconds) and its values by feature name; no
+        values for an entity the table does not hold."""
+        values: dict[str, ValueProto] = {}
+        newest = None
+        for name, raw, event_ts in self._connection().execute(self._sql, (self.key(entity),)):
+            value = ValueProto()
+            value.ParseFromString(raw)
+            values[name] = value
+            if event_ts is not None and (newest is None or event_ts > newest):
+                newest = event_ts
+        return _written_at(newest), values
+
+
+def _written_at(stored: object) -> float | None:
+    """A stored ``event_ts`` as epoch seconds, read the way Feast reads it: Feast writes the naive
+    UTC time through ``datetime.timestamp()`` (which takes it for local time) and reads it back
+    with ``datetime.fromtimestamp()``, so the same pair recovers the UTC wall time whatever the
+    machine's time zone. Older stores hold ISO text."""
+    if stored is None:
+        return None
+    if isinstance(stored, int | float):
+        naive = datetime.fromtimestamp(stored)
+    else:
+        naive = datetime.fromisoformat(stored.decode() if isinstance(stored, bytes) else str(stored))
+    return naive.replace(tzinfo=UTC).timestamp()
