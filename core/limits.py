@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from typing import Any
 
 from endcap.config import LimitsConfig
 from endcap.errors import InvalidArgument, ResourceExhausted
@@ -56,19 +58,41 @@ def check_event_count(limits: LimitsConfig, count: int) -> None:
         )
 
 
-class ConcurrencyLimit:
-    """At most ``limit`` calls at once; the next one is refused at once, never queued."""
+class AdmittedCalls(futures.ThreadPoolExecutor):
+    """The worker threads that run limited calls, counting each call from its arrival (queued or
+    running) to its end, cancelled calls included.
 
-    def __init__(self, limit: int) -> None:
+    gRPC hands a call to its handler's ``experimental_thread_pool`` when it has one; the
+    interceptor, which sees every call as it arrives, admits it only while fewer than ``limit``
+    are counted, so no more than ``limit`` calls ever wait or run, whatever ``max_workers`` is.
+    """
+
+    def __init__(self, limit: int, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="endcap-rpc")
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self._count = 0
+        self._lock = threading.Lock()
 
-    def __enter__(self) -> ConcurrencyLimit:
-        if not self._slots.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"more than {self.limit} calls in flight (limits.max_concurrent_requests); retry with backoff"
-            )
-        return self
+    @property
+    def full(self) -> bool:
+        return self._count >= self.limit
 
-    def __exit__(self, *exc: object) -> None:
-        self._slots.release()
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"more than {self.limit} calls in flight (limits.max_concurrent_requests); retry with backoff"
+        )
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._lock:
+            self._count += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished()
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, future: object = None) -> None:
+        with self._lock:
+            self._count -= 1

@@ -33,6 +33,7 @@ from endcap.types import (
 log = structlog.get_logger("endcap.pipeline")
 
 USER_FEATURE_NAMES = ("user.orders", "user.avg_basket_size", "user.avg_days_between_orders", "user.distinct_items")
+USER_STAT_NAMES = tuple(name.split(".", 1)[1] for name in USER_FEATURE_NAMES)
 USER_PRODUCT_FEATURE_NAMES = (
     "user_product.times_bought",
     "user_product.bought_share",
@@ -183,6 +184,10 @@ class Pipeline:
         self.failures: Counter[str] = Counter()
         """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
+        self._source_bits = 1 << np.arange(len(self.source_names), dtype=np.int64)
+        self._source_sets: dict[int, tuple[str, ...]] = {}
+        """Source names by bit set, filled as sets occur: the sources behind an item are looked
+        up, not rebuilt per item."""
         self.feature_names = (
             tuple(f"source.{name}" for name in self.source_names)
             + USER_FEATURE_NAMES
@@ -268,9 +273,8 @@ class Pipeline:
         watch.lap("rank")
 
         best = _top_k(scores, query.k)
-        proposed = source_scores[best] > 0
         item_ids = tuple(self.model.catalog.item_ids[ids[best]].tolist())
-        sources = tuple(tuple(n for n, hit in zip(self.source_names, row, strict=True) if hit) for row in proposed)
+        sources = self._proposers(source_scores[best])
         top_scores = scores[best].astype(np.float32)
         watch.lap("top_k")
 
@@ -332,6 +336,17 @@ class Pipeline:
                 result = Candidates.empty()
             checked.append(result)
         return checked
+
+    def _proposers(self, source_scores: np.ndarray) -> tuple[tuple[str, ...], ...]:
+        """For each row of ``source_scores``, the names of the sources that proposed the item."""
+        codes = ((source_scores > 0) @ self._source_bits).tolist()
+        known = self._source_sets
+        return tuple(known[code] if code in known else self._source_set(code) for code in codes)
+
+    def _source_set(self, code: int) -> tuple[str, ...]:
+        names = tuple(name for bit, name in enumerate(self.source_names) if code >> bit & 1)
+        self._source_sets[code] = names
+        return names
 
     def _isolated(self, key: str, component: Any, errors: dict[str, str], call: Callable[[], Any]) -> Any:
         """Run one component call; a call that raises or overruns its budget counts as failed:
@@ -424,25 +439,25 @@ class Pipeline:
         return scores
 
     def _features(self, ids: IndexArray, source_scores: np.ndarray, user: UserFeatures) -> FeatureMatrix:
-        n = ids.size
+        """The feature matrix, written column block by column block into one array."""
+        n, sources = ids.size, source_scores.shape[1]
+        products = self.model.product_features
+        user_columns = sources + len(USER_FEATURE_NAMES)
+        product_columns = user_columns + products.shape[1]
+        values = np.empty((n, len(self.feature_names)), dtype=np.float32)
+        values[:, :sources] = source_scores
+        values[:, sources:user_columns] = [user.stats.get(name, 0.0) for name in USER_STAT_NAMES]
+        np.take(products, ids, axis=0, out=values[:, user_columns:product_columns])
+        times, share, since = values[:, product_columns], values[:, product_columns + 1], values[:, product_columns + 2]
         orders = user.stats.get("orders", 0.0)
-        user_row = np.array([user.stats.get(name.split(".", 1)[1], 0.0) for name in USER_FEATURE_NAMES], np.float32)
-        times = np.zeros(n, dtype=np.float32)
-        since = np.full(n, orders, dtype=np.float32)
+        times[:] = 0.0
+        since[:] = orders
         if user.items.size and n:
             pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
-            found = user.items[pos] == ids
+            found = np.flatnonzero(user.items[pos] == ids)
             times[found] = user.item_stats["times_bought"][pos[found]]
             since[found] = user.item_stats["orders_since_last_bought"][pos[found]]
-        share = times / orders if orders > 0 else times
-        values = np.hstack(
-            [
-                source_scores,
-                np.broadcast_to(user_row, (n, user_row.size)),
-                self.model.product_features[ids],
-                np.column_stack([times, share, since]),
-            ]
-        ).astype(np.float32, copy=False)
+        np.divide(times, orders if orders > 0 else 1.0, out=share)
         values.flags.writeable = False
         ids = ids.copy()
         ids.flags.writeable = False

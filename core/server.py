@@ -15,7 +15,7 @@ import structlog
 from endcap.auth import AuthInterceptor, load_callers
 from endcap.config import AuthConfig, LimitsConfig, TlsConfig
 from endcap.errors import ConfigError, EndcapError, Unavailable
-from endcap.limits import ConcurrencyLimit
+from endcap.limits import AdmittedCalls
 from endcap.logs import deadline_var, request_id_var
 from endcap.service import RecommendationService
 from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
@@ -34,33 +34,58 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     :class:`EndcapError` subclasses carry their own status and message; anything else is
     logged with its traceback and answered ``INTERNAL`` with the request id, never a traceback.
-    Health checks are exempt from the concurrency limit, so probes see an overloaded server.
+
+    The limit is applied as a call arrives (gRPC asks the interceptor for the call's handler on
+    its polling thread): past ``limits.max_concurrent_requests`` calls waiting or running, the
+    call gets a handler that answers ``RESOURCE_EXHAUSTED`` on a thread of its own, at once,
+    instead of joining a queue. Health checks are exempt and run on the server's own threads,
+    so probes are answered while the API's threads are busy.
     """
 
-    def __init__(self, concurrency: ConcurrencyLimit, observe: Callable[[str, str, float], None] | None = None) -> None:
-        self.concurrency = concurrency
+    def __init__(self, calls: AdmittedCalls, observe: Callable[[str, str, float], None] | None = None) -> None:
+        self.calls = calls
         self.observe = observe
-        self._handlers: dict[str, Any] = {}
-        """Wrapped handlers by method: built on a method's first call, then reused by every call."""
+        self._handlers: dict[str, tuple[Any, Any]] = {}
+        """(admitted, refused) handlers by method: built on a method's first call, then reused."""
+        self._refusals = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="endcap-refuse")
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         method = handler_call_details.method
-        wrapped = self._handlers.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._handlers[method] = wrapped
-        return wrapped
+        handlers = self._handlers.get(method)
+        if handlers is None:
+            handler = continuation(handler_call_details)
+            if handler is None or handler.unary_unary is None:
+                return handler
+            handlers = self._handlers[method] = self._build(handler, method)
+        admitted, refused = handlers
+        return refused if refused is not None and self.calls.full else admitted
 
-    def _wrap(self, inner: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable[..., Any]:
+    def _build(self, handler: Any, method: str) -> tuple[Any, Any]:
         limited = not method.startswith("/grpc.health.")
+        behavior = self._wrap(handler.unary_unary, method, limited)
+        if limited:
+            behavior.experimental_thread_pool = self.calls  # type: ignore[attr-defined]
+
+        def handler_for(behavior: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if not limited:
+            return handler_for(behavior), None
+        name = method.rsplit("/", 1)[-1]
+
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            if self.observe is not None:
+                self.observe(name, grpc.StatusCode.RESOURCE_EXHAUSTED.name, 0.0)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(self.calls.refusal()))
+
+        refuse.experimental_thread_pool = self._refusals  # type: ignore[attr-defined]
+        return handler_for(behavior), handler_for(refuse)
+
+    def _wrap(self, inner: Callable[..., Any], method: str, limited: bool) -> Callable[..., Any]:
         name = method.rsplit("/", 1)[-1]
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
@@ -71,10 +96,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                if not limited:
-                    return inner(request, context)
-                with self.concurrency:
-                    return inner(request, context)
+                return inner(request, context)
             except EndcapError as exc:
                 code = exc.status
                 context.abort(exc.status, str(exc))
@@ -125,12 +147,12 @@ class Server:
     ) -> None:
         limits = limits or LimitsConfig()
         interceptors: list[grpc.ServerInterceptor] = [
-            ErrorInterceptor(ConcurrencyLimit(limits.max_concurrent_requests), self._observe_call)
+            ErrorInterceptor(AdmittedCalls(limits.max_concurrent_requests, max_workers), self._observe_call)
         ]
         if auth is not None:
             interceptors.insert(0, AuthInterceptor(load_callers(auth)))
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-rpc"),
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="endcap-grpc"),  # health, reflection
             interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 1 if reuse_port else 0),  # several processes on one port

@@ -42,7 +42,7 @@ class LightGbmRanker(endcap.Ranker):
 
     def __init__(self, name: str, config: LightGbmRankerConfig) -> None:
         super().__init__(name, config)
-        self._columns_by_layout: dict[tuple[str, ...], np.ndarray] = {}
+        self._columns_by_layout: dict[tuple[str, ...], slice | np.ndarray] = {}
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -115,13 +115,17 @@ class LightGbmRanker(endcap.Ranker):
             self._predict = lambda values: compiled.predict(values, n_jobs=1)
         self.names = tuple(json.loads((context.directory / "features.json").read_text()))
 
-    def _columns(self, names: tuple[str, ...]) -> np.ndarray:
+    def _columns(self, names: tuple[str, ...]) -> slice | np.ndarray:
+        """Where the model's features sit in a served layout: a slice when they are all of it in
+        order (no copy needed), else their positions."""
         columns = self._columns_by_layout.get(names)
         if columns is None:
             missing = [n for n in self.names if n not in names]
             if missing:
                 raise ValueError(f"features {missing} the model was trained with are not served; retrain")
-            columns = np.array([names.index(n) for n in self.names], dtype=np.int64)
+            positions = np.array([names.index(n) for n in self.names], dtype=np.int64)
+            same = positions.size == len(names) and bool((positions == np.arange(len(names))).all())
+            columns = slice(None) if same else positions
             self._columns_by_layout[names] = columns
         return columns
 

@@ -7,13 +7,60 @@ events by type; the loaded model version as an info metric.
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import endcap
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CANDIDATE_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 200, 500, 1000, 2000)
+
+
+class RequestHistograms:
+    """Histograms with one label set per series, observed many at a time under one lock: a
+    request's stage timings or candidate counts cost one lock and a binary search per value,
+    where prometheus-client's ``Histogram`` takes a lock and a Python loop over the buckets per
+    value. Exposed exactly like a ``Histogram`` (``_bucket``, ``_count``, ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.bounds = tuple(float(b) for b in buckets)
+        self._series: dict[tuple[str, ...], list[float]] = {}
+        """Per label set: a count per bucket (the last is +Inf), then the sum."""
+        self._lock = threading.Lock()
+
+    def observe(self, values: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        """Observe each ``(label values, value)`` pair."""
+        bounds, width = self.bounds, len(self.bounds) + 1
+        with self._lock:
+            for labels, value in values:
+                series = self._series.get(labels)
+                if series is None:
+                    series = self._series[labels] = [0.0] * (width + 1)
+                series[bisect_left(bounds, value)] += 1
+                series[width] += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        with self._lock:
+            series = {labels: list(counts) for labels, counts in self._series.items()}
+        edges = [*(_bound(b) for b in self.bounds), "+Inf"]
+        for labels, counts in series.items():
+            cumulative, total = [], 0.0
+            for edge, count in zip(edges, counts, strict=False):
+                total += count
+                cumulative.append((edge, total))
+            family.add_metric(list(labels), cumulative, counts[-1])
+        yield family
+
+
+def _bound(value: float) -> str:
+    """A bucket bound as prometheus-client writes it (``0.5``, ``1.0``, ``10.0``)."""
+    return repr(float(value))
 
 
 class ServiceMetricsConfig(endcap.ComponentConfig):
@@ -39,20 +86,17 @@ class ServiceMetrics(endcap.Monitor):
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.stages = Histogram(
+        self.stages = RequestHistograms(
             "endcap_stage_duration_seconds",
             "Recommend pipeline stage latency",
-            ["stage", "variant"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            ("stage", "variant"),
+            LATENCY_BUCKETS,
         )
-        self.candidates = Histogram(
-            "endcap_candidates_per_request",
-            "Candidates a source proposed",
-            ["source"],
-            buckets=CANDIDATE_BUCKETS,
-            registry=registry,
+        self.candidates = RequestHistograms(
+            "endcap_candidates_per_request", "Candidates a source proposed", ("source",), CANDIDATE_BUCKETS
         )
+        registry.register(self.stages)
+        registry.register(self.candidates)
         self.failures = Counter(
             "endcap_component_failures",
             "Component calls dropped from a request",
@@ -99,10 +143,8 @@ class ServiceMetrics(endcap.Monitor):
         if not self.enabled:
             return
         variant = record.query.variant or "default"
-        for stage, ms in record.timings.ms.items():
-            self._child(self.stages, stage, variant).observe(ms / 1000.0)
-        for source, count in record.candidates_per_source.items():
-            self._child(self.candidates, source).observe(count)
+        self.stages.observe(((stage, variant), ms / 1000.0) for stage, ms in record.timings.ms.items())
+        self.candidates.observe(((source,), count) for source, count in record.candidates_per_source.items())
         for component, reason in record.errors.items():
             self.failures.labels(component, "over_budget" if reason.startswith("over budget") else "error").inc()
         if record.fallback:

@@ -119,6 +119,46 @@ def test_calls_past_the_concurrency_limit_are_refused_at_once(stub: pb_grpc.Reco
     assert waited < 0.25, "refused at once, not queued"
 
 
+def test_calls_waiting_for_a_thread_count_towards_the_limit(synthetic_workspace: Path) -> None:
+    """One worker thread, a limit of three: two calls wait behind the running one, and the
+    fourth is refused at once rather than queued; health is answered meanwhile."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    limits = LimitsConfig(max_concurrent_requests=3)
+    candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5000)}
+    config = EndcapConfig(limits=limits, candidates=candidates)
+    host = PluginHost(config, extra_plugins={"slow": Slow()})
+    workspace = Workspace(synthetic_workspace)
+    server = Server("127.0.0.1", free_port(), 1, limits)
+    server.attach(RecommendationService(workspace, config, host, OnlineFeatures(workspace)))
+    outcomes: list[Any] = []
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+
+            def call() -> None:
+                outcomes.append(stub.Recommend(pb.RecommendRequest(user_id="u1", k=3), timeout=10))
+
+            admitted = [threading.Thread(target=call) for _ in range(3)]
+            for thread in admitted:
+                thread.start()
+                time.sleep(0.05)
+            started = time.perf_counter()
+            error = refused(stub.Recommend, pb.RecommendRequest(user_id="u1", k=3))
+            waited = time.perf_counter() - started
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            health_waited = time.perf_counter() - started
+            for thread in admitted:
+                thread.join()
+    finally:
+        server.stop(grace=1)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than 3 calls in flight (limits.max_concurrent_requests)" in error.details()
+    assert waited < 0.25, "refused at once, not queued behind the waiting calls"
+    assert health.status == health_pb2.HealthCheckResponse.SERVING and health_waited < 0.4
+    assert len(outcomes) == 3 and all(len(o.items) >= 1 for o in outcomes), "every admitted call was answered"
+
+
 def test_torn_last_record_is_cut_and_kept_aside(tmp_path: Path) -> None:
     log = EventLog(tmp_path / "events.jsonl")
     log.append([Event("u1", "i1", "purchase", 1, 1.0), Event("u1", "i2", "view", 1, 2.0)])
