@@ -447,7 +447,7 @@ class Pipeline:
         values = np.empty((n, len(self.feature_names)), dtype=np.float32)
         values[:, :sources] = source_scores
         values[:, sources:user_columns] = [user.stats.get(name, 0.0) for name in USER_STAT_NAMES]
-        np.take(products, ids, axis=0, out=values[:, user_columns:product_columns])
+        values[:, user_columns:product_columns] = products[ids]
         times, share, since = values[:, product_columns], values[:, product_columns + 1], values[:, product_columns + 2]
         orders = user.stats.get("orders", 0.0)
         times[:] = 0.0

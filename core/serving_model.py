@@ -38,7 +38,8 @@ class ServingModel:
     user_index: dict[str, int]
     item_lookup: dict[str, int]
     product_features: np.ndarray
-    """``n_items × len(PRODUCT_FEATURE_NAMES)`` float32, read from the online store at load."""
+    """``n_items × len(PRODUCT_FEATURE_NAMES)`` float32 in C order (a request takes rows), read from
+    the online store at load."""
 
     @property
     def version(self) -> str:
@@ -98,7 +99,7 @@ def assemble(manifest: Manifest, catalog: Catalog, components: Components, produ
         components=components,
         user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
         item_lookup={item_id: i for i, item_id in enumerate(catalog.item_ids.tolist())},
-        product_features=np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32)),
+        product_features=np.ascontiguousarray(np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32))),
     )
 
 
