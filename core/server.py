@@ -202,6 +202,8 @@ class Server:
         """Health NOT_SERVING first, then let in-flight calls finish for up to ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.service is not None:
+            self.service.monitor_feed.flush()  # the monitors see every call that was answered
 
     def handle_signals(self) -> None:
         """From now on SIGTERM and SIGINT ask for a graceful stop — also while the model is still

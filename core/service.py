@@ -17,6 +17,7 @@ from endcap.events import EVENT_TYPES, EventLog
 from endcap.experiments import choose, variant_pipelines
 from endcap.limits import check_event_count, check_id, check_items_and_context
 from endcap.models import ModelRegistry
+from endcap.monitor_feed import FlushBeforeCollect, MonitorFeed
 from endcap.pipeline import Pipeline, Recommendation
 from endcap.plugin_host import PluginHost
 from endcap.realtime import RealtimeFeatures
@@ -55,6 +56,8 @@ class RecommendationService:
         :meth:`reload`; a request reads it once, so every answer comes from one version."""
         self._reload_lock = threading.Lock()
         self._refused: str | None = None
+        self.monitor_feed = MonitorFeed(self._deliver)
+        """Monitor hooks run on a thread of their own, off the request path (see :meth:`notify`)."""
         self.metrics = self._register_metrics()
         """Every monitor's collectors; served by :meth:`expose_metrics`, recorded by ``recorder``."""
 
@@ -108,6 +111,7 @@ class RecommendationService:
         from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry()
+        registry.register(FlushBeforeCollect(self.monitor_feed))
         for name, monitor in self.model.components.monitors.items():
             try:
                 monitor.register_metrics(registry)
@@ -125,6 +129,11 @@ class RecommendationService:
         return int(http_server.server_port)
 
     def notify(self, method: str, *args: Any) -> None:
+        """Call hook ``method`` of every monitor, after the caller has been answered: the call is
+        queued and delivered in order on the monitors' own thread."""
+        self.monitor_feed.submit(method, *args)
+
+    def _deliver(self, method: str, args: tuple[Any, ...]) -> None:
         for name, monitor in self.model.components.monitors.items():
             try:
                 getattr(monitor, method)(*args)

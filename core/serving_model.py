@@ -99,7 +99,9 @@ def assemble(manifest: Manifest, catalog: Catalog, components: Components, produ
         components=components,
         user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
         item_lookup={item_id: i for i, item_id in enumerate(catalog.item_ids.tolist())},
-        product_features=np.ascontiguousarray(np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32))),
+        product_features=np.ascontiguousarray(
+            np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32))
+        ),
     )
 
 

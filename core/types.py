@@ -272,7 +272,12 @@ class Filter(Component):
 
 
 class Monitor(Component):
-    """Observes the service. Return values are ignored and exceptions are logged and dropped."""
+    """Observes the service. Return values are ignored and exceptions are logged and dropped.
+
+    The hooks run on one thread of their own, in the order the calls happened, just after the
+    caller was answered: a monitor costs the service CPU, not the caller's wait.
+    ``/metrics`` scrapes wait for the hooks of the calls answered before them.
+    """
 
     def on_request(self, record: RequestRecord) -> None:
         """Called after a Recommend answer was computed."""

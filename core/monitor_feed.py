@@ -1,0 +1,65 @@
+"""Monitors observe off the request path: hook calls are queued and delivered in order on one
+thread of their own, so a caller gets its answer without waiting for logging and metrics.
+
+The queue is bounded: if monitors fall that far behind, requests wait for them rather than
+records being dropped. :meth:`MonitorFeed.flush` waits until everything submitted so far was
+delivered; the metrics registry flushes before each scrape, and the server before it exits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+Deliver = Callable[[str, tuple[Any, ...]], None]
+
+
+class MonitorFeed:
+    def __init__(self, deliver: Deliver, capacity: int = 10_000) -> None:
+        self._deliver = deliver
+        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
+        self._room = threading.Semaphore(capacity)
+        self._thread = threading.Thread(target=self._run, name="endcap-monitors", daemon=True)
+        self._thread.start()
+
+    def submit(self, hook: str, *args: Any) -> None:
+        """Queue one hook call (``on_request``, ``on_call``, …) for every monitor."""
+        self._room.acquire()
+        self._queue.put((hook, args))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every hook call submitted before this one was delivered; returns whether it
+        was within ``timeout``. A no-op on the delivering thread itself."""
+        if threading.current_thread() is self._thread:
+            return True
+        delivered = threading.Event()
+        self._queue.put(delivered)
+        return delivered.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            try:
+                self._deliver(*item)
+            finally:
+                self._room.release()
+
+
+class FlushBeforeCollect:
+    """A collector that yields nothing, registered first in a ``CollectorRegistry``: every scrape
+    then sees the calls that completed before it."""
+
+    def __init__(self, feed: MonitorFeed) -> None:
+        self.feed = feed
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self.feed.flush()
+        return []
