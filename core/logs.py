@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sys
 from contextvars import ContextVar
 
@@ -11,6 +13,23 @@ import structlog
 request_id_var: ContextVar[str] = ContextVar("endcap_request_id", default="")
 deadline_var: ContextVar[float | None] = ContextVar("endcap_deadline", default=None)
 """The caller's deadline on ``time.monotonic()``'s clock, for the call being served."""
+
+
+_ids = [os.urandom(8).hex(), itertools.count()]
+
+
+def _new_id_prefix() -> None:
+    _ids[:] = [os.urandom(8).hex(), itertools.count()]
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts (32 hex digits, like a UUID's): a random
+    prefix drawn when the process starts (or forks), then a counter. No system call per request."""
+    prefix, counter = _ids
+    return f"{prefix}{next(counter):016x}"
 
 
 def _add_request_id(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:

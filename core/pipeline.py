@@ -8,7 +8,6 @@ dropped from this request (logged and reported to monitors), and the request is 
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ import numpy as np
 import structlog
 from endcap.config import ServingConfig
 from endcap.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
-from endcap.logs import deadline_var
+from endcap.logs import deadline_var, new_request_id
 from endcap.serving_model import PRODUCT_FEATURE_NAMES, ServingModel
 from endcap.types import (
+    EMPTY_INDEX,
     Candidates,
     FeatureMatrix,
     IndexArray,
@@ -210,9 +210,11 @@ class Pipeline:
     ) -> Query:
         if not user_id or not user_id.strip():
             raise InvalidArgument("user_id is required and must not be blank")
-        exclude = self.model.item_indices(list(exclude_item_ids))
-        exclude = np.unique(exclude[exclude >= 0])
-        exclude.flags.writeable = False
+        exclude = EMPTY_INDEX
+        if exclude_item_ids:
+            exclude = self.model.item_indices(list(exclude_item_ids))
+            exclude = np.unique(exclude[exclude >= 0])
+            exclude.flags.writeable = False
         return Query(
             user_id=user_id,
             user_index=self.model.user_index.get(user_id, -1),
@@ -253,7 +255,7 @@ class Pipeline:
         return Prepared(features=features, source_scores=source_scores, counts=counts, fallback=fallback)
 
     def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or new_request_id()
         watch = _Stopwatch()
         _check_deadline("starting")
         user = self.model.user_features(self.read_user(query.user_id))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -16,7 +15,7 @@ from endcap.auth import AuthInterceptor, load_callers
 from endcap.config import AuthConfig, LimitsConfig, TlsConfig
 from endcap.errors import ConfigError, EndcapError, Unavailable
 from endcap.limits import AdmittedCalls
-from endcap.logs import deadline_var, request_id_var
+from endcap.logs import deadline_var, new_request_id, request_id_var
 from endcap.service import RecommendationService
 from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -118,7 +117,7 @@ def _request_id(context: grpc.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
             return value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from endcap.metrics import ranking_metrics
-from endcap.plugins._shared import top_n
 from endcap.types import TrainingData
 from pydantic import Field
 
@@ -166,16 +165,26 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
 
     def load(self, context: endcap.ModelContext) -> None:
         self.scores = sp.load_npz(context.directory / "scores.npz").tocsr()
-
-    @staticmethod
-    def _top(scores: sp.csr_matrix, user: int, n: int) -> endcap.Candidates:
-        start, end = scores.indptr[user], scores.indptr[user + 1]
-        return top_n(scores.indices[start:end].astype(np.int32), scores.data[start:end].astype(np.float32), n)
+        self._ranked = _best_first(self.scores)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
-        if query.user_index < 0:
+        if query.user_index < 0 or n <= 0:
             return endcap.Candidates.empty()
-        return self._top(self.scores, query.user_index, n)
+        starts, ids, scores = self._ranked
+        start = int(starts[query.user_index])
+        end = min(int(starts[query.user_index + 1]), start + n)
+        return endcap.Candidates(ids[start:end], scores[start:end])
+
+
+def _best_first(scores: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's row ordered best first (ties by position in the row, as ``top_n`` breaks them),
+    so a request takes a slice: row starts, item indices (int32), scores (float32)."""
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+    order = np.lexsort((-scores.data, rows))
+    ids = scores.indices[order].astype(np.int32)
+    ranked = scores.data[order].astype(np.float32)
+    ids.flags.writeable = ranked.flags.writeable = False
+    return scores.indptr, ids, ranked
 
 
 @endcap.hookimpl
