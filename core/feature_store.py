@@ -209,7 +209,7 @@ class OnlineFeatures:
             version = config.entity_key_serialization_version
             key = string_key_encoder("user_id", lambda proto: serialize_entity_key(proto, version))
             table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-            return SqliteRows(Path(self._online._get_db_path(config)), table, key).read
+            return SqliteRows(Path(self._online._get_db_path(config)), table, key, USER_COLUMNS).read
 
         def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:
             key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
