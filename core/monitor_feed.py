@@ -1,9 +1,11 @@
 """Monitors observe off the request path: hook calls are queued and delivered in order on one
 thread of their own, so a caller gets its answer without waiting for logging and metrics.
 
-The queue is bounded: if monitors fall that far behind, requests wait for them rather than
-records being dropped. :meth:`MonitorFeed.flush` waits until everything submitted so far was
-delivered; the metrics registry flushes before each scrape, and the server before it exits.
+The thread wakes every ``interval`` seconds and delivers everything queued since, so a busy
+server pays one thread switch per batch, not per call, and runs the monitors' code with warm
+caches. The queue is bounded: if monitors fall that far behind, requests wait for them rather
+than records being dropped. :meth:`MonitorFeed.flush` delivers everything submitted so far;
+the metrics registry flushes before each scrape, and the server before it exits.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ Deliver = Callable[[str, tuple[Any, ...]], None]
 
 
 class MonitorFeed:
-    def __init__(self, deliver: Deliver, capacity: int = 10_000) -> None:
+    def __init__(self, deliver: Deliver, capacity: int = 10_000, interval: float = 0.02) -> None:
         self._deliver = deliver
+        self.interval = interval
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | threading.Event] = queue.SimpleQueue()
         self._room = threading.Semaphore(capacity)
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="endcap-monitors", daemon=True)
         self._thread.start()
 
@@ -30,24 +34,31 @@ class MonitorFeed:
         self._queue.put((hook, args))
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every hook call submitted before this one was delivered; returns whether it
-        was within ``timeout``. A no-op on the delivering thread itself."""
+        """Deliver every hook call submitted before this one, now; returns whether that took less
+        than ``timeout``. A no-op on the delivering thread itself."""
         if threading.current_thread() is self._thread:
             return True
         delivered = threading.Event()
         self._queue.put(delivered)
+        self._wake.set()
         return delivered.wait(timeout)
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            try:
-                self._deliver(*item)
-            finally:
-                self._room.release()
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                try:
+                    self._deliver(*item)
+                finally:
+                    self._room.release()
 
 
 class FlushBeforeCollect:

@@ -274,9 +274,9 @@ class Filter(Component):
 class Monitor(Component):
     """Observes the service. Return values are ignored and exceptions are logged and dropped.
 
-    The hooks run on one thread of their own, in the order the calls happened, just after the
-    caller was answered: a monitor costs the service CPU, not the caller's wait.
-    ``/metrics`` scrapes wait for the hooks of the calls answered before them.
+    The hooks run on one thread of their own, in the order the calls happened, in batches within
+    20 ms of each call: a monitor costs the service CPU, not the caller's wait. ``/metrics``
+    scrapes first deliver the hooks of the calls answered before them.
     """
 
     def on_request(self, record: RequestRecord) -> None:
