@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -103,17 +104,21 @@ def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_
     root.end(end_time=end)
 
 
-def _scaled_per_source(scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
     """Each source's scores (consecutive runs of ``sizes``) mapped to (0, 1]: its best is 1, its
     worst just above 0; a source whose scores are all equal gets 1 throughout."""
     scores = scores.astype(np.float32, copy=False)
-    starts = (np.cumsum(sizes) - sizes)[sizes > 0]
+    present = [size for size in sizes if size]
+    starts = list(accumulate(present[:-1], initial=0))
     low = np.minimum.reduceat(scores, starts)
     span = np.maximum.reduceat(scores, starts) - low
-    source = np.repeat(np.arange(starts.size), sizes[sizes > 0])
     flat = span <= 0
-    scaled = 0.05 + 0.95 * (scores - low[source]) / np.where(flat, 1.0, span)[source]
-    scaled[flat[source]] = 1.0
+    any_flat = bool(flat.any())
+    if any_flat:
+        span[flat] = 1.0
+    scaled = 0.05 + 0.95 * (scores - np.repeat(low, present)) / np.repeat(span, present)
+    if any_flat:
+        scaled[np.repeat(flat, present)] = 1.0
     return scaled.astype(np.float32, copy=False)
 
 
@@ -184,6 +189,7 @@ class Pipeline:
         self.failures: Counter[str] = Counter()
         """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
+        self._source_columns = np.arange(len(self.source_names))
         self._source_bits = 1 << np.arange(len(self.source_names), dtype=np.int64)
         self._source_sets: dict[int, tuple[str, ...]] = {}
         """Source names by bit set, filled as sets occur: the sources behind an item are looked
@@ -392,21 +398,16 @@ class Pipeline:
         """Unique candidate ids (ascending) and a ``candidates × sources`` matrix of each source's
         scores scaled to (0, 1] (0 = absent): one pass over all sources' arrays together. A
         source that repeats an item keeps one of its scores for it."""
-        sizes = np.array([len(c) for c in results], dtype=np.int64)
-        if not sizes.any():
+        sizes = [len(c) for c in results]
+        if not any(sizes):
             return np.empty(0, dtype=np.int32), np.zeros((0, len(results)), dtype=np.float32)
         ids = np.concatenate([c.ids for c in results])
         scaled = _scaled_per_source(np.concatenate([c.scores for c in results]), sizes)
-        order = np.argsort(ids, kind="stable")
-        ordered = ids[order]
-        first = np.empty(ordered.size, dtype=bool)
-        first[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-        rows = np.empty(ordered.size, dtype=np.int64)
-        rows[order] = np.cumsum(first) - 1
-        matrix = np.zeros((int(rows[order[-1]]) + 1, len(results)), dtype=np.float32)
-        matrix[rows, np.repeat(np.arange(len(results)), sizes)] = scaled
-        return ordered[first].astype(np.int32, copy=False), matrix
+        unique = np.sort(ids)
+        unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
+        matrix = np.zeros((unique.size, len(results)), dtype=np.float32)
+        matrix[np.searchsorted(unique, ids), np.repeat(self._source_columns, sizes)] = scaled
+        return unique.astype(np.int32, copy=False), matrix
 
     def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:
         keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)

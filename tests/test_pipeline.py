@@ -125,6 +125,20 @@ def test_blank_user_is_invalid(pipeline: Pipeline) -> None:
         pipeline.make_query("  ", 3)
 
 
+def test_merge_scales_each_source_and_keeps_one_row_per_item(pipeline: Pipeline) -> None:
+    sources = len(pipeline.source_names)
+    assert sources >= 3
+    results = [
+        endcap.Candidates(np.array([5, 3, 9], np.int32), np.array([2.0, 4.0, 3.0], np.float32)),
+        endcap.Candidates(np.array([3, 7], np.int32), np.array([1.0, 1.0], np.float32)),
+    ] + [endcap.Candidates.empty()] * (sources - 2)
+    ids, matrix = pipeline._merge(results)
+    assert ids.tolist() == [3, 5, 7, 9]
+    np.testing.assert_allclose(matrix[:, 0], [1.0, 0.05, 0.0, 0.525], rtol=1e-6)  # best 1, worst 0.05
+    assert matrix[:, 1].tolist() == [1.0, 0.0, 1.0, 0.0], "a source whose scores are all equal counts fully"
+    assert not matrix[:, 2:].any(), "a source that proposed nothing has an empty column"
+
+
 def test_failing_sources_are_dropped_and_reported(synthetic_workspace: Path, online: OnlineFeatures) -> None:
     candidates = {
         "popularity": ComponentBlock(type="popularity"),
