@@ -55,6 +55,9 @@ class ServingConfig(BaseModel):
     fallback_source: str = "popularity"
     """Name of the candidate generator that serves when every other source returned nothing."""
     max_workers: int = Field(8, ge=1)
+    """Threads running API calls in one server process (``limits.max_concurrent_requests`` bounds
+    how many more may wait). A process runs Python on one core at a time: use ``endcap serve
+    --processes`` for more cores."""
     reload_poll_seconds: float = Field(1.0, ge=0)
     """How often a server checks the model registry for a newly promoted version (0: never)."""
     realtime_features: bool = True
@@ -92,7 +95,9 @@ class LimitsConfig(BaseModel):
     max_id_length: int = Field(256, ge=1)
     max_events_per_call: int = Field(1000, ge=1)
     max_concurrent_requests: int = Field(64, ge=1)
-    """Calls in flight; past it new calls get RESOURCE_EXHAUSTED at once instead of queueing."""
+    """API calls in flight, counted from arrival: running, or waiting for one of the
+    ``serving.max_workers`` threads. Past it new calls get RESOURCE_EXHAUSTED at once instead of
+    queueing. Health checks are not counted."""
 
 
 class TlsConfig(BaseModel):
