@@ -69,26 +69,36 @@ class Prepared:
 
 
 class _Stopwatch:
+    """Stage timings of one request: each lap records its end; durations are worked out once."""
+
     def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
         self.started_ns = time.time_ns()
         self._origin = time.perf_counter_ns()
-        self._last = self._origin
-        self.spans: list[tuple[str, int, int]] = []
-        """(stage, start, end) in epoch nanoseconds, for tracing."""
+        self._laps: list[tuple[str, int]] = []
 
     def lap(self, stage: str) -> None:
-        now = time.perf_counter_ns()
-        self.ms[stage] = (now - self._last) / 1e6
-        self.spans.append((stage, self.started_ns + self._last - self._origin, self.started_ns + now - self._origin))
-        self._last = now
+        self._laps.append((stage, time.perf_counter_ns()))
+
+    @property
+    def ms(self) -> dict[str, float]:
+        """Milliseconds per stage."""
+        ends = [self._origin] + [end for _, end in self._laps]
+        return {stage: (end - ends[i]) / 1e6 for i, (stage, end) in enumerate(self._laps)}
+
+    @property
+    def spans(self) -> list[tuple[str, int, int]]:
+        """(stage, start, end) in epoch nanoseconds, for tracing."""
+        shift = self.started_ns - self._origin
+        ends = [self._origin] + [end for _, end in self._laps]
+        return [(stage, ends[i] + shift, end + shift) for i, (stage, end) in enumerate(self._laps)]
 
 
 def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_version: str) -> None:
     """One ``endcap.recommend`` span with a child per stage, from the stopwatch's own times."""
     from opentelemetry import trace
 
-    end = watch.spans[-1][2] if watch.spans else time.time_ns()
+    spans = watch.spans
+    end = spans[-1][2] if spans else time.time_ns()
     root = tracer.start_span("endcap.recommend", start_time=watch.started_ns)
     root.set_attributes(
         {
@@ -99,7 +109,7 @@ def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_
         }
     )
     context = trace.set_span_in_context(root)
-    for stage, start, stop in watch.spans:
+    for stage, start, stop in spans:
         tracer.start_span(f"endcap.{stage}", context=context, start_time=start).end(end_time=stop)
     root.end(end_time=end)
 
@@ -286,6 +296,7 @@ class Pipeline:
         top_scores = scores[best].astype(np.float32)
         watch.lap("top_k")
 
+        timings = watch.ms
         answer = Recommendation(
             request_id=request_id,
             model_version=self.model.version,
@@ -293,7 +304,7 @@ class Pipeline:
             item_ids=item_ids,
             scores=top_scores,
             sources=sources,
-            timings=dict(watch.ms),
+            timings=timings,
         )
         top_scores.flags.writeable = False
         if self.tracer is not None:
@@ -305,7 +316,7 @@ class Pipeline:
             candidates_per_source=prepared.counts,
             item_ids=item_ids,
             scores=top_scores,
-            timings=StageTimings(dict(watch.ms)),
+            timings=StageTimings(dict(timings)),
             errors=dict(errors),
             cold_start=not user.known,
             fallback=prepared.fallback,
@@ -365,9 +376,11 @@ class Pipeline:
         except Exception as exc:  # one component never fails the request
             self._drop(key, errors, f"{type(exc).__name__}: {exc}")
             return None
-        elapsed = (time.perf_counter() - started) * 1000.0
         budget = getattr(component.config, "budget_ms", None) if self.budgets else None
-        if budget is None or elapsed <= budget:
+        if budget is None:
+            return result
+        elapsed = (time.perf_counter() - started) * 1000.0
+        if elapsed <= budget:
             return result
         self._drop(key, errors, f"over budget: {elapsed:.1f} ms > {budget:g} ms")
         return None
