@@ -49,14 +49,19 @@ LIMITS = LimitsConfig(
 )
 
 
+def slow_server(workspace: Path, limits: LimitsConfig, max_workers: int) -> Server:
+    """A started server with the popularity source and one that takes half a second."""
+    candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5000)}
+    config = EndcapConfig(limits=limits, candidates=candidates)
+    host = PluginHost(config, extra_plugins={"slow": Slow()})
+    server = Server("127.0.0.1", free_port(), max_workers, limits)
+    server.attach(RecommendationService(Workspace(workspace), config, host, OnlineFeatures(Workspace(workspace))))
+    return server
+
+
 @pytest.fixture(scope="module")
 def stub(synthetic_workspace: Path) -> Iterator[pb_grpc.RecommendationServiceStub]:
-    candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5000)}
-    config = EndcapConfig(limits=LIMITS, candidates=candidates)
-    host = PluginHost(config, extra_plugins={"slow": Slow()})
-    workspace = Workspace(synthetic_workspace)
-    server = Server("127.0.0.1", free_port(), 4, LIMITS)
-    server.attach(RecommendationService(workspace, config, host, OnlineFeatures(workspace)))
+    server = slow_server(synthetic_workspace, LIMITS, 4)
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.RecommendationServiceStub(channel)
     server.stop(grace=1)
@@ -124,13 +129,7 @@ def test_calls_waiting_for_a_thread_count_towards_the_limit(synthetic_workspace:
     fourth is refused at once rather than queued; health is answered meanwhile."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    limits = LimitsConfig(max_concurrent_requests=3)
-    candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5000)}
-    config = EndcapConfig(limits=limits, candidates=candidates)
-    host = PluginHost(config, extra_plugins={"slow": Slow()})
-    workspace = Workspace(synthetic_workspace)
-    server = Server("127.0.0.1", free_port(), 1, limits)
-    server.attach(RecommendationService(workspace, config, host, OnlineFeatures(workspace)))
+    server = slow_server(synthetic_workspace, LimitsConfig(max_concurrent_requests=3), 1)
     outcomes: list[Any] = []
     try:
         with grpc.insecure_channel(server.address) as channel:
