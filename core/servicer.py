@@ -37,15 +37,13 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             context=dict(request.context),
             variant=request.variant if request.HasField("variant") else "",
         )
-        return pb.RecommendResponse(
-            items=[
-                pb.RecommendedItem(item_id=item_id, score=float(score), sources=sources)
-                for item_id, score, sources in zip(answer.item_ids, answer.scores, answer.sources, strict=True)
-            ],
-            model_version=answer.model_version,
-            request_id=answer.request_id,
-            variant=answer.variant,
+        response = pb.RecommendResponse(
+            model_version=answer.model_version, request_id=answer.request_id, variant=answer.variant
         )
+        add = response.items.add
+        for item_id, score, sources in zip(answer.item_ids, answer.scores.tolist(), answer.sources, strict=True):
+            add(item_id=item_id, score=score, sources=sources)
+        return response
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         item_ids, scores, version = self.service.similar_items(
