@@ -262,7 +262,8 @@ class Pipeline:
         watch.lap("merge")
 
         keep = self._keep(query, ids, errors)
-        ids, source_scores = ids[keep], source_scores[keep]
+        if not keep.all():
+            ids, source_scores = ids[keep], source_scores[keep]
         watch.lap("filter")
 
         features = self._features(ids, source_scores, user)

@@ -151,7 +151,7 @@ class Server:
         if auth is not None:
             interceptors.insert(0, AuthInterceptor(load_callers(auth)))
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="endcap-grpc"),  # health, reflection
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-grpc"),  # health, reflection
             interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 1 if reuse_port else 0),  # several processes on one port
