@@ -5,8 +5,9 @@ The thread wakes every ``interval`` seconds and delivers everything queued since
 server pays one thread switch per batch, not per call, and runs the monitors' code with warm
 caches; it lets go of the GIL between records at least every 0.3 ms, so a request does not
 wait behind a whole batch. The queue is bounded: if monitors fall that far behind, requests
-wait for them rather than records being dropped. :meth:`MonitorFeed.flush` delivers everything submitted so far;
-the metrics registry flushes before each scrape, and the server before it exits.
+wait for them rather than records being dropped. :meth:`MonitorFeed.flush` delivers everything
+submitted so far; the metrics registry flushes before each scrape, and the server before it
+exits.
 """
 
 from __future__ import annotations

@@ -398,7 +398,6 @@ class Pipeline:
         if generator is None:
             return [Candidates.empty() for _ in self.sources]
         cold = Query(query.user_id, -1, query.k, query.exclude, query.context, query.variant)
-
         key = f"{name} (fallback)"
 
         def call() -> Candidates:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from endcap.errors import FailedPrecondition
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
@@ -71,7 +72,12 @@ class SqliteRows:
     def read(self, entity: str) -> tuple[float | None, dict[str, ValueProto]]:
         """The entity's newest write time (epoch seconds) and its values by feature name; no
         values for an entity the table does not hold."""
-        [(newest, *raws)] = self._connection().execute(self._sql, (*self.features, self.key(entity))).fetchall()
+        try:
+            [(newest, *raws)] = self._connection().execute(self._sql, (*self.features, self.key(entity))).fetchall()
+        except sqlite3.Error as exc:
+            raise FailedPrecondition(
+                f"cannot read the online store {self.database} ({exc}); run 'endcap features' to build it"
+            ) from exc
         values: dict[str, ValueProto] = {}
         for name, raw in zip(self.features, raws, strict=True):
             if raw is not None:

@@ -164,8 +164,7 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         }
 
     def load(self, context: endcap.ModelContext) -> None:
-        self.scores = sp.load_npz(context.directory / "scores.npz").tocsr()
-        self._ranked = _best_first(self.scores)
+        self._ranked = _best_first(sp.load_npz(context.directory / "scores.npz").tocsr())
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         if query.user_index < 0 or n <= 0:

@@ -95,3 +95,13 @@ def test_feast_cli_accepts_the_feature_repo(synthetic_workspace: Path, tmp_path:
     )
     for view in ("user_stats", "product_stats"):
         assert view in listing.stdout
+
+
+def test_an_unreadable_online_store_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    from endcap.errors import FailedPrecondition
+    from endcap.sqlite_rows import SqliteRows
+
+    missing = tmp_path / "feast" / "online.db"
+    rows = SqliteRows(missing, "endcap_user_stats", lambda user_id: user_id.encode(), ["orders"])
+    with pytest.raises(FailedPrecondition, match=r"online\.db .*run 'endcap features'"):
+        rows.read("u1")
