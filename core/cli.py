@@ -169,7 +169,14 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     _limit_blas_threads()
     config, host = _host(workspace)
     server = Server(
-        args.host, args.port, config.serving.max_workers, config.limits, config.tls, config.auth, args.reuse_port
+        args.host,
+        args.port,
+        config.serving.max_workers,
+        config.limits,
+        config.tls,
+        config.auth,
+        args.reuse_port,
+        config.serving,
     )
     server.handle_signals()
     log = structlog.get_logger("endcap.server")

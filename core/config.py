@@ -58,6 +58,12 @@ class ServingConfig(BaseModel):
     """Threads running API calls in one server process (``limits.max_concurrent_requests`` bounds
     how many more may wait). A process runs Python on one core at a time: use ``endcap serve
     --processes`` for more cores."""
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    """On SIGTERM or SIGINT health turns ``NOT_SERVING``; calls in flight get this long to finish."""
+    shutdown_timeout_seconds: float = Field(25.0, gt=0)
+    """A stop that has not ended the process this long after the signal (a plugin call that never
+    returns, say) writes every thread's stack to stderr and exits with status 1, so a server never
+    hangs in shutdown and its log says where it was stuck."""
     reload_poll_seconds: float = Field(1.0, ge=0)
     """How often a server checks the model registry for a newly promoted version (0: never)."""
     realtime_features: bool = True
@@ -66,6 +72,15 @@ class ServingConfig(BaseModel):
     """Emit an OpenTelemetry span per request with a child per pipeline stage. Spans go to the
     tracer provider the process is given (e.g. ``opentelemetry-instrument`` and ``OTEL_*``
     variables); without one they cost nothing."""
+
+    @model_validator(mode="after")
+    def _timeout_after_grace(self) -> ServingConfig:
+        if self.shutdown_timeout_seconds <= self.shutdown_grace_seconds:
+            raise ValueError(
+                f"shutdown_timeout_seconds ({self.shutdown_timeout_seconds:g}) must be longer than "
+                f"shutdown_grace_seconds ({self.shutdown_grace_seconds:g})"
+            )
+        return self
 
 
 class FeatureStoreConfig(BaseModel):

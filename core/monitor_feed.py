@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,8 @@ class MonitorFeed:
                     continue
                 try:
                     self._deliver(*item)
+                except Exception:  # the feed outlives a failed delivery, or requests would wait on it forever
+                    traceback.print_exc()
                 finally:
                     self._room.release()
                 if time.perf_counter() - yielded > YIELD_SECONDS:

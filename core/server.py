@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import structlog
 from endcap.auth import AuthInterceptor, load_callers
-from endcap.config import AuthConfig, LimitsConfig, TlsConfig
+from endcap.config import AuthConfig, LimitsConfig, ServingConfig, TlsConfig
 from endcap.errors import ConfigError, EndcapError, Unavailable
 from endcap.limits import AdmittedCalls
 from endcap.logs import deadline_var, new_request_id, request_id_var
@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 log = structlog.get_logger("endcap.server")
 
 REQUEST_ID_HEADER = "x-request-id"
-SHUTDOWN_GRACE_SECONDS = 10.0
+SIGNAL_POLL_SECONDS = 0.1
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -143,8 +143,11 @@ class Server:
         tls: TlsConfig | None = None,
         auth: AuthConfig | None = None,
         reuse_port: bool = False,
+        shutdown: ServingConfig | None = None,
     ) -> None:
         limits = limits or LimitsConfig()
+        self.shutdown = shutdown or ServingConfig()
+        """``shutdown_grace_seconds`` and ``shutdown_timeout_seconds`` (see :meth:`wait_for_signal`)."""
         interceptors: list[grpc.ServerInterceptor] = [
             ErrorInterceptor(AdmittedCalls(limits.max_concurrent_requests, max_workers), self._observe_call)
         ]
@@ -160,7 +163,6 @@ class Server:
             ],
         )
         self.service: RecommendationService | None = None
-        self.stopping = threading.Event()
         self.stop_signal = ""
         add_to_server(RecommendationServicer(self.current_service), self.grpc_server)
         self.health = health.HealthServicer()
@@ -197,10 +199,11 @@ class Server:
         self.service = service
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Health NOT_SERVING first, then let in-flight calls finish for up to ``grace`` seconds."""
+    def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING first, then let in-flight calls finish for up to ``grace`` seconds
+        (default ``serving.shutdown_grace_seconds``)."""
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
+        self.grpc_server.stop(self.shutdown.shutdown_grace_seconds if grace is None else grace).wait()
         if self.service is not None:
             self.service.monitor_feed.flush()  # the monitors see every call that was answered
 
@@ -209,18 +212,24 @@ class Server:
         loading, which then finishes and the server stops at once."""
 
         def on_signal(signum: int, frame: Any) -> None:
-            # Only set flags here: a handler runs between two bytecodes of the main thread, which
-            # may be inside the logger holding its lock, so logging from here could deadlock.
-            self.stop_signal = signal.Signals(signum).name
-            self.stopping.set()
+            # Only assign here. A handler runs between two bytecodes of the main thread, which may
+            # hold a lock the handler would need (the logger's; an Event's, when a second signal
+            # comes as the first wakes the main thread), so taking any lock here could deadlock.
+            self.stop_signal = self.stop_signal or signal.Signals(signum).name
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
     def wait_for_signal(self) -> None:
-        """Block until SIGTERM or SIGINT (see :meth:`handle_signals`), then shut down gracefully."""
+        """Block until SIGTERM or SIGINT (see :meth:`handle_signals`), then shut down gracefully.
+
+        A call that never finishes (a plugin stuck in a call, say) would keep the process alive
+        after the stop: ``serving.shutdown_timeout_seconds`` after the signal, the process writes
+        every thread's stack to stderr and exits with status 1."""
         self.handle_signals()
-        self.stopping.wait()
+        while not self.stop_signal:
+            time.sleep(SIGNAL_POLL_SECONDS)
+        faulthandler.dump_traceback_later(self.shutdown.shutdown_timeout_seconds, exit=True)  # covers exit too
         log.info("shutdown_requested", signal=self.stop_signal)
         self.stop()
         log.info("stopped")

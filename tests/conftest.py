@@ -94,13 +94,18 @@ def start_server(
 
 
 def stop_server(server: RunningServer) -> int:
+    """SIGTERM, then the exit status; a server that does not exit cleanly has its log printed
+    (pytest shows it with the failure: a stuck stop's log ends with every thread's stack)."""
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
-            return server.process.wait(timeout=30)
+            server.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.process.kill()
-            return server.process.wait()
+            server.process.wait()
+    if server.process.returncode != 0:
+        log_tail = server.stderr_path.read_text()[-20_000:]
+        print(f"--- {server.stderr_path} (exit {server.process.returncode}) ---\n{log_tail}")
     return int(server.process.returncode)
 
 

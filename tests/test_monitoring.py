@@ -195,3 +195,20 @@ def test_importing_feast_leaves_prometheus_metrics_in_memory() -> None:
     env = {k: v for k, v in os.environ.items() if "PROMETHEUS" not in k}
     output = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert output.stdout.split() == ["MutexValue", "False"], output.stdout + output.stderr
+
+
+def test_the_monitor_feed_delivers_in_order_and_outlives_a_failed_delivery() -> None:
+    from endcap.monitor_feed import MonitorFeed
+
+    delivered: list[tuple[str, tuple[object, ...]]] = []
+
+    def deliver(hook: str, args: tuple[object, ...]) -> None:
+        if hook == "on_broken":
+            raise RuntimeError("a monitor's logger is gone")
+        delivered.append((hook, args))
+
+    feed = MonitorFeed(deliver, capacity=2)
+    for i in range(5):  # more than the capacity: a submit waits for room rather than dropping a record
+        feed.submit("on_broken" if i == 2 else "on_call", i)
+    assert feed.flush(timeout=5)
+    assert delivered == [("on_call", (0,)), ("on_call", (1,)), ("on_call", (3,)), ("on_call", (4,))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ import endcap
 import grpc
 import numpy as np
 import pytest
+import yaml
 from conftest import free_port, start_server
 from endcap.config import ComponentBlock, EndcapConfig, LimitsConfig
 from endcap.events import EventLog
@@ -260,3 +262,43 @@ def test_slow_calls_end_at_the_client_deadline(stub: pb_grpc.RecommendationServi
     error = refused(lambda request, timeout: stub.Recommend(request, timeout=0.2), pb.RecommendRequest(user_id="u1"))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     time.sleep(0.6)  # let the server side reach its deadline check before the server is torn down
+
+
+STUCK_SOURCE = """
+import threading
+
+import endcap
+import numpy as np
+
+
+class StuckCandidates(endcap.CandidateGenerator):
+    def generate(self, query, user, n):
+        if query.user_id == "stuck":
+            threading.Event().wait()  # a call that never returns
+        return endcap.Candidates(np.array([0], dtype=np.int32), np.array([1.0], dtype=np.float32))
+"""
+
+
+def test_a_call_stuck_in_a_plugin_cannot_keep_a_stopped_server_alive(synthetic_workspace: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(synthetic_workspace, workspace)
+    (tmp_path / "stuck_source.py").write_text(STUCK_SOURCE)
+    config = {
+        "candidates": {"popularity": {"type": "popularity"}, "stuck": {"type": "stuck_source.StuckCandidates"}},
+        "serving": {"shutdown_grace_seconds": 0.5, "shutdown_timeout_seconds": 3},
+    }
+    (workspace / "endcap.yaml").write_text(yaml.safe_dump(config))
+    server = start_server(workspace, tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as stuck:
+            stub.Recommend(pb.RecommendRequest(user_id="stuck", k=3), timeout=1)
+        assert stuck.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert stub.Recommend(pb.RecommendRequest(user_id="u1", k=3), timeout=10).items  # the rest still served
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=20) == 1
+    assert time.monotonic() - signalled < 10
+    log = server.stderr_path.read_text()
+    assert '"event": "stopped"' in log  # drained and stopped; only the stuck thread held the exit
+    assert "stuck_source.py" in log and "in generate" in log  # the stacks say where it was stuck
