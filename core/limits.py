@@ -72,6 +72,9 @@ class AdmittedCalls(futures.ThreadPoolExecutor):
         self.limit = limit
         self._count = 0
         self._lock = threading.Lock()
+        self.after_call: Callable[[], None] | None = None
+        """Run on the call's thread once the call is over and no longer counted (the server
+        delivers queued monitor hooks here)."""
 
     @property
     def full(self) -> bool:
@@ -96,3 +99,5 @@ class AdmittedCalls(futures.ThreadPoolExecutor):
     def _finished(self, future: object = None) -> None:
         with self._lock:
             self._count -= 1
+        if future is not None and self.after_call is not None:
+            self.after_call()

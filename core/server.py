@@ -148,9 +148,8 @@ class Server:
         limits = limits or LimitsConfig()
         self.shutdown = shutdown or ServingConfig()
         """``shutdown_grace_seconds`` and ``shutdown_timeout_seconds`` (see :meth:`wait_for_signal`)."""
-        interceptors: list[grpc.ServerInterceptor] = [
-            ErrorInterceptor(AdmittedCalls(limits.max_concurrent_requests, max_workers), self._observe_call)
-        ]
+        self.calls = AdmittedCalls(limits.max_concurrent_requests, max_workers)
+        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(self.calls, self._observe_call)]
         if auth is not None:
             interceptors.insert(0, AuthInterceptor(load_callers(auth)))
         self.grpc_server = grpc.server(
@@ -197,6 +196,7 @@ class Server:
 
     def attach(self, service: RecommendationService) -> None:
         self.service = service
+        self.calls.after_call = service.monitor_feed.drain  # monitors run once a call's answer is sent
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> None:

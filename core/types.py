@@ -274,9 +274,11 @@ class Filter(Component):
 class Monitor(Component):
     """Observes the service. Return values are ignored and exceptions are logged and dropped.
 
-    The hooks run on one thread of their own, in the order the calls happened, in batches within
-    20 ms of each call: a monitor costs the service CPU, not the caller's wait. ``/metrics``
-    scrapes first deliver the hooks of the calls answered before them.
+    The hooks run one at a time, in the order the calls happened, after the caller has its
+    answer: on the thread that served the call once its answer is sent, or within 20 ms on a
+    thread of the monitors' own. A monitor costs the service CPU, not the caller's wait, and
+    needs no locking of its own against other hook calls. ``/metrics`` scrapes first deliver the
+    hooks of the calls answered before them.
     """
 
     def on_request(self, record: RequestRecord) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -212,3 +213,45 @@ def test_the_monitor_feed_delivers_in_order_and_outlives_a_failed_delivery() -> 
         feed.submit("on_broken" if i == 2 else "on_call", i)
     assert feed.flush(timeout=5)
     assert delivered == [("on_call", (0,)), ("on_call", (1,)), ("on_call", (3,)), ("on_call", (4,))]
+
+
+def test_call_threads_deliver_one_at_a_time_in_order_without_waiting_for_the_feed() -> None:
+    from endcap.monitor_feed import MonitorFeed
+
+    delivered: list[tuple[int, int]] = []
+    inside = threading.Lock()
+    overlaps = 0
+
+    def deliver(hook: str, args: tuple[object, ...]) -> None:
+        nonlocal overlaps
+        if not inside.acquire(blocking=False):
+            overlaps += 1
+            return
+        try:
+            delivered.append(args)  # type: ignore[arg-type]
+            time.sleep(0)
+        finally:
+            inside.release()
+
+    feed = MonitorFeed(deliver, interval=3600)  # the feed's own thread stays asleep
+    feed.submit("on_call", 0, 0)
+    feed.submit("on_call", 0, 1)
+    feed.drain(limit=1)
+    assert delivered == [(0, 0)]  # at once, on this thread, and no more than asked
+
+    def call_thread(caller: int) -> None:
+        for i in range(200):
+            feed.submit("on_call", caller, i)
+            feed.drain()
+
+    threads = [threading.Thread(target=call_thread, args=(caller,)) for caller in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    feed.drain(limit=1000)
+    assert overlaps == 0
+    assert len(delivered) == 602
+    for caller in (0, 1, 2, 3):
+        mine = [i for c, i in delivered if c == caller]
+        assert mine == sorted(mine) and len(mine) == (2 if caller == 0 else 200)
