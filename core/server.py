@@ -15,7 +15,7 @@ from endcap.auth import AuthInterceptor, load_callers
 from endcap.config import AuthConfig, LimitsConfig, ServingConfig, TlsConfig
 from endcap.errors import ConfigError, EndcapError, Unavailable
 from endcap.limits import AdmittedCalls
-from endcap.logs import deadline_var, new_request_id, request_id_var
+from endcap.logs import deadline_var, flush_logs, new_request_id, request_id_var
 from endcap.service import RecommendationService
 from endcap.servicer import SERVICE_NAME, RecommendationServicer, add_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -231,5 +231,7 @@ class Server:
             time.sleep(SIGNAL_POLL_SECONDS)
         faulthandler.dump_traceback_later(self.shutdown.shutdown_timeout_seconds, exit=True)  # covers exit too
         log.info("shutdown_requested", signal=self.stop_signal)
+        flush_logs()
         self.stop()
         log.info("stopped")
+        flush_logs()  # before anything that might keep the process from exiting

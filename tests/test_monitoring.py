@@ -255,3 +255,34 @@ def test_call_threads_deliver_one_at_a_time_in_order_without_waiting_for_the_fee
     for caller in (0, 1, 2, 3):
         mine = [i for c, i in delivered if c == caller]
         assert mine == sorted(mine) and len(mine) == (2 if caller == 0 else 200)
+
+
+def test_log_lines_go_out_in_whole_line_chunks_and_warnings_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import select
+
+    from endcap.logs import LineBatcher
+
+    writes: list[str] = []
+
+    class Stderr:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    batcher = LineBatcher()
+    lines = [f'{{"event": "recommend", "i": {i}, "pad": "{"x" * 300}"}}\n' for i in range(40)]
+    for line in lines:
+        batcher.write_soon(line)
+    assert 0 < len(writes) < 10  # a system call per chunk, not per line
+    assert all(len(chunk.encode()) <= select.PIPE_BUF and chunk.endswith("\n") for chunk in writes)
+    batcher.write_now('{"event": "warned"}\n')
+    assert "".join(writes) == "".join(lines) + '{"event": "warned"}\n'  # in order, nothing held back
+    batcher.write_soon('{"event": "later"}\n')
+    deadline = time.monotonic() + 5
+    while writes[-1] != '{"event": "later"}\n' and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writes[-1] == '{"event": "later"}\n'  # a quiet server's last line still goes out

@@ -176,6 +176,7 @@ def test_health_stays_open_and_tokens_are_never_logged(authed: Server, capfd: py
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     call(authed, "Recommend", pb.RecommendRequest(user_id="u1"), READER)
     call(authed, "Recommend", pb.RecommendRequest(user_id="u1"), "wrong-token-0123456789")
+    assert authed.service is not None and authed.service.monitor_feed.flush()  # the request lines are out
     logged = capfd.readouterr()
     assert READER not in logged.out + logged.err and "wrong-token" not in logged.out + logged.err
 
