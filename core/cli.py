@@ -168,16 +168,7 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
         return serve_processes(args, workspace)
     _limit_blas_threads()
     config, host = _host(workspace)
-    server = Server(
-        args.host,
-        args.port,
-        config.serving.max_workers,
-        config.limits,
-        config.tls,
-        config.auth,
-        args.reuse_port,
-        config.serving,
-    )
+    server = Server(args.host, args.port, config.serving, config.limits, config.tls, config.auth, args.reuse_port)
     server.handle_signals()
     log = structlog.get_logger("endcap.server")
     log.info("listening", address=server.address, health="NOT_SERVING")

@@ -64,7 +64,7 @@ class LineBatcher:
         self._size = 0
         self._lock = threading.Lock()
         self._pending = threading.Event()
-        self._flusher_pid = 0
+        self._flusher_started = False
 
     def write_soon(self, line: str) -> None:
         size = len(line) if line.isascii() else len(line.encode())
@@ -75,7 +75,7 @@ class LineBatcher:
                 self._pending.set()
             self._lines.append(line)
             self._size += size
-        if self._flusher_pid != os.getpid():
+        if not self._flusher_started:
             self._start_flusher()
 
     def write_now(self, line: str) -> None:
@@ -101,9 +101,9 @@ class LineBatcher:
 
     def _start_flusher(self) -> None:
         with self._lock:
-            if self._flusher_pid == os.getpid():
+            if self._flusher_started:
                 return
-            self._flusher_pid = os.getpid()
+            self._flusher_started = True
 
         def run() -> None:
             while True:
@@ -119,6 +119,7 @@ class LineBatcher:
         self._size = 0
         self._lock = threading.Lock()
         self._pending = threading.Event()
+        self._flusher_started = False
 
 
 class BatchedLogger:

@@ -138,22 +138,22 @@ class Server:
         self,
         host: str,
         port: int,
-        max_workers: int,
+        serving: ServingConfig,
         limits: LimitsConfig | None = None,
         tls: TlsConfig | None = None,
         auth: AuthConfig | None = None,
         reuse_port: bool = False,
-        shutdown: ServingConfig | None = None,
     ) -> None:
         limits = limits or LimitsConfig()
-        self.shutdown = shutdown or ServingConfig()
-        """``shutdown_grace_seconds`` and ``shutdown_timeout_seconds`` (see :meth:`wait_for_signal`)."""
-        self.calls = AdmittedCalls(limits.max_concurrent_requests, max_workers)
+        self.serving = serving
+        """``max_workers``, and the ``shutdown_*`` settings :meth:`wait_for_signal` follows."""
+        self.calls = AdmittedCalls(limits.max_concurrent_requests, serving.max_workers)
         interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(self.calls, self._observe_call)]
         if auth is not None:
             interceptors.insert(0, AuthInterceptor(load_callers(auth)))
+        health_pool = futures.ThreadPoolExecutor(max_workers=serving.max_workers, thread_name_prefix="endcap-grpc")
         self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="endcap-grpc"),  # health, reflection
+            health_pool,  # health and reflection; the API's calls run on self.calls
             interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 1 if reuse_port else 0),  # several processes on one port
@@ -203,7 +203,7 @@ class Server:
         """Health NOT_SERVING first, then let in-flight calls finish for up to ``grace`` seconds
         (default ``serving.shutdown_grace_seconds``)."""
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(self.shutdown.shutdown_grace_seconds if grace is None else grace).wait()
+        self.grpc_server.stop(self.serving.shutdown_grace_seconds if grace is None else grace).wait()
         if self.service is not None:
             self.service.monitor_feed.flush()  # the monitors see every call that was answered
 
@@ -229,7 +229,7 @@ class Server:
         self.handle_signals()
         while not self.stop_signal:
             time.sleep(SIGNAL_POLL_SECONDS)
-        faulthandler.dump_traceback_later(self.shutdown.shutdown_timeout_seconds, exit=True)  # covers exit too
+        faulthandler.dump_traceback_later(self.serving.shutdown_timeout_seconds, exit=True)  # covers exit too
         log.info("shutdown_requested", signal=self.stop_signal)
         flush_logs()
         self.stop()

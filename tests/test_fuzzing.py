@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import free_port
 from endcap.cli import main
-from endcap.config import EndcapConfig
+from endcap.config import EndcapConfig, ServingConfig
 from endcap.errors import InputFileError
 from endcap.feature_store import OnlineFeatures
 from endcap.ingest import ingest, read_purchase_log
@@ -44,7 +44,7 @@ ids = st.one_of(st.sampled_from(["u1", "u2", "i1", "i0", "stranger"]), huge_text
 def target(synthetic_workspace: Path) -> Iterator[str]:
     config = EndcapConfig()
     workspace = Workspace(synthetic_workspace)
-    server = Server("127.0.0.1", free_port(), 4, config.limits)
+    server = Server("127.0.0.1", free_port(), ServingConfig(max_workers=4), config.limits)
     server.attach(RecommendationService(workspace, config, PluginHost(config), OnlineFeatures(workspace)))
     yield server.address
     with grpc.insecure_channel(server.address) as channel:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from endcap.auth import load_callers
 from endcap.client import ClientError, Connection, recommend
-from endcap.config import AuthConfig, EndcapConfig, TlsConfig
+from endcap.config import AuthConfig, EndcapConfig, ServingConfig, TlsConfig
 from endcap.errors import ConfigError
 from endcap.feature_store import OnlineFeatures
 from endcap.plugin_host import PluginHost
@@ -79,7 +79,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def serve(workspace: Path, tls: TlsConfig | None = None, auth: AuthConfig | None = None) -> Server:
     config = EndcapConfig()
-    server = Server("127.0.0.1", free_port(), 4, config.limits, tls, auth)
+    server = Server("127.0.0.1", free_port(), ServingConfig(max_workers=4), config.limits, tls, auth)
     ws = Workspace(workspace)
     server.attach(RecommendationService(ws, config, PluginHost(config), OnlineFeatures(ws)))
     return server

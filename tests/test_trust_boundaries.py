@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import free_port, start_server
-from endcap.config import ComponentBlock, EndcapConfig, LimitsConfig
+from endcap.config import ComponentBlock, EndcapConfig, LimitsConfig, ServingConfig
 from endcap.events import EventLog
 from endcap.feature_store import OnlineFeatures
 from endcap.plugin_host import PluginHost
@@ -56,7 +56,7 @@ def slow_server(workspace: Path, limits: LimitsConfig, max_workers: int) -> Serv
     candidates = {"popularity": ComponentBlock(type="popularity"), "slow": ComponentBlock(type="slow", budget_ms=5000)}
     config = EndcapConfig(limits=limits, candidates=candidates)
     host = PluginHost(config, extra_plugins={"slow": Slow()})
-    server = Server("127.0.0.1", free_port(), max_workers, limits)
+    server = Server("127.0.0.1", free_port(), ServingConfig(max_workers=max_workers), limits)
     server.attach(RecommendationService(Workspace(workspace), config, host, OnlineFeatures(Workspace(workspace))))
     return server
 
