@@ -209,13 +209,18 @@ class Server:
 
     def handle_signals(self) -> None:
         """From now on SIGTERM and SIGINT ask for a graceful stop — also while the model is still
-        loading, which then finishes and the server stops at once."""
+        loading, which then finishes and the server stops at once (see :meth:`wait_for_signal`
+        for a stop that does not end)."""
 
         def on_signal(signum: int, frame: Any) -> None:
-            # Only assign here. A handler runs between two bytecodes of the main thread, which may
-            # hold a lock the handler would need (the logger's; an Event's, when a second signal
-            # comes as the first wakes the main thread), so taking any lock here could deadlock.
-            self.stop_signal = self.stop_signal or signal.Signals(signum).name
+            # No logging and no Python locks here. A handler runs between two bytecodes of the main
+            # thread, which may hold a lock the handler would need (the logger's; an Event's, when
+            # a second signal comes as the first wakes the main thread), so taking one could deadlock.
+            if not self.stop_signal:
+                self.stop_signal = signal.Signals(signum).name
+                # From the signal on, also while the model is still loading, a stop that does not
+                # end the process in time writes every thread's stack and exits 1.
+                faulthandler.dump_traceback_later(self.serving.shutdown_timeout_seconds, exit=True)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -224,12 +229,12 @@ class Server:
         """Block until SIGTERM or SIGINT (see :meth:`handle_signals`), then shut down gracefully.
 
         A call that never finishes (a plugin stuck in a call, say) would keep the process alive
-        after the stop: ``serving.shutdown_timeout_seconds`` after the signal, the process writes
-        every thread's stack to stderr and exits with status 1."""
+        after the stop, and a plugin stuck while the model loads would keep it from stopping at
+        all: ``serving.shutdown_timeout_seconds`` after the signal, the process writes every
+        thread's stack to stderr and exits with status 1."""
         self.handle_signals()
         while not self.stop_signal:
             time.sleep(SIGNAL_POLL_SECONDS)
-        faulthandler.dump_traceback_later(self.serving.shutdown_timeout_seconds, exit=True)  # covers exit too
         log.info("shutdown_requested", signal=self.stop_signal)
         flush_logs()
         self.stop()

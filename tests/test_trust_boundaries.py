@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from conftest import free_port, start_server
+from conftest import ENDCAP, free_port, start_server
 from endcap.config import ComponentBlock, EndcapConfig, LimitsConfig, ServingConfig
 from endcap.events import EventLog
 from endcap.feature_store import OnlineFeatures
@@ -276,18 +278,30 @@ class StuckCandidates(endcap.CandidateGenerator):
         if query.user_id == "stuck":
             threading.Event().wait()  # a call that never returns
         return endcap.Candidates(np.array([0], dtype=np.int32), np.array([1.0], dtype=np.float32))
+
+
+class StuckLoading(StuckCandidates):
+    def load(self, context):
+        threading.Event().wait()  # a model load that never ends
 """
 
 
-def test_a_call_stuck_in_a_plugin_cannot_keep_a_stopped_server_alive(synthetic_workspace: Path, tmp_path: Path) -> None:
+def stuck_workspace(synthetic_workspace: Path, tmp_path: Path, source_type: str) -> Path:
+    """A copy of the workspace serving popularity and a source from ``STUCK_SOURCE``, with short
+    shutdown settings; the source's module is in ``tmp_path`` (put it on ``PYTHONPATH``)."""
     workspace = tmp_path / "ws"
     shutil.copytree(synthetic_workspace, workspace)
     (tmp_path / "stuck_source.py").write_text(STUCK_SOURCE)
     config = {
-        "candidates": {"popularity": {"type": "popularity"}, "stuck": {"type": "stuck_source.StuckCandidates"}},
+        "candidates": {"popularity": {"type": "popularity"}, "stuck": {"type": f"stuck_source.{source_type}"}},
         "serving": {"shutdown_grace_seconds": 0.5, "shutdown_timeout_seconds": 3},
     }
     (workspace / "endcap.yaml").write_text(yaml.safe_dump(config))
+    return workspace
+
+
+def test_a_call_stuck_in_a_plugin_cannot_keep_a_stopped_server_alive(synthetic_workspace: Path, tmp_path: Path) -> None:
+    workspace = stuck_workspace(synthetic_workspace, tmp_path, "StuckCandidates")
     server = start_server(workspace, tmp_path, env={"PYTHONPATH": str(tmp_path)})
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
@@ -302,3 +316,29 @@ def test_a_call_stuck_in_a_plugin_cannot_keep_a_stopped_server_alive(synthetic_w
     log = server.stderr_path.read_text()
     assert '"event": "stopped"' in log  # drained and stopped; only the stuck thread held the exit
     assert "stuck_source.py" in log and "in generate" in log  # the stacks say where it was stuck
+
+
+def test_a_plugin_stuck_while_the_model_loads_cannot_keep_the_server_from_stopping(
+    synthetic_workspace: Path, tmp_path: Path
+) -> None:
+    workspace = stuck_workspace(synthetic_workspace, tmp_path, "StuckLoading")
+    log_path = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("w"),
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while '"event": "listening"' not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the model load, which never ends
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 1
+    finally:
+        process.kill()
+    assert time.monotonic() - signalled < 10
+    log = log_path.read_text()
+    assert "stuck_source.py" in log and "in load" in log
