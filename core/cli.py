@@ -160,12 +160,18 @@ def cmd_retrain(args: argparse.Namespace, workspace: Workspace) -> int:
     return 0
 
 
+WORKER_KILL_MARGIN_SECONDS = 2.0
+
+
 def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     import structlog
     from endcap.server import Server
 
     if args.processes > 1:
         return serve_processes(args, workspace)
+    import faulthandler
+
+    faulthandler.enable()  # a crash in native code, or SIGABRT from the parent, writes every thread's stack
     _limit_blas_threads()
     config, host = _host(workspace)
     server = Server(args.host, args.port, config.serving, config.limits, config.tls, config.auth, args.reuse_port)
@@ -193,10 +199,15 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
 
 def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
     """``--processes N``: N servers share the port (SO_REUSEPORT), so a Python server uses N cores.
-    Worker i serves metrics on ``--metrics-port + i``; SIGTERM and SIGINT are passed on to all."""
+    Worker i serves metrics on ``--metrics-port + i``; SIGTERM and SIGINT are passed on to all. A
+    worker still running ``WORKER_KILL_MARGIN_SECONDS`` after its own shutdown timeout (one that
+    does not answer signals at all) gets SIGABRT, which writes its stacks, then SIGKILL."""
     import signal
     import subprocess
 
+    from endcap.config import load_config
+
+    give_up_after = load_config(workspace.root).serving.shutdown_timeout_seconds + WORKER_KILL_MARGIN_SECONDS
     command = [sys.executable, "-m", "endcap.cli", "serve", "--workspace", str(workspace.root), "--host", args.host]
     command += ["--port", str(args.port), "--processes", "1", "--reuse-port"]
     if args.trace_hooks:
@@ -206,15 +217,30 @@ def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
         metrics = ["--metrics-port", str(args.metrics_port + i)] if args.metrics_port is not None else []
         workers.append(subprocess.Popen([*command, *metrics]))
 
+    stop_by: list[float] = []
+
     def forward(signum: int, frame: object) -> None:
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signum)
+        if not stop_by:
+            stop_by.append(time.monotonic() + give_up_after)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    while any(worker.poll() is None for worker in workers):
+        time.sleep(0.2)
+        if stop_by and time.monotonic() > stop_by[0]:
+            for escalation in (signal.SIGABRT, signal.SIGKILL):
+                for worker in workers:
+                    if worker.poll() is None:
+                        worker.send_signal(escalation)
+                ended_by = time.monotonic() + WORKER_KILL_MARGIN_SECONDS
+                while any(worker.poll() is None for worker in workers) and time.monotonic() < ended_by:
+                    time.sleep(0.1)
+            break
     codes = [worker.wait() for worker in workers]
-    return max(codes, key=abs)
+    return max(128 - code if code < 0 else code for code in codes)  # a worker killed by signal N: 128 + N
 
 
 def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -267,6 +268,8 @@ def test_slow_calls_end_at_the_client_deadline(stub: pb_grpc.RecommendationServi
 
 
 STUCK_SOURCE = """
+import signal
+import sys
 import threading
 
 import endcap
@@ -282,7 +285,15 @@ class StuckCandidates(endcap.CandidateGenerator):
 
 class StuckLoading(StuckCandidates):
     def load(self, context):
+        print("stuck in load", file=sys.stderr, flush=True)
         threading.Event().wait()  # a model load that never ends
+
+
+class DeafLoading(StuckCandidates):
+    def load(self, context):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        print("stuck in load", file=sys.stderr, flush=True)
+        threading.Event().wait()  # stuck, and the stop signals never reach Python
 """
 
 
@@ -318,27 +329,39 @@ def test_a_call_stuck_in_a_plugin_cannot_keep_a_stopped_server_alive(synthetic_w
     assert "stuck_source.py" in log and "in generate" in log  # the stacks say where it was stuck
 
 
+@pytest.mark.parametrize(
+    ("source_type", "processes", "exit_code"),
+    [("StuckLoading", "1", 1), ("DeafLoading", "2", 128 + signal.SIGABRT)],
+    ids=["stuck-in-load", "deaf-workers-killed-by-the-parent"],
+)
 def test_a_plugin_stuck_while_the_model_loads_cannot_keep_the_server_from_stopping(
-    synthetic_workspace: Path, tmp_path: Path
+    synthetic_workspace: Path, tmp_path: Path, source_type: str, processes: str, exit_code: int
 ) -> None:
-    workspace = stuck_workspace(synthetic_workspace, tmp_path, "StuckLoading")
+    import psutil
+
+    workspace = stuck_workspace(synthetic_workspace, tmp_path, source_type)
     log_path = tmp_path / "serve.log"
+    workers: list[psutil.Process] = []
     process = subprocess.Popen(
-        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(free_port())],
+        [ENDCAP, "serve", "--workspace", str(workspace), "--port", str(free_port()), "--processes", processes],
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("w"),
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     try:
         deadline = time.monotonic() + 60
-        while '"event": "listening"' not in log_path.read_text() and time.monotonic() < deadline:
+        while log_path.read_text().count("stuck in load") < int(processes) and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # into the model load, which never ends
+        workers = psutil.Process(process.pid).children()
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 1
+        code = process.wait(timeout=20)
     finally:
+        for worker in workers:  # still running only if the test failed
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
         process.kill()
-    assert time.monotonic() - signalled < 10
+    assert code == exit_code  # 1: its own watchdog; 128 + SIGABRT: the parent's escalation
+    assert time.monotonic() - signalled < 12
     log = log_path.read_text()
-    assert "stuck_source.py" in log and "in load" in log
+    assert "stuck_source.py" in log and "in load" in log  # every worker's stacks say where
