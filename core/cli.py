@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -203,7 +204,6 @@ def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
     worker still running ``WORKER_KILL_MARGIN_SECONDS`` after its own shutdown timeout (one that
     does not answer signals at all) gets SIGABRT, which writes its stacks, then SIGKILL."""
     import signal
-    import subprocess
 
     from endcap.config import load_config
 
@@ -217,30 +217,40 @@ def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
         metrics = ["--metrics-port", str(args.metrics_port + i)] if args.metrics_port is not None else []
         workers.append(subprocess.Popen([*command, *metrics]))
 
-    stop_by: list[float] = []
+    stop_by: float | None = None
 
     def forward(signum: int, frame: object) -> None:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
-        if not stop_by:
-            stop_by.append(time.monotonic() + give_up_after)
+        nonlocal stop_by
+        for worker in _running(workers):
+            worker.send_signal(signum)
+        stop_by = stop_by or time.monotonic() + give_up_after
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    while any(worker.poll() is None for worker in workers):
+    while _running(workers):
         time.sleep(0.2)
-        if stop_by and time.monotonic() > stop_by[0]:
-            for escalation in (signal.SIGABRT, signal.SIGKILL):
-                for worker in workers:
-                    if worker.poll() is None:
-                        worker.send_signal(escalation)
-                ended_by = time.monotonic() + WORKER_KILL_MARGIN_SECONDS
-                while any(worker.poll() is None for worker in workers) and time.monotonic() < ended_by:
-                    time.sleep(0.1)
+        if stop_by is not None and time.monotonic() > stop_by:
+            _end_unresponsive(workers)
             break
     codes = [worker.wait() for worker in workers]
     return max(128 - code if code < 0 else code for code in codes)  # a worker killed by signal N: 128 + N
+
+
+def _running(workers: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    return [worker for worker in workers if worker.poll() is None]
+
+
+def _end_unresponsive(workers: list[subprocess.Popen[bytes]]) -> None:
+    """SIGABRT to the workers still running (``faulthandler`` writes their stacks), then SIGKILL,
+    each given ``WORKER_KILL_MARGIN_SECONDS`` to take effect."""
+    import signal
+
+    for escalation in (signal.SIGABRT, signal.SIGKILL):
+        for worker in _running(workers):
+            worker.send_signal(escalation)
+        ended_by = time.monotonic() + WORKER_KILL_MARGIN_SECONDS
+        while _running(workers) and time.monotonic() < ended_by:
+            time.sleep(0.1)
 
 
 def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:

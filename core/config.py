@@ -61,9 +61,9 @@ class ServingConfig(BaseModel):
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     """On SIGTERM or SIGINT health turns ``NOT_SERVING``; calls in flight get this long to finish."""
     shutdown_timeout_seconds: float = Field(25.0, gt=0)
-    """A stop that has not ended the process this long after the signal (a plugin call that never
-    returns, say) writes every thread's stack to stderr and exits with status 1, so a server never
-    hangs in shutdown and its log says where it was stuck."""
+    """A stop that has not ended the process this long after the signal (a plugin call or model
+    load that never returns, say) writes every thread's stack to stderr and exits with status 1,
+    so a server never hangs in shutdown and its log says where it was stuck."""
     reload_poll_seconds: float = Field(1.0, ge=0)
     """How often a server checks the model registry for a newly promoted version (0: never)."""
     realtime_features: bool = True
@@ -78,7 +78,7 @@ class ServingConfig(BaseModel):
         if self.shutdown_timeout_seconds <= self.shutdown_grace_seconds:
             raise ValueError(
                 f"shutdown_timeout_seconds ({self.shutdown_timeout_seconds:g}) must be longer than "
-                f"shutdown_grace_seconds ({self.shutdown_grace_seconds:g})"
+                f"shutdown_grace_seconds ({self.shutdown_grace_seconds:g}); raise the timeout or shorten the grace"
             )
         return self
 

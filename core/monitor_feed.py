@@ -14,6 +14,7 @@ server before it exits.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -94,8 +95,9 @@ class MonitorFeed:
                     continue
                 try:
                     self._deliver(*item)
-                except Exception:  # the feed outlives a failed delivery, or requests would wait on it forever
-                    traceback.print_exc()
+                except Exception:  # monitors' own errors are logged in deliver; this is that logging failing
+                    with contextlib.suppress(Exception):  # the feed outlives it, or requests would wait forever
+                        traceback.print_exc()
                 finally:
                     self._room.release()
                 delivered += 1
