@@ -8,10 +8,12 @@ reads the user and every candidate from Feast's SDK and then ranks — what a te
 without Endcap. A separate process drives each with the same closed-loop load (1, 8 and 32
 requests in flight, k = 10) and the script prints p50/p99 latency, requests/s and the ratios the
 serving targets are stated in. Each server first takes ``--warmup`` seconds of load, as a server
-that has been up a while would have (ALS and item-item answers of known users memoised, pages
-of the online store cached). ``--config FILE`` serves a copy of the workspace with that
-``endcap.yaml``, e.g. to measure without the memo::
+that has been up a while would have (ALS and item-item answers of known users memoised, users'
+parsed feature rows memoised, pages of the online store cached). ``--config FILE`` serves a copy
+of the workspace with that ``endcap.yaml``, e.g. to measure without the memos::
 
+    serving:
+      user_memo_users: 0
     candidates:
       popularity: {type: popularity}
       repurchase: {type: repurchase}

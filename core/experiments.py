@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -11,6 +11,7 @@ from endcap.config import EndcapConfig, ExperimentConfig
 from endcap.errors import ConfigError, InvalidArgument
 from endcap.pipeline import Pipeline
 from endcap.serving_model import ServingModel
+from endcap.user_memo import UserFeatureMemo
 
 DEFAULT_VARIANT = ""
 
@@ -28,14 +29,15 @@ def assign(experiment: ExperimentConfig, user_id: str) -> str:
     return names[-1]
 
 
-def variant_pipelines(
-    model: ServingModel, read_user: Callable[[str], dict[str, Any]], config: EndcapConfig
-) -> dict[str, Pipeline]:
+def variant_pipelines(model: ServingModel, online: Any, config: EndcapConfig) -> dict[str, Pipeline]:
     """One pipeline per variant over the same loaded model: its own ranker when it has one, and
-    its own candidate sources (the others stay in the feature layout, proposing nothing)."""
+    its own candidate sources (the others stay in the feature layout, proposing nothing). The
+    variants share one memo of parsed user rows (see :mod:`endcap.user_memo`)."""
+    read_user = online.user
+    users = UserFeatureMemo(online, model.user_features, config.serving.user_memo_users)
     experiment = config.experiment
     if experiment is None:
-        return {DEFAULT_VARIANT: Pipeline(model, read_user, config.serving)}
+        return {DEFAULT_VARIANT: Pipeline(model, read_user, config.serving, users=users)}
     pipelines = {}
     for name, arm in experiment.variants.items():
         components = model.components
@@ -48,7 +50,7 @@ def variant_pipelines(
         ranker = components.variant_rankers.get(name, components.ranker)
         arm_model = replace(model, components=replace(components, ranker=ranker))
         skipped = frozenset(components.candidates) - frozenset(arm.candidates or components.candidates)
-        pipelines[name] = Pipeline(arm_model, read_user, config.serving, skip_sources=skipped)
+        pipelines[name] = Pipeline(arm_model, read_user, config.serving, skip_sources=skipped, users=users)
     return pipelines
 
 

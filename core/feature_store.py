@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -194,6 +195,7 @@ class OnlineFeatures:
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
         self._ttl_seconds = self._user_view.ttl.total_seconds() if self._user_view.ttl else None
+        self._store_changes: Callable[[], int] | None = None
         self._read_user_row = self._row_reader()
 
     def _row_reader(self) -> Any:
@@ -209,7 +211,9 @@ class OnlineFeatures:
             version = config.entity_key_serialization_version
             key = string_key_encoder("user_id", lambda proto: serialize_entity_key(proto, version))
             table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-            return SqliteRows(Path(self._online._get_db_path(config)), table, key, USER_COLUMNS).read
+            rows = SqliteRows(Path(self._online._get_db_path(config)), table, key, USER_COLUMNS)
+            self._store_changes = rows.changes
+            return rows.read
 
         def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:
             key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
@@ -221,10 +225,23 @@ class OnlineFeatures:
     def user(self, user_id: str) -> dict[str, Any]:
         """The user's statistics and purchase arrays; values are ``None`` for an unknown user
         or one whose row is older than the view's TTL."""
+        return self.user_row(user_id)[1]
+
+    def user_row(self, user_id: str) -> tuple[float, dict[str, Any]]:
+        """:meth:`user`, and until when (epoch seconds) the row stays within the view's TTL if
+        nothing writes it (``inf``: no TTL, or already past it)."""
         written, values = self._read_user_row(user_id)
         ttl = self._ttl_seconds
-        fresh = bool(values) and (ttl is None or written is None or time.time() - written <= ttl)
-        return {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
+        expires = written + ttl if values and ttl is not None and written is not None else math.inf
+        fresh = bool(values) and time.time() <= expires
+        row = {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
+        return (expires if fresh else math.inf), row
+
+    def changes(self) -> int | None:
+        """A count that grows whenever the online store may have been written (see
+        :meth:`SqliteRows.changes`): rows read while it stays the same are still current.
+        ``None`` for a store that cannot tell (Redis): every read goes to the store."""
+        return self._store_changes() if self._store_changes is not None else None
 
     def push(self, view: str, rows: pd.DataFrame) -> None:
         """Write ``rows`` (join key, features, ``event_timestamp``) to the online store through

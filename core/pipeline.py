@@ -184,9 +184,13 @@ class Pipeline:
         serving: ServingConfig,
         skip_sources: frozenset[str] = frozenset(),
         budgets: bool = True,
+        users: Callable[[str], UserFeatures] | None = None,
     ) -> None:
         self.model = model
         self.read_user = read_user
+        self.users = users or (lambda user_id: model.user_features(read_user(user_id)))
+        """``user_id → UserFeatures`` for a request: the server's memo of parsed rows (see
+        :mod:`endcap.user_memo`), else ``read_user`` and a parse every time."""
         self.serving = serving
         self.tracer = _tracer() if serving.opentelemetry else None
         self.sources = tuple(model.components.candidates.items())
@@ -275,7 +279,7 @@ class Pipeline:
         request_id = request_id or new_request_id()
         watch = _Stopwatch()
         _check_deadline("starting")
-        user = self.model.user_features(self.read_user(query.user_id))
+        user = self.users(query.user_id)
         watch.lap("user_features")
 
         errors: dict[str, str] = {}

@@ -51,7 +51,7 @@ class RecommendationService:
         self.events.repair()
         self.realtime = RealtimeFeatures(online.user, online.push) if config.serving.realtime_features else None
         model = load_newest_sound_model(workspace, host, online)
-        self.pipelines = _warmed_up(variant_pipelines(model, online.user, config))
+        self.pipelines = _warmed_up(variant_pipelines(model, online, config))
         """The model version being served, one pipeline per experiment variant; swapped whole by
         :meth:`reload`; a request reads it once, so every answer comes from one version."""
         self._reload_lock = threading.Lock()
@@ -89,7 +89,7 @@ class RecommendationService:
                 self._refused = target
                 return False
             previous = self.model.version
-            self.pipelines = _warmed_up(variant_pipelines(model, self.online.user, self.config))
+            self.pipelines = _warmed_up(variant_pipelines(model, self.online, self.config))
             log.info("model_switched", version=target, previous=previous)
             return True
 

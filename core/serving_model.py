@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -50,17 +51,26 @@ class ServingModel:
         return np.fromiter(map(self.item_lookup.get, item_ids, repeat(-1)), dtype=np.int32, count=len(item_ids))
 
     def user_features(self, raw: dict[str, Any]) -> UserFeatures:
-        """Turn one feature-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`."""
+        """Turn one feature-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`,
+        read-only throughout: the server shares it between requests (see :mod:`endcap.user_memo`)."""
         if raw.get("orders") is None:
-            return UserFeatures(stats={})
+            return UserFeatures(stats=MappingProxyType({}))
         stats = {name: float(raw.get(name) or 0.0) for name in USER_STATS_COLUMNS}
         ids = self.item_indices(_sequence(raw.get("item_ids")))
         order = np.argsort(ids, kind="stable")
         order = order[ids[order] >= 0]  # sorted, products the model does not know left out
         item_stats = {
-            name: np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order] for name in USER_PRODUCT_COLUMNS
+            name: _read_only(np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order])
+            for name in USER_PRODUCT_COLUMNS
         }
-        return UserFeatures(stats=stats, items=ids[order], item_stats=item_stats)
+        return UserFeatures(
+            stats=MappingProxyType(stats), items=_read_only(ids[order]), item_stats=MappingProxyType(item_stats)
+        )
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
 
 
 def _sequence(value: Any) -> Any:
