@@ -209,6 +209,10 @@ def test_lightgbm_ranker_learns_from_ranking_examples(tmp_path: Path) -> None:
     )
     scores = ranker.score(Query("u", 0, 3), served)
     assert scores[0] > max(scores[1], scores[2])
+    # the compiled trees score as LightGBM itself does, for a request's worth of candidates
+    many = np.column_stack([noise, np.zeros_like(noise), signal])[:300]
+    compiled = ranker.score(Query("u", 0, 10), endcap.FeatureMatrix(np.arange(300, dtype=np.int32), served.names, many))
+    np.testing.assert_allclose(compiled, ranker.booster.predict(many[:, [2, 0]]), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"features \['source.a'\] the model was trained with are not served"):
         ranker.score(Query("u", 0, 3), endcap.FeatureMatrix(served.ids, ("product.noise",), served.values[:, :1]))
 
