@@ -10,8 +10,10 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 
+import orjson
 import structlog
 
 request_id_var: ContextVar[str] = ContextVar("endcap_request_id", default="")
@@ -148,9 +150,17 @@ def flush_logs() -> None:
     stderr_lines.flush()
 
 
+def _json_line(event: object, default: Callable[[object], object] | None = None, **_: object) -> str:
+    """One event as compact JSON (orjson: a tenth of the standard library's time for a request
+    line); numpy values as numbers, non-string keys as strings, anything else by ``default``."""
+    return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """JSON lines (``json_lines``) or a console renderer, at ``level``."""
-    renderer = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    renderer = (
+        structlog.processors.JSONRenderer(serializer=_json_line) if json_lines else structlog.dev.ConsoleRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

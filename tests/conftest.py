@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit runs its own threads
@@ -91,6 +92,11 @@ def start_server(
         process.kill()
         raise AssertionError(stderr_path.read_text()) from None
     return RunningServer(target, workspace, process, stderr_path)
+
+
+def log_events(log: str) -> list[dict[str, Any]]:
+    """The JSON lines of a server's log, parsed (other lines, such as stack dumps, left out)."""
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
 
 def stop_server(server: RunningServer) -> int:
