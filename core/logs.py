@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 import orjson
 import structlog
@@ -156,20 +157,41 @@ def _json_line(event: object, default: Callable[[object], object] | None = None,
     return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+_json_renderer = structlog.processors.JSONRenderer(serializer=_json_line)
+_timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_info_lines_direct = False
+"""Whether :func:`info_line` renders JSON lines itself (set by :func:`configure_logging`)."""
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """JSON lines (``json_lines``) or a console renderer, at ``level``."""
-    renderer = (
-        structlog.processors.JSONRenderer(serializer=_json_line) if json_lines else structlog.dev.ConsoleRenderer()
-    )
+    global _info_lines_direct
+    threshold = getattr(logging, level.upper())
+    _info_lines_direct = json_lines and threshold <= logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             _add_request_id,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            _timestamper,
+            _json_renderer if json_lines else structlog.dev.ConsoleRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda *args: BatchedLogger(stderr_lines),
         cache_logger_on_first_use=True,
     )
+
+
+def info_line(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """``logger.info(event, **fields)`` for a line written per request: with JSON lines configured
+    it is rendered here, the same line structlog would write (``fields``, then ``event``,
+    ``level`` and ``timestamp``) at half the cost; ``fields`` becomes the line's event dict.
+    Variables bound with ``structlog.contextvars`` are not merged: use it where none are bound
+    (monitors run after the call, outside its context)."""
+    if not _info_lines_direct:
+        logger.info(event, **fields)
+        return
+    fields["event"] = event
+    fields["level"] = "info"
+    _timestamper(None, "info", fields)
+    stderr_lines.write_soon(_json_renderer(None, "info", fields) + "\n")

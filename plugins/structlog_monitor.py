@@ -12,7 +12,11 @@ from typing import Any
 
 import endcap
 import structlog
+from endcap.logs import info_line
 from pydantic import Field
+
+USER_KEYS_KEPT = 100_000
+"""Pseudonymous keys kept in memory (about 150 bytes each); all are dropped when it is reached."""
 
 
 class StructlogMonitorConfig(endcap.ComponentConfig):
@@ -33,6 +37,7 @@ class StructlogMonitor(endcap.Monitor):
     def __init__(self, name: str, config: StructlogMonitorConfig) -> None:
         super().__init__(name, config)
         self.log = structlog.get_logger("endcap.requests")
+        self._user_keys: dict[str, str] = {}
 
     def on_request(self, record: endcap.RequestRecord) -> None:
         if self.config.sample_rate < 1.0 and random.random() >= self.config.sample_rate:
@@ -51,13 +56,21 @@ class StructlogMonitor(endcap.Monitor):
             fields["source_errors"] = dict(record.errors)
         if self.config.include_items:
             fields["items"] = list(record.item_ids)
-        self.log.info("recommend", **fields)
+        info_line(self.log, "recommend", fields)
 
     def _user(self, user_id: str) -> dict[str, str]:
         if self.config.include_user_id:
             return {"user_id": user_id}
-        digest = hashlib.sha256(f"{self.config.salt}:{user_id}".encode()).hexdigest()[:16]
-        return {"user_key": digest}
+        return {"user_key": self._user_key(user_id)}
+
+    def _user_key(self, user_id: str) -> str:
+        """The pseudonymous key (kept for recently logged users: a shopper's requests repeat)."""
+        key = self._user_keys.get(user_id)
+        if key is None:
+            if len(self._user_keys) >= USER_KEYS_KEPT:
+                self._user_keys.clear()
+            key = self._user_keys[user_id] = hashlib.sha256(f"{self.config.salt}:{user_id}".encode()).hexdigest()[:16]
+        return key
 
     def on_error(self, request_id: str, query: endcap.Query | None, error: BaseException) -> None:
         self.log.warning("request_failed", request_id=request_id, error=f"{type(error).__name__}: {error}")

@@ -284,3 +284,31 @@ def test_log_lines_go_out_in_whole_line_chunks_and_warnings_at_once(monkeypatch:
     while writes[-1] != '{"event": "later"}\n' and time.monotonic() < deadline:
         time.sleep(0.01)
     assert writes[-1] == '{"event": "later"}\n'  # a quiet server's last line still goes out
+
+
+def test_a_request_line_rendered_directly_is_the_line_structlog_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import numpy as np
+    import structlog
+    from endcap.logs import configure_logging, flush_logs, info_line
+
+    fields = {"request_id": "r1", "k": 10, "candidates": {"als": 100, 7: 1}, "score": np.float32(0.5), "x": object}
+    try:
+        configure_logging()
+        logger = structlog.get_logger("endcap.requests")
+        logger.info("recommend", **fields)
+        info_line(logger, "recommend", dict(fields))
+        flush_logs()
+        via_structlog, direct = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert via_structlog["timestamp"] <= direct.pop("timestamp") and via_structlog.pop("timestamp")
+        assert list(direct.items()) == list(via_structlog.items())  # same keys, same order, same values
+        assert direct["score"] == 0.5 and direct["candidates"] == {"als": 100, "7": 1}
+
+        configure_logging(json_lines=False)  # the console renderer: the line goes through structlog
+        info_line(structlog.get_logger("endcap.requests"), "recommend", dict(fields))
+        flush_logs()
+        console = capsys.readouterr().err
+        assert "recommend" in console and not console.startswith("{")
+    finally:
+        configure_logging()
