@@ -66,9 +66,9 @@ class ServingConfig(BaseModel):
     so a server never hangs in shutdown and its log says where it was stuck."""
     user_memo_users: int = Field(20_000, ge=0)
     """Users whose parsed feature rows a server process keeps between requests (least recently
-    used dropped first; about 2.3 KB for a user with 90 products). An entry is used only while the
-    online store is unchanged since its row was read, so an answer never lags a write; a Redis
-    store is read every time. 0 reads and parses the row on every request."""
+    used dropped first; about 2.3 KB for a user with 90 products). The row is still read on every
+    request; the kept parse is used only when the stored bytes are the same, so an answer never
+    lags a write. With Redis every row is parsed. 0 parses the row on every request."""
     reload_poll_seconds: float = Field(1.0, ge=0)
     """How often a server checks the model registry for a newly promoted version (0: never)."""
     realtime_features: bool = True

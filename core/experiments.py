@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 from endcap.config import EndcapConfig, ExperimentConfig
 from endcap.errors import ConfigError, InvalidArgument
 from endcap.pipeline import Pipeline
 from endcap.serving_model import ServingModel
-from endcap.user_memo import UserFeatureMemo
+from endcap.user_memo import UserFeatureMemo, UserRows
 
 DEFAULT_VARIANT = ""
 
@@ -29,7 +28,7 @@ def assign(experiment: ExperimentConfig, user_id: str) -> str:
     return names[-1]
 
 
-def variant_pipelines(model: ServingModel, online: Any, config: EndcapConfig) -> dict[str, Pipeline]:
+def variant_pipelines(model: ServingModel, online: UserRows, config: EndcapConfig) -> dict[str, Pipeline]:
     """One pipeline per variant over the same loaded model: its own ranker when it has one, and
     its own candidate sources (the others stay in the feature layout, proposing nothing). The
     variants share one memo of parsed user rows (see :mod:`endcap.user_memo`)."""

@@ -6,15 +6,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,9 @@ from endcap.workspace import Workspace
 from feast import FeatureStore, RepoConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+if TYPE_CHECKING:
+    from endcap.sqlite_rows import SqliteRows
 
 # ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
 warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
@@ -195,7 +197,8 @@ class OnlineFeatures:
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
         self._ttl_seconds = self._user_view.ttl.total_seconds() if self._user_view.ttl else None
-        self._store_changes: Callable[[], int] | None = None
+        self._rows: SqliteRows | None = None
+        """The SQLite row reader, which can also return rows as stored (see :meth:`user_raw`)."""
         self._read_user_row = self._row_reader()
 
     def _row_reader(self) -> Any:
@@ -211,9 +214,8 @@ class OnlineFeatures:
             version = config.entity_key_serialization_version
             key = string_key_encoder("user_id", lambda proto: serialize_entity_key(proto, version))
             table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-            rows = SqliteRows(Path(self._online._get_db_path(config)), table, key, USER_COLUMNS)
-            self._store_changes = rows.changes
-            return rows.read
+            self._rows = SqliteRows(Path(self._online._get_db_path(config)), table, key, USER_COLUMNS)
+            return self._rows.read
 
         def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:
             key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
@@ -225,23 +227,30 @@ class OnlineFeatures:
     def user(self, user_id: str) -> dict[str, Any]:
         """The user's statistics and purchase arrays; values are ``None`` for an unknown user
         or one whose row is older than the view's TTL."""
-        return self.user_row(user_id)[1]
-
-    def user_row(self, user_id: str) -> tuple[float, dict[str, Any]]:
-        """:meth:`user`, and until when (epoch seconds) the row stays within the view's TTL if
-        nothing writes it (``inf``: no TTL, or already past it)."""
         written, values = self._read_user_row(user_id)
-        ttl = self._ttl_seconds
-        expires = written + ttl if values and ttl is not None and written is not None else math.inf
-        fresh = bool(values) and time.time() <= expires
-        row = {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
-        return (expires if fresh else math.inf), row
+        return self._row(values, self.fresh(written, bool(values)))
 
-    def changes(self) -> int | None:
-        """A count that grows whenever the online store may have been written (see
-        :meth:`SqliteRows.changes`): rows read while it stays the same are still current.
-        ``None`` for a store that cannot tell (Redis): every read goes to the store."""
-        return self._store_changes() if self._store_changes is not None else None
+    def user_raw(self, user_id: str) -> tuple[float | None, tuple[bytes | None, ...]] | None:
+        """The user's row as the store holds it (written at, serialized values): rows read as
+        equal tuples are equal, so a caller can keep what it made of one. ``None`` from a store
+        that cannot return rows as stored (Redis)."""
+        return self._rows.read_raw(user_id) if self._rows is not None else None
+
+    def user_from_raw(self, written: float | None, raws: tuple[bytes | None, ...]) -> dict[str, Any]:
+        """:meth:`user` of a row read by :meth:`user_raw`."""
+        assert self._rows is not None, "user_from_raw takes rows user_raw returned"
+        values = self._rows.values(raws)
+        return self._row(values, self.fresh(written, bool(values)))
+
+    def fresh(self, written: float | None, stored: bool) -> bool:
+        """Whether a row (``stored``: the store holds one) written at ``written`` is within the
+        view's TTL now."""
+        ttl = self._ttl_seconds
+        return stored and (ttl is None or written is None or time.time() - written <= ttl)
+
+    @staticmethod
+    def _row(values: Mapping[str, ValueProto], fresh: bool) -> dict[str, Any]:
+        return {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
 
     def push(self, view: str, rows: pd.DataFrame) -> None:
         """Write ``rows`` (join key, features, ``event_timestamp``) to the online store through

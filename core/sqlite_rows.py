@@ -61,8 +61,6 @@ class SqliteRows:
         columns = ", ".join("max(CASE WHEN feature_name = ? THEN value END)" for _ in self.features)
         self._sql = f"SELECT max(event_ts), {columns} FROM {quoted} WHERE entity_key = ?"
         self._local = threading.local()
-        self._generation = 0
-        self._generation_lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -71,36 +69,25 @@ class SqliteRows:
             self._local.connection = connection
         return connection
 
-    def changes(self) -> int:
-        """A count that has grown whenever the database may have been written since it was last
-        the same: read it before a row, and while it still reads the same the row is unchanged.
-
-        SQLite's ``data_version`` tells one connection whether another has committed since it
-        last asked; the first thread to notice a commit moves the shared count on, and a thread
-        asking for the first time moves it on too (it cannot tell what it missed)."""
-        local = self._local
-        try:
-            [(version,)] = self._connection().execute("PRAGMA data_version").fetchall()
-        except sqlite3.Error as exc:
-            raise self._unreadable(exc) from exc
-        if version != getattr(local, "data_version", None):
-            local.data_version = version
-            with self._generation_lock:
-                self._generation += 1
-        return self._generation
-
-    def read(self, entity: str) -> tuple[float | None, dict[str, ValueProto]]:
-        """The entity's newest write time (epoch seconds) and its values by feature name; no
-        values for an entity the table does not hold."""
+    def read_raw(self, entity: str) -> tuple[float | None, tuple[bytes | None, ...]]:
+        """The entity's newest write time (epoch seconds) and its values as stored (serialized
+        Feast values in feature order, ``None`` where unset): equal tuples hold equal values."""
         try:
             [(newest, *raws)] = self._connection().execute(self._sql, (*self.features, self.key(entity))).fetchall()
         except sqlite3.Error as exc:
             raise self._unreadable(exc) from exc
-        values: dict[str, ValueProto] = {}
-        for name, raw in zip(self.features, raws, strict=True):
-            if raw is not None:
-                values[name] = ValueProto.FromString(raw)
-        return _written_at(newest), values
+        return _written_at(newest), tuple(raws)
+
+    def values(self, raws: tuple[bytes | None, ...]) -> dict[str, ValueProto]:
+        """Stored values (see :meth:`read_raw`) by feature name; unset ones left out."""
+        pairs = zip(self.features, raws, strict=True)
+        return {name: ValueProto.FromString(raw) for name, raw in pairs if raw is not None}
+
+    def read(self, entity: str) -> tuple[float | None, dict[str, ValueProto]]:
+        """The entity's newest write time (epoch seconds) and its values by feature name; no
+        values for an entity the table does not hold."""
+        newest, raws = self.read_raw(entity)
+        return newest, self.values(raws)
 
     def _unreadable(self, exc: sqlite3.Error) -> FailedPrecondition:
         return FailedPrecondition(

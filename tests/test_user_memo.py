@@ -1,5 +1,5 @@
-"""The serving path's memo of parsed user rows: reused while the online store is unchanged, read
-again after any write to it, bounded, and never past the row's TTL."""
+"""The serving path's memo of parsed user rows: reused while the user's stored row is unchanged,
+parsed again once anything rewrites it, bounded, and never past the row's TTL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from endcap.feature_store import OnlineFeatures
 from endcap.realtime import RealtimeFeatures
 from endcap.types import Event, UserFeatures
-from endcap.user_memo import UserFeatureMemo
+from endcap.user_memo import RawRow, UserFeatureMemo
 from endcap.workspace import Workspace
 
 
@@ -27,19 +27,25 @@ class CountingParse:
         return UserFeatures(stats={"orders": float(row["orders"])} if row["orders"] is not None else {})
 
 
-def test_a_users_row_is_parsed_once_until_the_store_is_written(synthetic_workspace: Path, tmp_path: Path) -> None:
+def buy(workspace: Workspace, user_id: str) -> None:
+    """A purchase pushed through Feast on a connection of its own, as another server process would."""
+    writer = OnlineFeatures(workspace)
+    RealtimeFeatures(writer.user, writer.push).apply([Event(user_id, "i1", "purchase", 1, time.time())])
+
+
+def test_a_users_row_is_parsed_once_until_it_is_rewritten(synthetic_workspace: Path, tmp_path: Path) -> None:
     workspace = Workspace(shutil.copytree(synthetic_workspace, tmp_path / "ws"))
-    online = OnlineFeatures(workspace)
     parse = CountingParse()
-    memo = UserFeatureMemo(online, parse, users=10)
+    memo = UserFeatureMemo(OnlineFeatures(workspace), parse, users=10)
 
     first = memo("u3")
     assert memo("u3") is first and memo("nobody") is memo("nobody")
     assert parse.calls == 2 and first.known and not memo("nobody").known
 
-    # A purchase pushed through Feast on a connection of its own, as another server process would.
-    writer = OnlineFeatures(workspace)
-    RealtimeFeatures(writer.user, writer.push).apply([Event("u3", "i1", "purchase", 1, time.time())])
+    buy(workspace, "u5")  # another user's row: u3's parse still holds
+    assert memo("u3") is first and parse.calls == 2
+
+    buy(workspace, "u3")
     after = memo("u3")
     assert parse.calls == 3
     assert after.stats["orders"] == first.stats["orders"] + 1
@@ -50,18 +56,15 @@ def test_threads_share_entries_and_none_serves_one_after_a_write(synthetic_works
     workspace = Workspace(shutil.copytree(synthetic_workspace, tmp_path / "ws"))
     memo = UserFeatureMemo(OnlineFeatures(workspace), CountingParse(), users=10)
     with ThreadPoolExecutor(max_workers=1) as other_thread:
-        other_thread.submit(memo, "u2").result()  # each thread's first look moves the count on
         before = memo("u3")
-        assert other_thread.submit(memo, "u3").result() is before  # filled here, served there
-        writer = OnlineFeatures(workspace)
-        RealtimeFeatures(writer.user, writer.push).apply([Event("u3", "i1", "purchase", 1, time.time())])
+        assert other_thread.submit(memo, "u3").result() is before  # parsed here, served there
+        buy(workspace, "u3")
         assert other_thread.submit(memo, "u3").result().stats["orders"] == before.stats["orders"] + 1
         assert memo("u3").stats["orders"] == before.stats["orders"] + 1
 
 
 def test_the_memo_keeps_the_most_recently_served_users(synthetic_workspace: Path, tmp_path: Path) -> None:
-    workspace = Workspace(shutil.copytree(synthetic_workspace, tmp_path / "ws"))
-    online = OnlineFeatures(workspace)
+    online = OnlineFeatures(Workspace(synthetic_workspace))
     parse = CountingParse()
     memo = UserFeatureMemo(online, parse, users=2)
     for user in ("u1", "u2", "u1", "u3"):  # u2 is now the least recently used, and dropped
@@ -80,37 +83,40 @@ def test_the_memo_keeps_the_most_recently_served_users(synthetic_workspace: Path
     assert off.calls == 2
 
 
-class RowsWithTtl:
-    """A store whose one row leaves its TTL ``fresh_for`` seconds after it is read."""
-
-    def __init__(self, fresh_for: float) -> None:
-        self.fresh_for = fresh_for
-        self.reads = 0
-
-    def changes(self) -> int | None:
-        return 1
-
-    def user_row(self, user_id: str) -> tuple[float, dict[str, Any]]:
-        self.reads += 1
-        return time.time() + self.fresh_for, {"orders": 3}
-
-
-def test_an_entry_is_not_used_past_its_rows_ttl() -> None:
-    rows = RowsWithTtl(fresh_for=0.2)
-    memo = UserFeatureMemo(rows, CountingParse(), users=10)
-    memo("u1")
-    memo("u1")
-    assert rows.reads == 1
-    time.sleep(0.3)
-    memo("u1")
-    assert rows.reads == 2
-
-
-def test_user_row_reports_how_long_the_row_stays_fresh(synthetic_workspace: Path) -> None:
+def test_a_row_read_as_stored_parses_to_the_row_the_store_returns(synthetic_workspace: Path) -> None:
     online = OnlineFeatures(Workspace(synthetic_workspace))
-    expires, row = online.user_row("u3")
-    assert row["orders"] is not None
-    ttl = online._user_view.ttl.total_seconds()
-    assert time.time() < expires <= time.time() + ttl
-    expires, row = online.user_row("nobody")
-    assert row["orders"] is None and expires == float("inf")
+    for user in ("u3", "nobody"):
+        raw = online.user_raw(user)
+        assert raw is not None
+        assert online.user_from_raw(*raw) == online.user(user)
+    assert online.user("u3")["orders"] and online.user("nobody")["orders"] is None
+
+
+class RowWithTtl:
+    """A store holding one row, past the view's TTL ``ttl`` seconds after it was written."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.written = time.time()
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        return self.user_from_raw(*self.user_raw(user_id))
+
+    def user_raw(self, user_id: str) -> RawRow:
+        return self.written, (b"stored",)
+
+    def user_from_raw(self, written: float | None, raws: tuple[bytes | None, ...]) -> dict[str, Any]:
+        return {"orders": 3 if self.fresh(written, True) else None}
+
+    def fresh(self, written: float | None, stored: bool) -> bool:
+        return stored and written is not None and time.time() - written <= self.ttl
+
+
+def test_an_entry_is_not_used_once_its_row_is_past_the_ttl() -> None:
+    parse = CountingParse()
+    memo = UserFeatureMemo(RowWithTtl(ttl=0.2), parse, users=10)
+    assert memo("u1").known and memo("u1").known
+    assert parse.calls == 1
+    time.sleep(0.3)  # the same stored bytes, now too old to serve
+    assert not memo("u1").known
+    assert parse.calls == 2
