@@ -66,7 +66,7 @@ class ServingConfig(BaseModel):
     so a server never hangs in shutdown and its log says where it was stuck."""
     user_memo_users: int = Field(20_000, ge=0)
     """Users whose parsed feature rows a server process keeps between requests (least recently
-    used dropped first; about 2.3 KB for a user with 90 products). The row is still read on every
+    used dropped first; about 3.4 KB for a user with 90 products). The row is still read on every
     request; the kept parse is used only when the stored bytes are the same, so an answer never
     lags a write. With Redis every row is parsed. 0 parses the row on every request."""
     reload_poll_seconds: float = Field(1.0, ge=0)

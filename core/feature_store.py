@@ -238,7 +238,8 @@ class OnlineFeatures:
 
     def user_from_raw(self, written: float | None, raws: tuple[bytes | None, ...]) -> dict[str, Any]:
         """:meth:`user` of a row read by :meth:`user_raw`."""
-        assert self._rows is not None, "user_from_raw takes rows user_raw returned"
+        if self._rows is None:
+            raise TypeError("user_from_raw takes a row user_raw returned; this store returns none (use user)")
         values = self._rows.values(raws)
         return self._row(values, self.fresh(written, bool(values)))
 
