@@ -186,9 +186,12 @@ def info_line(logger: Any, event: str, fields: dict[str, Any]) -> None:
     """``logger.info(event, **fields)`` for a line written per request: with JSON lines configured
     it is rendered here, the same line structlog would write (``fields``, then ``event``,
     ``level`` and ``timestamp``) at half the cost; ``fields`` becomes the line's event dict.
+    Once structlog is configured otherwise (``structlog.testing.capture_logs``, an application's
+    own set-up), the line goes through structlog.
     Variables bound with ``structlog.contextvars`` are not merged: use it where none are bound
     (monitors run after the call, outside its context)."""
-    if not _info_lines_direct:
+    processors = structlog.get_config()["processors"]
+    if not (_info_lines_direct and processors and processors[-1] is _json_renderer):  # reconfigured since
         logger.info(event, **fields)
         return
     fields["event"] = event

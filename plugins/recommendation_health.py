@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from itertools import chain
 from typing import Any
 
 import endcap
@@ -42,23 +43,21 @@ class RecommendationHealth(endcap.Monitor):
         super().__init__(name, config)
         self._lock = threading.Lock()
         self._answers: deque[tuple[tuple[str, ...], int, bool, bool]] = deque(maxlen=config.window)
-        self._items: Counter[str] = Counter()
         self.catalog_size = 1
 
     def load(self, context: endcap.ModelContext) -> None:
         self.catalog_size = max(context.catalog.n_items, 1)
 
     def on_request(self, record: endcap.RequestRecord) -> None:
+        """Keep the answer; everything is counted when the gauges are read (a scrape every few
+        seconds counts the window once, instead of every request updating the counts)."""
         with self._lock:
-            if len(self._answers) == self._answers.maxlen:
-                self._items.subtract(self._answers[0][0])
             self._answers.append((record.item_ids, record.query.k, record.cold_start, record.fallback))
-            self._items.update(record.item_ids)
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             answers = list(self._answers)
-            counts = np.array([c for c in self._items.values() if c > 0])
+        counts = np.array(list(Counter(chain.from_iterable(a[0] for a in answers)).values()))
         n = max(len(answers), 1)
         return {
             "coverage": counts.size / self.catalog_size,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import endcap
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -79,12 +79,8 @@ class ServiceMetrics(endcap.Monitor):
         self.requests = Counter(
             "endcap_requests", "API calls by method and gRPC status", ["method", "code"], registry=registry
         )
-        self.latency = Histogram(
-            "endcap_request_duration_seconds",
-            "API call latency",
-            ["method"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.latency = RequestHistograms(
+            "endcap_request_duration_seconds", "API call latency", ("method",), LATENCY_BUCKETS
         )
         self.stages = RequestHistograms(
             "endcap_stage_duration_seconds",
@@ -95,8 +91,11 @@ class ServiceMetrics(endcap.Monitor):
         self.candidates = RequestHistograms(
             "endcap_candidates_per_request", "Candidates a source proposed", ("source",), CANDIDATE_BUCKETS
         )
-        registry.register(self.stages)
-        registry.register(self.candidates)
+        self.feature_reads = RequestHistograms(
+            "endcap_feature_store_read_duration_seconds", "Online feature read per request", (), LATENCY_BUCKETS
+        )
+        for histograms in (self.latency, self.stages, self.candidates, self.feature_reads):
+            registry.register(histograms)
         self.failures = Counter(
             "endcap_component_failures",
             "Component calls dropped from a request",
@@ -108,12 +107,6 @@ class ServiceMetrics(endcap.Monitor):
         )
         self.cold_starts = Counter(
             "endcap_cold_starts", "Requests for users unknown to the feature store", ["variant"], registry=registry
-        )
-        self.feature_reads = Histogram(
-            "endcap_feature_store_read_duration_seconds",
-            "Online feature read per request",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
         )
         self.feature_misses = Counter(
             "endcap_feature_store_misses", "Online reads that found no user row", registry=registry
@@ -137,7 +130,7 @@ class ServiceMetrics(endcap.Monitor):
     def on_call(self, method: str, code: str, seconds: float) -> None:
         if self.enabled:
             self._child(self.requests, method, code).inc()
-            self._child(self.latency, method).observe(seconds)
+            self.latency.observe((((method,), seconds),))
 
     def on_request(self, record: endcap.RequestRecord) -> None:
         if not self.enabled:
@@ -152,7 +145,8 @@ class ServiceMetrics(endcap.Monitor):
         if record.cold_start:
             self.cold_starts.labels(variant).inc()
             self.feature_misses.inc()
-        self.feature_reads.observe(record.timings.ms.get("user_features", 0.0) / 1000.0)
+        read_seconds = record.timings.ms.get("user_features", 0.0) / 1000.0
+        self.feature_reads.observe((((), read_seconds),))
         if record.model_version != self._version:
             if self._version:
                 self.model.remove(self._version)

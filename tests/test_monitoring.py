@@ -12,13 +12,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import endcap
 import grpc
+import numpy as np
 import pytest
 import yaml
 from conftest import RunningServer, free_port, log_events, prepared_workspace, run_cli, start_server, stop_server
 from endcap.plugins.drift import psi, reference_histogram, shares
-from endcap.plugins.recommendation_health import gini
-from endcap.types import Query
+from endcap.plugins.recommendation_health import RecommendationHealth, RecommendationHealthConfig, gini
+from endcap.types import Query, StageTimings
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,8 +29,6 @@ WATCHED = ["product.purchases", "product.distinct_buyers"]
 
 
 def test_psi_and_gini_on_known_distributions() -> None:
-    import numpy as np
-
     rng = np.random.default_rng(0)
     reference = rng.normal(size=5000)
     edges, expected = reference_histogram(reference, 10)
@@ -38,6 +38,38 @@ def test_psi_and_gini_on_known_distributions() -> None:
     assert gini(np.array([5, 5, 5, 5])) == pytest.approx(0.0)
     assert gini(np.array([0, 0, 0, 100])) == pytest.approx(0.75)
     assert gini(np.array([100]), catalog_size=4) == pytest.approx(0.75)  # unrecommended items count
+
+
+def test_recommendation_health_describes_only_the_last_window_of_answers() -> None:
+    health = RecommendationHealth("health", RecommendationHealthConfig(window=3))
+    health.catalog_size = 10
+    assert health.snapshot()["coverage"] == 0 and health.snapshot()["requests"] == 0
+
+    def answer(items: list[str], cold: bool = False, fallback: bool = False) -> None:
+        health.on_request(
+            endcap.RequestRecord(
+                request_id="r",
+                query=Query("u", 0, 3),
+                model_version="v1",
+                candidates_per_source={},
+                item_ids=tuple(items),
+                scores=np.zeros(len(items), dtype=np.float32),
+                timings=StageTimings({}),
+                cold_start=cold,
+                fallback=fallback,
+            )
+        )
+
+    answer(["x", "y", "z"])  # out of the window once the fourth answer comes
+    answer(["a", "b", "c"], cold=True)
+    answer(["a", "b"])
+    answer([], fallback=True)
+    snapshot = health.snapshot()
+    assert snapshot["requests"] == 3 and snapshot["coverage"] == pytest.approx(3 / 10)
+    assert snapshot["gini"] == pytest.approx(gini(np.array([2, 2, 1]), 10))
+    assert snapshot["cold_start_share"] == pytest.approx(1 / 3) and snapshot["fallback_share"] == pytest.approx(1 / 3)
+    assert snapshot["short_answer_share"] == pytest.approx(2 / 3)
+    assert snapshot["empty_answer_share"] == pytest.approx(1 / 3)
 
 
 @pytest.fixture(scope="module")
@@ -289,9 +321,9 @@ def test_log_lines_go_out_in_whole_line_chunks_and_warnings_at_once(monkeypatch:
 def test_a_request_line_rendered_directly_is_the_line_structlog_writes(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    import numpy as np
     import structlog
     from endcap.logs import configure_logging, flush_logs, info_line
+    from structlog.testing import capture_logs
 
     fields = {"request_id": "r1", "k": 10, "candidates": {"als": 100, 7: 1}, "score": np.float32(0.5), "x": object}
     try:
@@ -304,6 +336,11 @@ def test_a_request_line_rendered_directly_is_the_line_structlog_writes(capsys: p
         assert via_structlog["timestamp"] <= direct.pop("timestamp") and via_structlog.pop("timestamp")
         assert list(direct.items()) == list(via_structlog.items())  # same keys, same order, same values
         assert direct["score"] == 0.5 and direct["candidates"] == {"als": 100, "7": 1}
+
+        configure_logging()
+        with capture_logs() as captured:  # structlog configured otherwise: the line goes through it
+            info_line(structlog.get_logger("endcap.requests"), "recommend", dict(fields))
+        assert [line["event"] for line in captured] == ["recommend"]
 
         configure_logging(json_lines=False)  # the console renderer: the line goes through structlog
         info_line(structlog.get_logger("endcap.requests"), "recommend", dict(fields))
