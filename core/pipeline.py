@@ -29,6 +29,7 @@ from endcap.types import (
     RequestRecord,
     StageTimings,
     UserFeatures,
+    read_only,
 )
 
 log = structlog.get_logger("endcap.pipeline")
@@ -151,12 +152,6 @@ def _tracer() -> Any:
     return trace.get_tracer("endcap")
 
 
-def _read_only(values: np.ndarray) -> np.ndarray:
-    values = values.astype(np.float32, copy=False)
-    values.flags.writeable = False
-    return values
-
-
 def resolve_k(serving: ServingConfig, k: int) -> int:
     """``k`` as asked (0 means ``serving.default_k``); outside 1..``max_k`` is INVALID_ARGUMENT."""
     if k == 0:
@@ -187,7 +182,6 @@ class Pipeline:
         users: Callable[[str], UserFeatures] | None = None,
     ) -> None:
         self.model = model
-        self.read_user = read_user
         self.users = users or (lambda user_id: model.user_features(read_user(user_id)))
         """``user_id → UserFeatures`` for a request: the server's memo of parsed rows (see
         :mod:`endcap.user_memo`), else ``read_user`` and a parse every time."""
@@ -326,7 +320,7 @@ class Pipeline:
             cold_start=not user.known,
             fallback=prepared.fallback,
             features=prepared.features,
-            candidate_scores=_read_only(scores),
+            candidate_scores=read_only(scores.astype(np.float32, copy=False)),
         )
         return answer, record
 

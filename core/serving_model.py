@@ -23,7 +23,7 @@ from endcap.feature_tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, U
 from endcap.models import CorruptArtifact, Manifest, ModelRegistry, component_dir, load_catalog, verify_artifact
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.types import Catalog, Component, IndexArray, ModelContext, Monitor, UserFeatures
+from endcap.types import Catalog, Component, IndexArray, ModelContext, Monitor, UserFeatures, read_only
 from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.model")
@@ -60,17 +60,12 @@ class ServingModel:
         order = np.argsort(ids, kind="stable")
         order = order[ids[order] >= 0]  # sorted, products the model does not know left out
         item_stats = {
-            name: _read_only(np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order])
+            name: read_only(np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order])
             for name in USER_PRODUCT_COLUMNS
         }
         return UserFeatures(
-            stats=MappingProxyType(stats), items=_read_only(ids[order]), item_stats=MappingProxyType(item_stats)
+            stats=MappingProxyType(stats), items=read_only(ids[order]), item_stats=MappingProxyType(item_stats)
         )
-
-
-def _read_only(values: np.ndarray) -> np.ndarray:
-    values.flags.writeable = False
-    return values
 
 
 def _sequence(value: Any) -> Any:

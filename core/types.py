@@ -30,6 +30,12 @@ EMPTY_INDEX.flags.writeable = False
 EMPTY_SCORES.flags.writeable = False
 
 
+def read_only(values: np.ndarray) -> np.ndarray:
+    """``values``, no longer writeable: arrays shared between requests or handed to plugins."""
+    values.flags.writeable = False
+    return values
+
+
 class ComponentConfig(BaseModel):
     """Base of every component's config model: unknown keys are rejected."""
 
