@@ -175,6 +175,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="load per measurement")
     parser.add_argument("--processes", type=int, default=2, help="endcap serve --processes (default 2)")
     parser.add_argument(
+        "--no-pin", action="store_true", help="serve without --pin-cpus (workers free to move between cores)"
+    )
+    parser.add_argument(
         "--warmup", type=float, default=5.0, help="seconds of load on each server before measuring (default 5)"
     )
     parser.add_argument(
@@ -213,6 +216,7 @@ def main() -> int:
             str(ports["endcap"]),
             "--processes",
             str(options.processes),
+            *([] if options.no_pin else ["--pin-cpus"]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -246,7 +250,7 @@ def main() -> int:
 
     print(
         f"\nServing benchmark ({options.seconds:.0f} s per cell, {os.cpu_count()} cores, k = 10, "
-        f"endcap serve --processes {options.processes})\n"
+        f"endcap serve --processes {options.processes}{'' if options.no_pin else ' --pin-cpus'})\n"
     )
     print("| in flight | service | p50 ms | p99 ms | req/s |")
     print("|---:|---|---:|---:|---:|")

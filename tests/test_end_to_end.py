@@ -4,6 +4,7 @@ server on a free port, called with the generated client."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,7 +222,7 @@ def test_cli_errors_name_the_problem_without_traceback(tmp_path: Path) -> None:
 def test_several_processes_share_the_port_and_stop_together(workspace: Path, tmp_path: Path) -> None:
     import psutil
 
-    running = start_server(workspace, tmp_path, extra_args=("--processes", "2"))
+    running = start_server(workspace, tmp_path, extra_args=("--processes", "2", "--pin-cpus"))
     workers = psutil.Process(running.process.pid).children()
     assert len(workers) == 2
     answered = 0
@@ -237,6 +238,13 @@ def test_several_processes_share_the_port_and_stop_together(workspace: Path, tmp
                     time.sleep(0.1)
             answered += len(reply.items) == 5
     assert answered == 20
+    pinned = []  # --pin-cpus: every thread of a worker on the one core the worker was given
+    for worker in workers:
+        cores = {tuple(sorted(os.sched_getaffinity(thread.id))) for thread in worker.threads()}
+        assert len(worker.threads()) > 3 and len(cores) == 1
+        pinned.append(cores.pop())
+    allowed = sorted(os.sched_getaffinity(0))
+    assert sorted(pinned) == sorted((allowed[i % len(allowed)],) for i in range(2))
     assert stop_server(running) == 0
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
 
