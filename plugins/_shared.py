@@ -25,6 +25,27 @@ def top_n(ids: IndexArray, scores: ScoreArray, n: int) -> Candidates:
     return Candidates(ids[order].astype(np.int32, copy=False), scores[order].astype(np.float32, copy=False))
 
 
+class BestFirstRows:
+    """A users × items score matrix with each row ordered best first once, at load (ties by
+    position in the row, as :func:`top_n` breaks them): a user's top ``n`` is then a slice."""
+
+    def __init__(self, scores: sp.csr_matrix) -> None:
+        rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+        order = np.lexsort((-scores.data, rows))
+        self.starts = scores.indptr
+        self.ids = scores.indices[order].astype(np.int32)
+        self.scores = scores.data[order].astype(np.float32)
+        self.ids.flags.writeable = self.scores.flags.writeable = False
+
+    def top(self, user_index: int, n: int) -> Candidates:
+        """Row ``user_index``'s ``n`` best entries, best first; none for an unknown user (-1)."""
+        if user_index < 0 or n <= 0:
+            return Candidates.empty()
+        start = int(self.starts[user_index])
+        end = min(int(self.starts[user_index + 1]), start + n)
+        return Candidates(self.ids[start:end], self.scores[start:end])
+
+
 def user_history(
     query: Query, user: UserFeatures, user_items: sp.csr_matrix
 ) -> tuple[IndexArray, npt.NDArray[np.float32]] | None:

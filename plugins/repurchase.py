@@ -13,7 +13,7 @@ from typing import Any
 import endcap
 import numpy as np
 import scipy.sparse as sp
-from endcap.plugins._shared import top_n
+from endcap.plugins._shared import BestFirstRows
 from endcap.types import TrainingData
 from pydantic import Field
 
@@ -42,13 +42,10 @@ class RepurchaseCandidates(endcap.CandidateGenerator):
         return {"half_life_orders": self.config.half_life_orders}
 
     def load(self, context: endcap.ModelContext) -> None:
-        self.scores = sp.load_npz(context.directory / "scores.npz").tocsr()
+        self._ranked = BestFirstRows(sp.load_npz(context.directory / "scores.npz").tocsr())
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
-        if query.user_index < 0:
-            return endcap.Candidates.empty()
-        start, end = self.scores.indptr[query.user_index], self.scores.indptr[query.user_index + 1]
-        return top_n(self.scores.indices[start:end], self.scores.data[start:end], n)
+        return self._ranked.top(query.user_index, n)
 
 
 @endcap.hookimpl

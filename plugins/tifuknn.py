@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from endcap.metrics import ranking_metrics
+from endcap.plugins._shared import BestFirstRows
 from endcap.types import TrainingData
 from pydantic import Field
 
@@ -164,26 +165,10 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         }
 
     def load(self, context: endcap.ModelContext) -> None:
-        self._ranked = _best_first(sp.load_npz(context.directory / "scores.npz").tocsr())
+        self._ranked = BestFirstRows(sp.load_npz(context.directory / "scores.npz").tocsr())
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
-        if query.user_index < 0 or n <= 0:
-            return endcap.Candidates.empty()
-        starts, ids, scores = self._ranked
-        start = int(starts[query.user_index])
-        end = min(int(starts[query.user_index + 1]), start + n)
-        return endcap.Candidates(ids[start:end], scores[start:end])
-
-
-def _best_first(scores: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each user's row ordered best first (ties by position in the row, as ``top_n`` breaks them),
-    so a request takes a slice: row starts, item indices (int32), scores (float32)."""
-    rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
-    order = np.lexsort((-scores.data, rows))
-    ids = scores.indices[order].astype(np.int32)
-    ranked = scores.data[order].astype(np.float32)
-    ids.flags.writeable = ranked.flags.writeable = False
-    return scores.indptr, ids, ranked
+        return self._ranked.top(query.user_index, n)
 
 
 @endcap.hookimpl
