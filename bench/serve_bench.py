@@ -3,7 +3,8 @@
     make demo && .venv/bin/python bench/serve_bench.py [--seconds 10] [--workspace .endcap]
 
 Starts, each in its own process on a free port: a bare echo service (same sync server and
-thread pool as Endcap), ``endcap serve`` on the demo workspace, and a hand-written handler that
+thread pool as Endcap), ``endcap serve --processes 2 --pin-cpus`` on the demo workspace (each
+worker on a core of its own; ``--no-pin`` lets them move), and a hand-written handler that
 reads the user and every candidate from Feast's SDK and then ranks — what a team would write
 without Endcap. A separate process drives each with the same closed-loop load (1, 8 and 32
 requests in flight, k = 10) and the script prints p50/p99 latency, requests/s and the ratios the
