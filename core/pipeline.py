@@ -424,18 +424,16 @@ class Pipeline:
         return unique.astype(np.int32, copy=False), matrix
 
     def _rows_of(self, ids: IndexArray, rows: IndexArray) -> np.ndarray:
-        """For each of ``ids``, its position in ``rows`` when there (unique catalogue indices);
-        a position that holds another item where not (check ``rows[position] == id``).
+        """Each of ``ids``' position in ``rows`` (unique catalogue indices, every id among them).
 
-        A table over the whole catalogue, one per thread, answers with one write and one read,
-        where a binary search costs a mispredicted branch per step; entries left from earlier
-        calls are never read unchecked, so the table is never cleared."""
+        A table over the catalogue, one per thread, answers with one write and one read, where a
+        binary search costs a mispredicted branch per step. Every entry read was written just
+        before, so the table is never cleared."""
         table = getattr(self._slots, "table", None)
         if table is None:
             table = self._slots.table = np.zeros(self.model.catalog.n_items, dtype=np.int32)
         table[rows] = self._positions[: rows.size]
-        found = table[ids]
-        return np.minimum(found, rows.size - 1, out=found)
+        return table[ids]
 
     def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:
         keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)
