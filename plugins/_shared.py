@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from endcap.types import Candidates, IndexArray, Query, ScoreArray, UserFeatures
+from endcap.types import Candidates, IndexArray, Query, ScoreArray, UserFeatures, read_only
 
 
 def top_n(ids: IndexArray, scores: ScoreArray, n: int) -> Candidates:
@@ -33,9 +33,8 @@ class BestFirstRows:
         rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
         order = np.lexsort((-scores.data, rows))
         self.starts = scores.indptr
-        self.ids = scores.indices[order].astype(np.int32)
-        self.scores = scores.data[order].astype(np.float32)
-        self.ids.flags.writeable = self.scores.flags.writeable = False
+        self.ids = read_only(scores.indices[order].astype(np.int32))
+        self.scores = read_only(scores.data[order].astype(np.float32))
 
     def top(self, user_index: int, n: int) -> Candidates:
         """Row ``user_index``'s ``n`` best entries, best first; none for an unknown user (-1)."""

@@ -240,8 +240,9 @@ def test_several_processes_share_the_port_and_stop_together(workspace: Path, tmp
     assert answered == 20
     pinned = []  # --pin-cpus: every thread of a worker on the one core the worker was given
     for worker in workers:
-        cores = {tuple(sorted(os.sched_getaffinity(thread.id))) for thread in worker.threads()}
-        assert len(worker.threads()) > 3 and len(cores) == 1
+        threads = worker.threads()
+        cores = {tuple(sorted(os.sched_getaffinity(thread.id))) for thread in threads}
+        assert len(threads) > 3 and len(cores) == 1
         pinned.append(cores.pop())
     allowed = sorted(os.sched_getaffinity(0))
     assert sorted(pinned) == sorted((allowed[i % len(allowed)],) for i in range(2))
