@@ -55,6 +55,11 @@ class Manifest:
     """The pipeline's metrics on each user's newest basket, trained without it (empty when skipped)."""
     checksums: dict[str, str] = field(default_factory=dict)
     """sha256 of every artifact file, by path relative to the version directory."""
+    repeat_share: float | None = None
+    """Share of the log's purchases that repeat an item the user had bought before (``None``: not measured)."""
+    exclude_purchased: bool = False
+    """Whether serving leaves out items the user already bought (``serving.exclude_purchased``,
+    decided from :attr:`repeat_share` under ``auto``)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
