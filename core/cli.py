@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from endcap.errors import EndcapError, FailedPrecondition, InputFileError, InvalidArgument
 from endcap.workspace import Workspace
@@ -95,6 +96,11 @@ def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
         f"({manifest.users} users, {manifest.items} items) in {time.perf_counter() - started:.1f}s; "
         f"validation ndcg@10 {validation.get('ndcg@10', float('nan')):.4f}, "
         f"recall@10 {validation.get('recall@10', float('nan')):.4f}"
+    )
+    _say(
+        f"repeat purchases: {manifest.repeat_share or 0.0:.1%} of the log's lines; already-bought items are "
+        f"{'left out of' if manifest.exclude_purchased else 'kept in'} answers "
+        f"(serving.exclude_purchased: {host.config.serving.exclude_purchased})"
     )
     if args.no_promote:
         _say("not promoted (--no-promote); 'endcap promote' makes it current")
@@ -193,12 +199,41 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.metrics_port is not None:
         port = service.expose_metrics(args.host, args.metrics_port)
         log.info("metrics", address=f"http://{args.host}:{port}/metrics")
+    if not _hold_until_store_matches(server, service, config.serving.reload_poll_seconds or 1.0):
+        server.wait_for_signal()
+        return 0
     server.attach(service)
     if config.serving.reload_poll_seconds > 0:
         service.watch_registry(config.serving.reload_poll_seconds, threading.Event())
     log.info("serving", address=server.address, model_version=service.model.version)
     server.wait_for_signal()
     return 0
+
+
+def _hold_until_store_matches(server: Any, service: Any, interval: float) -> bool:
+    """Keep the server ``NOT_SERVING`` while the model and the online store disagree (logged with
+    the reason once per change), checking again every ``interval`` seconds (a newly promoted model
+    is loaded first). Returns whether they match; ``False`` when a stop signal came first."""
+    import structlog
+    from endcap.errors import FailedPrecondition
+    from endcap.store_coverage import check_model_against_store
+
+    log = structlog.get_logger("endcap.server")
+    reason = ""
+    while not server.stop_signal:
+        service.reload()
+        try:
+            check_model_against_store(service.model, service.online.user)
+            return True
+        except FailedPrecondition as exc:
+            if str(exc) != reason:
+                reason = str(exc)
+                log.error("not_serving", reason=reason, health="NOT_SERVING")
+            server.hold(reason)
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline and not server.stop_signal:
+            time.sleep(0.05)
+    return False
 
 
 def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:

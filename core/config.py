@@ -69,6 +69,11 @@ class ServingConfig(BaseModel):
     used dropped first; about 3.4 KB for a user with 90 products). The row is still read on every
     request; the kept parse is used only when the stored bytes are the same, so an answer never
     lags a write. With Redis every row is parsed. 0 parses the row on every request."""
+    exclude_purchased: Literal["auto", "always", "never"] = "auto"
+    """Leave items the user already bought out of their answers. ``auto`` (default) decides at
+    ``endcap train`` from the log: left out when under 5 % of purchases repeat an earlier one (a
+    ratings or durable-goods log), kept otherwise (groceries). The model version records the
+    choice; a server follows the version it serves."""
     reload_poll_seconds: float = Field(1.0, ge=0)
     """How often a server checks the model registry for a newly promoted version (0: never)."""
     realtime_features: bool = True

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,16 +80,16 @@ class MaterializeSummary:
 
 def write_tables(
     workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataFrame]]
-) -> tuple[Mapping[str, int], pd.Timestamp]:
+) -> tuple[Mapping[str, int], pd.Timestamp, pd.Timestamp]:
     """Write the offline tables one snapshot at a time (a row group each), so memory holds one
     snapshot, not all of them; each file is moved into place when complete. Returns the rows per
-    table and the newest snapshot time."""
+    table and the oldest and newest snapshot times."""
     import pyarrow.parquet as pq
 
     workspace.features.mkdir(parents=True, exist_ok=True)
     writers: dict[str, pq.ParquetWriter] = {}
     rows: dict[str, int] = {}
-    as_of = pd.Timestamp.min.tz_localize("UTC")
+    oldest, as_of = pd.Timestamp.max.tz_localize("UTC"), pd.Timestamp.min.tz_localize("UTC")
     try:
         for snapshot in snapshots:
             for name, frame in snapshot.items():
@@ -99,13 +99,14 @@ def write_tables(
                     writers[name] = pq.ParquetWriter(partial, table.schema)
                 writers[name].write_table(table.cast(writers[name].schema))
                 rows[name] = rows.get(name, 0) + len(frame)
+                oldest = min(oldest, frame["event_timestamp"].min())
                 as_of = max(as_of, frame["event_timestamp"].max())
     finally:
         for writer in writers.values():
             writer.close()
     for name in writers:
         os.replace(workspace.features / f"{name}.parquet.partial", workspace.features / f"{name}.parquet")
-    return rows, as_of
+    return rows, oldest, as_of
 
 
 def _offline_table(frame: pd.DataFrame) -> Any:
@@ -130,47 +131,66 @@ def write_and_materialize(
     snapshots: Iterable[Mapping[str, pd.DataFrame]],
     extra_objects: Sequence[Any] = (),
     full: bool = False,
+    expected: Mapping[str, Sequence[str]] | None = None,
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
     plugins), and materialize to the online store.
 
-    Incremental: the newest snapshot holds every user and product, so Endcap's views are
-    materialized from the newest snapshot the previous run wrote (a first run: from the newest
-    snapshot itself): a run moves only what is new. ``full`` takes the whole retention window.
-    Plugins' views always take the whole window: the newest row per entity wins, whatever its
-    timestamp.
+    Every window is on the log's own timeline, never the machine's clock: it ends just after the
+    newest snapshot, whatever year the log is from. Incremental: the newest snapshot holds every
+    user and product, so Endcap's views are materialized from the newest snapshot the previous
+    run wrote (a first run: from the newest snapshot itself): a run moves only what is new.
+    ``full`` takes every snapshot. Plugins' views always take all of time: the newest row per
+    entity wins, whatever its timestamp.
+
+    ``expected`` (view name → the ids the log has) is checked against the online store once it
+    is written: when ids are missing the run fails with :class:`IncompleteMaterialization`
+    and is not recorded as done, so the next run materializes again.
     """
-    rows, as_of = write_tables(workspace, snapshots)
+    from endcap.store_coverage import IncompleteMaterialization, missing_ids
+
+    rows, oldest, as_of = write_tables(workspace, snapshots)
     store = open_store(workspace)
     endcap_views = definitions.build(workspace.root)
     store.apply([*endcap_views.all(), *extra_objects])
-    end = max(pd.Timestamp.now(tz="UTC"), as_of) + pd.Timedelta(seconds=1)
-    window_start = end - pd.Timedelta(definitions.TTL)
+    end = as_of + pd.Timedelta(seconds=1)
     state_file = workspace.feast / "materialized.json"
     previous = None if not state_file.exists() else pd.Timestamp(json.loads(state_file.read_text())["as_of"])
     if full:
-        start = window_start
+        start = oldest - pd.Timedelta(seconds=1)
     elif previous is not None and previous <= as_of:
-        start = max(window_start, previous)
+        start = previous
     else:
-        start = max(window_start, as_of)
+        start = as_of
     ours = [view.name for view in endcap_views.views()]
     store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=ours)
     theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
     if theirs:
-        store.materialize(start_date=window_start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=theirs)
+        store.materialize(start_date=ALL_TIME[0], end_date=ALL_TIME[1], feature_views=theirs)
+    missing = {view: missing_ids(store, view, ids) for view, ids in (expected or {}).items()}
+    if any(missing.values()):
+        raise IncompleteMaterialization(missing, {view: len(ids) for view, ids in (expected or {}).items()}, start, end)
     state_file.write_text(json.dumps({"as_of": as_of.isoformat()}))
     return MaterializeSummary(rows, as_of, start)
 
 
+ALL_TIME = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+"""The materialization window of plugins' views: their rows keep timestamps of their own."""
+
+
 def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, full: bool = False) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
-    ``apply`` (with the plugins' own definitions when ``host`` is given), and materialization of
-    the newest snapshot into the online store."""
+    ``apply`` (with the plugins' own definitions when ``host`` is given), materialization of
+    the newest snapshot into the online store, and a check that the store now holds every user
+    and product of ``log``."""
     from endcap.feature_tables import feature_cutoffs, iter_snapshots
 
     extra = host.feast_objects(workspace.features) if host is not None else []
-    return write_and_materialize(workspace, iter_snapshots(log, cutoffs=feature_cutoffs(log)), extra, full)
+    expected = {
+        definitions.USER_STATS: log["user_id"].unique(),
+        definitions.PRODUCT_STATS: log["item_id"].unique(),
+    }
+    return write_and_materialize(workspace, iter_snapshots(log, cutoffs=feature_cutoffs(log)), extra, full, expected)
 
 
 def _existing_store(workspace: Workspace) -> FeatureStore:
@@ -196,7 +216,6 @@ class OnlineFeatures:
         self.store = _existing_store(workspace)
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
-        self._ttl_seconds = self._user_view.ttl.total_seconds() if self._user_view.ttl else None
         self._rows: SqliteRows | None = None
         """The SQLite row reader, which can also return rows as stored (see :meth:`user_raw`)."""
         self._read_user_row = self._row_reader()
@@ -225,8 +244,8 @@ class OnlineFeatures:
         return online_read
 
     def user(self, user_id: str) -> dict[str, Any]:
-        """The user's statistics and purchase arrays; values are ``None`` for an unknown user
-        or one whose row is older than the view's TTL."""
+        """The user's statistics and purchase arrays; values are ``None`` for a user the
+        store holds no row for."""
         written, values = self._read_user_row(user_id)
         return self._row(values, self.fresh(written, bool(values)))
 
@@ -244,10 +263,10 @@ class OnlineFeatures:
         return self._row(values, self.fresh(written, bool(values)))
 
     def fresh(self, written: float | None, stored: bool) -> bool:
-        """Whether a row (``stored``: the store holds one) written at ``written`` is within the
-        view's TTL now."""
-        ttl = self._ttl_seconds
-        return stored and (ttl is None or written is None or time.time() - written <= ttl)
+        """Whether a row (``stored``: the store holds one) written at ``written`` is still valid:
+        always, once stored. Rows never expire (see ``definitions.TTL``): a snapshot's age on the
+        machine's clock says nothing about a log from another decade."""
+        return stored
 
     @staticmethod
     def _row(values: Mapping[str, ValueProto], fresh: bool) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import structlog
 from endcap.config import ServingConfig
 from endcap.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from endcap.logs import deadline_var, new_request_id
+from endcap.rate_limited import RateLimitedCount
 from endcap.serving_model import PRODUCT_FEATURE_NAMES, ServingModel
 from endcap.types import (
     EMPTY_INDEX,
@@ -195,6 +196,11 @@ class Pipeline:
         self.budgets = budgets
         """Whether a component that overruns its ``budget_ms`` is dropped: on for serving, off
         for batch jobs, where an answer must not depend on how busy the machine was."""
+        self.exclude_purchased = model.manifest.exclude_purchased
+        """Leave what the user already bought out of their answers (decided at training from the
+        log's repeat share; see :mod:`endcap.repeat_purchases`)."""
+        self.online_misses = RateLimitedCount("online_feature_miss", "users the model knows had no online row")
+        """Requests for users the model knows that the online store holds no row for."""
         self.failures: Counter[str] = Counter()
         """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
@@ -252,7 +258,8 @@ class Pipeline:
         feature layout it is served with.
         """
         watch = watch or _Stopwatch()
-        wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size)
+        purchased = user.items if self.exclude_purchased else EMPTY_INDEX
+        wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size) + int(purchased.size)
         results = self._generate(query, user, wanted, errors)
         fallback = not any(len(c) for c in results)
         if fallback:
@@ -262,7 +269,7 @@ class Pipeline:
         ids, source_scores = self._merge(results)
         watch.lap("merge")
 
-        keep = self._keep(query, ids, errors)
+        keep = self._keep(query, ids, errors, purchased)
         if not keep.all():
             ids, source_scores = ids[keep], source_scores[keep]
         watch.lap("filter")
@@ -277,6 +284,10 @@ class Pipeline:
         watch = _Stopwatch()
         _check_deadline("starting")
         user = self.users(query.user_id)
+        online_miss = not user.known and query.user_index >= 0
+        if online_miss:  # not a stranger: the model knows them though the store has no row
+            user = self.model.history_features(query.user_index)
+            self.online_misses.add()
         watch.lap("user_features")
 
         errors: dict[str, str] = {}
@@ -320,7 +331,8 @@ class Pipeline:
             scores=top_scores,
             timings=StageTimings(dict(timings)),
             errors=dict(errors),
-            cold_start=not user.known,
+            cold_start=not user.known and not online_miss,
+            online_miss=online_miss,
             fallback=prepared.fallback,
             features=prepared.features,
             candidate_scores=read_only(scores.astype(np.float32, copy=False)),
@@ -435,8 +447,15 @@ class Pipeline:
         table[rows] = self._positions[: rows.size]
         return table[ids]
 
-    def _keep(self, query: Query, ids: IndexArray, errors: dict[str, str]) -> np.ndarray:
+    def _keep(
+        self, query: Query, ids: IndexArray, errors: dict[str, str], purchased: IndexArray = EMPTY_INDEX
+    ) -> np.ndarray:
+        """Which candidates stay: not excluded by the caller, not among ``purchased`` (sorted),
+        and kept by every filter."""
         keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)
+        if purchased.size and ids.size:
+            at = np.minimum(np.searchsorted(purchased, ids), purchased.size - 1)
+            keep &= purchased[at] != ids
         for name, rule in self.model.components.filters.items():
 
             def call(rule: Any = rule) -> np.ndarray:

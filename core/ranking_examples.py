@@ -9,7 +9,6 @@ offline store, so no feature sees the label basket or anything after it.
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,15 @@ def split_history(log_frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def build_ranking_examples(
-    workspace: Workspace, host: PluginHost, config: EndcapConfig, data: TrainingData, log_frame: pd.DataFrame
+    workspace: Workspace,
+    host: PluginHost,
+    config: EndcapConfig,
+    data: TrainingData,
+    log_frame: pd.DataFrame,
+    exclude_purchased: bool = False,
 ) -> RankingExamples:
+    """Examples from each user's newest basket; with ``exclude_purchased`` the candidates leave
+    out what the user bought before, as serving will, so the ranker learns among the rest."""
     history_log, label_lines = split_history(log_frame)
     labels = label_baskets(log_frame)
     history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=data.catalog)
@@ -58,7 +64,9 @@ def build_ranking_examples(
         user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
         items_by_user = label_lines.groupby("user_id")["item_id"].agg(lambda s: set(s.astype(str)))
         cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
-        stub = Manifest("history", datetime.now(UTC).isoformat(), "", "", len(history_log), 0, 0, {}, "")
+        stub = Manifest(
+            "history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased
+        )
         blocks: list[tuple[np.ndarray, np.ndarray, str]] = []
         names: tuple[str, ...] = ()
         cutoffs = day_cutoffs(labels["label_time"])

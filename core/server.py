@@ -162,6 +162,8 @@ class Server:
             ],
         )
         self.service: RecommendationService | None = None
+        self.held = ""
+        """Why the loaded service may not answer yet (see :meth:`hold`); empty when it may."""
         self.stop_signal = ""
         add_to_server(RecommendationServicer(self.current_service), self.grpc_server)
         self.health = health.HealthServicer()
@@ -191,10 +193,15 @@ class Server:
     def current_service(self) -> RecommendationService:
         service = self.service
         if service is None:
-            raise Unavailable("the model is still loading; retry shortly")
+            raise Unavailable(f"not serving: {self.held}" if self.held else "the model is still loading; retry shortly")
         return service
 
+    def hold(self, reason: str) -> None:
+        """Stay ``NOT_SERVING``: calls are answered ``UNAVAILABLE`` with ``reason``."""
+        self.held = reason
+
     def attach(self, service: RecommendationService) -> None:
+        self.held = ""
         self.service = service
         self.calls.after_call = service.monitor_feed.drain  # monitors run once a call's answer is sent
         self._set_health(health_pb2.HealthCheckResponse.SERVING)

@@ -22,6 +22,7 @@ from endcap.pipeline import Pipeline, Recommendation
 from endcap.plugin_host import PluginHost
 from endcap.realtime import RealtimeFeatures
 from endcap.serving_model import ServingModel, load_newest_sound_model, load_serving_model
+from endcap.store_coverage import check_model_against_store
 from endcap.types import Event, Query
 from endcap.workspace import Workspace
 
@@ -83,6 +84,7 @@ class RecommendationService:
                 model = load_serving_model(
                     self.workspace, self.host, self.online, target, monitors=self.model.components.monitors
                 )
+                check_model_against_store(model, self.online.user)
             except EndcapError as exc:
                 if self._refused != target:
                     log.error("reload_refused", version=target, serving=self.model.version, reason=str(exc))

@@ -41,6 +41,8 @@ class ServingModel:
     product_features: np.ndarray
     """``n_items × len(PRODUCT_FEATURE_NAMES)`` float32 in C order (a request takes rows), read from
     the online store at load."""
+    user_items: sp.csr_matrix | None = None
+    """The users × items purchase counts the model was trained on."""
 
     @property
     def version(self) -> str:
@@ -65,6 +67,21 @@ class ServingModel:
         }
         return UserFeatures(
             stats=MappingProxyType(stats), items=read_only(ids[order]), item_stats=MappingProxyType(item_stats)
+        )
+
+    def history_features(self, user_index: int) -> UserFeatures:
+        """What the model itself knows of a user it was trained on: the items of their row in the
+        training matrix and how often each was bought; no statistics, so :attr:`UserFeatures.known`
+        stays false. For a user whose online row is missing."""
+        if self.user_items is None or not 0 <= user_index < self.user_items.shape[0]:
+            return UserFeatures(stats=MappingProxyType({}))
+        start, end = self.user_items.indptr[user_index], self.user_items.indptr[user_index + 1]
+        items = self.user_items.indices[start:end].astype(np.int32)
+        order = np.argsort(items, kind="stable")
+        counts = np.asarray(self.user_items.data[start:end], dtype=np.float32)[order]
+        item_stats = {"times_bought": read_only(counts), "orders_since_last_bought": read_only(np.zeros_like(counts))}
+        return UserFeatures(
+            stats=MappingProxyType({}), items=read_only(items[order]), item_stats=MappingProxyType(item_stats)
         )
 
 
@@ -96,7 +113,13 @@ def load_components(
             ) from exc
 
 
-def assemble(manifest: Manifest, catalog: Catalog, components: Components, products: pd.DataFrame) -> ServingModel:
+def assemble(
+    manifest: Manifest,
+    catalog: Catalog,
+    components: Components,
+    products: pd.DataFrame,
+    user_items: sp.csr_matrix | None = None,
+) -> ServingModel:
     """A serving model from loaded components and the product statistics (rows in catalogue order)."""
     return ServingModel(
         manifest=manifest,
@@ -107,6 +130,7 @@ def assemble(manifest: Manifest, catalog: Catalog, components: Components, produ
         product_features=np.ascontiguousarray(
             np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32))
         ),
+        user_items=user_items,
     )
 
 
@@ -141,7 +165,7 @@ def load_serving_model(
         lambda refs: online.product_features(refs, item_ids),
         workspace.root,
     )
-    model = assemble(manifest, catalog, components, online.products(list(catalog.item_ids)))
+    model = assemble(manifest, catalog, components, online.products(list(catalog.item_ids)), user_items)
     log.info(
         "model_loaded",
         version=manifest.version,

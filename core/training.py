@@ -10,11 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import structlog
+from endcap import repeat_purchases
+from endcap.feature_repo.definitions import USER_STATS
+from endcap.feature_store import open_store
 from endcap.ingest import load_interactions
 from endcap.models import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog
 from endcap.plugin_host import PluginHost
 from endcap.ranking_examples import build_ranking_examples
 from endcap.registry import kind_of
+from endcap.store_coverage import check_users_stored, missing_ids
 from endcap.training_data import build_training_data
 from endcap.types import FeatureMatrix, ModelContext, Query, Ranker, TrainingData
 from endcap.workspace import Workspace
@@ -41,22 +45,36 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
 
     With ``validate`` the same configuration is first trained without each user's newest basket
     and scored on it (see :func:`endcap.evaluation.holdout_metrics`); the figures go in the manifest
-    and are what ``endcap promote`` compares.
+    and are what ``endcap promote`` compares. The log's repeat share decides, under
+    ``serving.exclude_purchased: auto``, whether answers leave out already-bought items (see
+    :mod:`endcap.repeat_purchases`); the manifest records both.
+
+    :raises FailedPrecondition: the online store lacks users of the log (run ``endcap features``).
     """
-    log = load_interactions(workspace)
+    purchases = load_interactions(workspace)
+    check_users_stored(
+        lambda ids: missing_ids(open_store(workspace), USER_STATS, ids),
+        purchases["user_id"].unique(),
+        "model not written",
+        "run 'endcap features' (it materializes the log the model is trained on), then 'endcap train'",
+    )
+    setting = host.config.serving.exclude_purchased
+    profile = repeat_purchases.measure(purchases)
+    excluded = repeat_purchases.exclude_purchased(setting, profile)
+    log.info("repeat_purchases", summary=repeat_purchases.describe(setting, profile, excluded))
     validation: dict[str, float] = {}
     if validate:
         from endcap.evaluation import holdout_metrics
 
-        validation = holdout_metrics(workspace, host.config, host, log)
-    data = build_training_data(log)
+        validation = holdout_metrics(workspace, host.config, host, purchases)
+    data = build_training_data(purchases)
     ingest = json.loads(workspace.ingest_manifest.read_text()) if workspace.ingest_manifest.exists() else {}
     registry = ModelRegistry(workspace.models)
     staging = registry.staging_dir()
     try:
         built = host.build_components()
         if any(c.needs_ranking_examples for c in built.all()):
-            examples = build_ranking_examples(workspace, host, host.config, data, log)
+            examples = build_ranking_examples(workspace, host, host.config, data, purchases, excluded)
             data = replace(data, ranking_examples=examples)
         save_catalog(staging, data.catalog, data.user_items)
         components: dict[str, ComponentManifest] = {}
@@ -79,12 +97,14 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
             trained_at=datetime.now(UTC).isoformat(),
             data_fingerprint=ingest.get("fingerprint", ""),
             data_source=ingest.get("source", str(workspace.interactions)),
-            training_rows=len(log),
+            training_rows=len(purchases),
             users=data.catalog.n_users,
             items=data.catalog.n_items,
             components=components,
             endcap_version=distribution_version("endcap"),
             validation=validation,
+            repeat_share=round(profile.share, 5),
+            exclude_purchased=excluded,
         )
         registry.commit(staging, manifest)
     except BaseException:

@@ -143,7 +143,10 @@ class RequestRecord:
     errors: Mapping[str, str] = field(default_factory=dict)
     """Components that failed or overran their budget for this request, and why."""
     cold_start: bool = False
-    """The feature store knew nothing of the user."""
+    """Neither the model nor the feature store knew the user."""
+    online_miss: bool = False
+    """The model knows the user but the online store held no row for them: answered from what
+    the model knows (its own purchase matrix), without the ranker's user features."""
     features: FeatureMatrix | None = None
     """The ranked candidates' features (read-only), for monitors that watch their distribution."""
     candidate_scores: ScoreArray | None = None

@@ -17,7 +17,10 @@ from pathlib import Path
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
-TTL = timedelta(days=3650)
+TTL = timedelta(0)
+"""No expiry: a row is a snapshot of the user's or product's whole history up to the log's newest
+event, so its age on the machine's clock says nothing about it (Feast reads ``0`` as "never
+expires", both online and in point-in-time joins)."""
 USER_STATS = "user_stats"
 PRODUCT_STATS = "product_stats"
 

@@ -106,7 +106,16 @@ class ServiceMetrics(endcap.Monitor):
             "endcap_fallbacks", "Requests served by the fallback source", ["variant"], registry=registry
         )
         self.cold_starts = Counter(
-            "endcap_cold_starts", "Requests for users unknown to the feature store", ["variant"], registry=registry
+            "endcap_cold_starts",
+            "Requests for users unknown to the model and the feature store",
+            ["variant"],
+            registry=registry,
+        )
+        self.online_misses = Counter(
+            "endcap_online_feature_misses",
+            "Requests for users the model knows but the online store holds no row for (answered from the model)",
+            ["variant"],
+            registry=registry,
         )
         self.feature_misses = Counter(
             "endcap_feature_store_misses", "Online reads that found no user row", registry=registry
@@ -144,6 +153,9 @@ class ServiceMetrics(endcap.Monitor):
             self.fallbacks.labels(variant).inc()
         if record.cold_start:
             self.cold_starts.labels(variant).inc()
+            self.feature_misses.inc()
+        elif record.online_miss:
+            self.online_misses.labels(variant).inc()
             self.feature_misses.inc()
         read_seconds = record.timings.ms.get("user_features", 0.0) / 1000.0
         self.feature_reads.observe((((), read_seconds),))

@@ -1,0 +1,165 @@
+"""Does the online store hold what the log (or a model) needs? Counted, never assumed.
+
+A materialization can write nothing without an error (a window that misses the log's dates, a
+store profile pointing elsewhere), and serving would then treat every shopper as a stranger.
+``endcap features``, ``endcap train`` and ``endcap serve`` each ask here first and refuse, with
+the count and the likely cause, when ids are missing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from endcap.errors import FailedPrecondition
+
+BATCH = 2000
+"""Keys per ``online_read`` on stores without a direct path (Redis)."""
+EXAMPLES = 3
+
+NOUNS = {"user_stats": "users", "product_stats": "products"}
+
+
+@dataclass(frozen=True)
+class MissingIds:
+    """How many of ``total`` ids a view lacks, with a few of them to look up by hand."""
+
+    count: int
+    total: int
+    examples: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def describe(self, noun: str) -> str:
+        shown = ", ".join(repr(e) for e in self.examples)
+        return f"{self.count} of {self.total} {noun} (e.g. {shown})"
+
+
+def missing_ids(store: Any, view_name: str, ids: Sequence[str] | np.ndarray) -> MissingIds:
+    """The ids among ``ids`` for which the online store holds no row of ``view_name``."""
+    ids = pd.unique(np.asarray(ids, dtype=object))
+    view = store.get_feature_view(view_name)
+    online = store._get_provider().online_store
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    if isinstance(online, SqliteOnlineStore):
+        present = _sqlite_present(store, online, view, ids)
+    else:
+        present = _read_present(store, online, view, ids)
+    absent = ids[~present]
+    return MissingIds(int(absent.size), int(ids.size), tuple(str(i) for i in absent[:EXAMPLES]))
+
+
+def _join_key(view: Any) -> str:
+    [column] = view.entity_columns
+    return str(column.name)
+
+
+def _sqlite_present(store: Any, online: Any, view: Any, ids: np.ndarray) -> np.ndarray:
+    """One scan of the view's table: the set of keys written, each id's key looked up in it."""
+    from endcap.sqlite_rows import string_key_encoder
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    config = store.config
+    version = config.entity_key_serialization_version
+    encode = string_key_encoder(_join_key(view), lambda proto: serialize_entity_key(proto, version))
+    table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    database = Path(online._get_db_path(config))
+    if not database.exists():
+        return np.zeros(ids.size, dtype=bool)
+    quoted = '"' + table.replace('"', '""') + '"'
+    connection = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        written = {key for (key,) in connection.execute(f"SELECT DISTINCT entity_key FROM {quoted}")}
+    except sqlite3.OperationalError:  # no such table: nothing was ever written to the view
+        written = set()
+    finally:
+        connection.close()
+    return np.fromiter((encode(str(i)) in written for i in ids), dtype=bool, count=ids.size)
+
+
+def _read_present(store: Any, online: Any, view: Any, ids: np.ndarray) -> np.ndarray:
+    """Through the store's own ``online_read``, a batch of keys at a time."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    join_key = _join_key(view)
+    feature = view.features[0].name
+    present = np.zeros(ids.size, dtype=bool)
+    for start in range(0, ids.size, BATCH):
+        keys = [
+            EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=str(i))])
+            for i in ids[start : start + BATCH]
+        ]
+        rows = online.online_read(store.config, view, keys, [feature])
+        present[start : start + len(keys)] = [values is not None and bool(values) for _, values in rows]
+    return present
+
+
+class IncompleteMaterialization(FailedPrecondition):
+    """The online store lacks users or products of the log after ``endcap features`` wrote it."""
+
+    def __init__(
+        self, missing: Mapping[str, MissingIds], expected: Mapping[str, int], start: pd.Timestamp, end: pd.Timestamp
+    ) -> None:
+        lacking = " and ".join(found.describe(NOUNS.get(view, view)) for view, found in missing.items() if found)
+        super().__init__(
+            f"the online store lacks {lacking} of the purchase log after materializing the snapshots dated "
+            f"{start.isoformat()} to {end.isoformat()}; nothing was recorded as materialized. Check that "
+            "feature_store.profile in endcap.yaml names the store you read, then run 'endcap features --full'"
+        )
+        self.missing = dict(missing)
+        self.expected = dict(expected)
+
+
+def check_users_stored(
+    has_row: Callable[[Sequence[str]], MissingIds], user_ids: Sequence[str] | np.ndarray, what: str, then: str
+) -> None:
+    """Raise :class:`FailedPrecondition` naming how many of ``user_ids`` have no online row.
+
+    :param has_row: counts the ids without a row (:func:`missing_ids` bound to a store and view,
+        or a sampling reader).
+    :param what: what is refused, for the message ("model not written").
+    :param then: what to do about it.
+    """
+    missing = has_row(user_ids)
+    if missing:
+        raise FailedPrecondition(
+            f"{what}: the online store lacks {missing.describe('users')} the model was trained on; {then}"
+        )
+
+
+def sampled_user_rows(read_user: Callable[[str], Mapping[str, Any]], sample: int = 2000, seed: int = 0) -> Any:
+    """A ``has_row`` for :func:`check_users_stored` that reads a seeded sample of at most
+    ``sample`` users one by one (the serving read), so a server checks its model against the store
+    in milliseconds whatever the catalogue's size; ``total`` is then the sample's size."""
+
+    def has_row(user_ids: Sequence[str] | np.ndarray) -> MissingIds:
+        ids = np.asarray(user_ids, dtype=object)
+        if ids.size > sample:
+            ids = np.random.default_rng(seed).choice(ids, sample, replace=False)
+        absent = [str(i) for i in ids if read_user(str(i)).get("orders") is None]
+        return MissingIds(len(absent), int(ids.size), tuple(absent[:EXAMPLES]))
+
+    return has_row
+
+
+def check_model_against_store(model: Any, read_user: Callable[[str], Mapping[str, Any]]) -> None:
+    """Refuse to serve ``model`` (a :class:`ServingModel`) when a sample of its users has no row
+    in the online store: the store was built from another log, or not materialized.
+
+    :raises FailedPrecondition: with the count and what to run.
+    """
+    check_users_stored(
+        sampled_user_rows(read_user),
+        model.catalog.user_ids,
+        f"model {model.version} does not match the online store (sampled users)",
+        "run 'endcap features' on the log the model was trained on, or promote a model trained on the store's log",
+    )
