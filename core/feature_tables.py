@@ -194,17 +194,29 @@ def _per_user_lists(lengths: np.ndarray, **values: pa.Array) -> dict[str, pd.Ser
     return columns
 
 
-def label_baskets(log: pd.DataFrame) -> pd.DataFrame:
-    """Each user's newest basket (``user_id, basket_id, label_time``), for users with at least two:
-    what a ranker learns to predict from everything before it."""
+def label_baskets(log: pd.DataFrame, label_share: float = 0.0) -> pd.DataFrame:
+    """The baskets a ranker learns to predict from everything before them (``user_id,
+    basket_index, label_time``), for users with at least two baskets: each user's newest basket,
+    and with ``label_share`` > 0 the newest baskets holding at least that share of the user's
+    lines (always leaving the first basket as history). ``label_time`` is the user's earliest
+    label basket's time, the same on each of their rows: features are read as of then."""
     log = add_basket_index(log) if "basket_index" not in log.columns else log
-    times = log.groupby(["user_id", "basket_index"], sort=False)["timestamp"].min().reset_index()
-    last = times.groupby("user_id", sort=False)["basket_index"].transform("max")
-    labels = times[(times["basket_index"] == last) & (last >= 1)]
-    return labels.rename(columns={"timestamp": "label_time"}).reset_index(drop=True)
+    baskets = log.groupby(["user_id", "basket_index"], sort=False).agg(
+        label_time=("timestamp", "min"), lines=("timestamp", "size")
+    )
+    baskets = baskets.reset_index().sort_values(["user_id", "basket_index"], ascending=[True, False])
+    newest = baskets.groupby("user_id", sort=False)["basket_index"].transform("max")
+    lines_after = baskets.groupby("user_id", sort=False)["lines"].cumsum() - baskets["lines"]
+    total = baskets.groupby("user_id", sort=False)["lines"].transform("sum")
+    wanted = (baskets["basket_index"] == newest) | (lines_after < label_share * total)
+    labels = baskets[wanted & (baskets["basket_index"] >= 1)].copy()
+    labels["label_time"] = labels.groupby("user_id", sort=False)["label_time"].transform("min")
+    return labels[["user_id", "basket_index", "label_time"]].reset_index(drop=True)
 
 
 def feature_cutoffs(log: pd.DataFrame) -> list[pd.Timestamp]:
-    """The snapshots ``endcap features`` writes: one per day on which a label basket falls (for
-    point-in-time training joins) and the serving snapshot."""
-    return [*day_cutoffs(label_baskets(log)["label_time"]), serving_cutoff(log)]
+    """The snapshots ``endcap features`` writes: one per day on which a user's label baskets
+    start (for point-in-time training joins) and the serving snapshot."""
+    from endcap.repeat_purchases import label_share
+
+    return [*day_cutoffs(label_baskets(log, label_share(log))["label_time"]), serving_cutoff(log)]

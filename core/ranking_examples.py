@@ -21,6 +21,7 @@ from endcap.models import Manifest, component_dir
 from endcap.pipeline import Pipeline
 from endcap.plugin_host import PluginHost
 from endcap.registry import kind_of
+from endcap.repeat_purchases import label_share
 from endcap.serving_model import assemble, load_components
 from endcap.training_data import build_training_data
 from endcap.types import Query, RankingExamples, TrainingData
@@ -29,10 +30,10 @@ from endcap.workspace import Workspace
 log = structlog.get_logger("endcap.training")
 
 
-def split_history(log_frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(history, labels)``: the log without each user's label basket, and the label lines."""
+def split_history(log_frame: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(history, label lines)``: the log without the ``labels`` baskets (see
+    :func:`label_baskets`), and those baskets' lines."""
     log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
-    labels = label_baskets(log_frame)
     key = log_frame.set_index(["user_id", "basket_index"]).index
     is_label = key.isin(labels.set_index(["user_id", "basket_index"]).index)
     return log_frame[~is_label], log_frame[is_label]
@@ -48,8 +49,10 @@ def build_ranking_examples(
 ) -> RankingExamples:
     """Examples from each user's newest basket; with ``exclude_purchased`` the candidates leave
     out what the user bought before, as serving will, so the ranker learns among the rest."""
-    history_log, label_lines = split_history(log_frame)
-    labels = label_baskets(log_frame)
+    log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
+    label_rows = label_baskets(log_frame, label_share(log_frame))
+    history_log, label_lines = split_history(log_frame, label_rows)
+    labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
     history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=data.catalog)
     historical = HistoricalFeatures(workspace)
     components = host.build_components()
@@ -64,9 +67,7 @@ def build_ranking_examples(
         user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
         items_by_user = label_lines.groupby("user_id")["item_id"].agg(lambda s: set(s.astype(str)))
         cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
-        stub = Manifest(
-            "history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased
-        )
+        stub = Manifest("history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased)
         blocks: list[tuple[np.ndarray, np.ndarray, str]] = []
         names: tuple[str, ...] = ()
         cutoffs = day_cutoffs(labels["label_time"])

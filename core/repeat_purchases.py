@@ -55,6 +55,18 @@ def measure(log: pd.DataFrame) -> RepeatProfile:
     )
 
 
+LABEL_SHARE = 0.25
+"""In a no-repeat log, the share of each user's newest lines a ranker learns to predict: a
+basket there is one day of ratings, often a single item, too few to learn from."""
+
+
+def label_share(log: pd.DataFrame) -> float:
+    """How much of each user's newest history the ranker's training labels hold (see
+    :func:`endcap.feature_tables.label_baskets`): the newest basket in a log with repeat
+    consumption, :data:`LABEL_SHARE` of the lines in one without."""
+    return LABEL_SHARE if measure(log).share < REPEAT_THRESHOLD else 0.0
+
+
 def exclude_purchased(setting: str, profile: RepeatProfile) -> bool:
     """Whether serving leaves out what the user already bought: ``always``, ``never``, or under
     ``auto`` when the log shows (almost) no repeat consumption."""
