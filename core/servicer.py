@@ -86,6 +86,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             items=manifest.items,
             plugins=[pb.PluginInfo(name=p.name, version=p.version, hooks=list(p.hooks)) for p in host.plugins],
             components=[f"{key} ({c.type})" for key, c in sorted(manifest.components.items())],
+            repeat_share=manifest.repeat_share or 0.0,
+            exclude_purchased=manifest.exclude_purchased,
         )
 
 

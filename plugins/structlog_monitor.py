@@ -54,6 +54,10 @@ class StructlogMonitor(endcap.Monitor):
         }
         if record.errors:
             fields["source_errors"] = dict(record.errors)
+        if record.cold_start:
+            fields["cold_start"] = True
+        if record.online_miss:
+            fields["online_miss"] = True
         if self.config.include_items:
             fields["items"] = list(record.item_ids)
         info_line(self.log, "recommend", fields)

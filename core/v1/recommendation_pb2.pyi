@@ -339,12 +339,20 @@ class GetModelInfoResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _builtins.int
     PLUGINS_FIELD_NUMBER: _builtins.int
     COMPONENTS_FIELD_NUMBER: _builtins.int
+    REPEAT_SHARE_FIELD_NUMBER: _builtins.int
+    EXCLUDE_PURCHASED_FIELD_NUMBER: _builtins.int
     model_version: _builtins.str
     data_fingerprint: _builtins.str
     """Fingerprint (sha256) of the purchase log the model was trained on."""
     training_rows: _builtins.int
     users: _builtins.int
     items: _builtins.int
+    repeat_share: _builtins.float
+    """Share of the training log's purchases that repeat an item the buyer had bought before."""
+    exclude_purchased: _builtins.bool
+    """Whether answers leave out items the user already bought (serving.exclude_purchased, decided
+    at training from repeat_share under "auto").
+    """
     @_builtins.property
     def trained_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -364,10 +372,12 @@ class GetModelInfoResponse(_message.Message):
         items: _builtins.int = ...,
         plugins: _abc.Iterable[Global___PluginInfo] | None = ...,
         components: _abc.Iterable[_builtins.str] | None = ...,
+        repeat_share: _builtins.float = ...,
+        exclude_purchased: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trained_at", b"trained_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "data_fingerprint", b"data_fingerprint", "items", b"items", "model_version", b"model_version", "plugins", b"plugins", "trained_at", b"trained_at", "training_rows", b"training_rows", "users", b"users"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "data_fingerprint", b"data_fingerprint", "exclude_purchased", b"exclude_purchased", "items", b"items", "model_version", b"model_version", "plugins", b"plugins", "repeat_share", b"repeat_share", "trained_at", b"trained_at", "training_rows", b"training_rows", "users", b"users"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
