@@ -63,7 +63,7 @@ def model_configuration(config: EndcapConfig, host: PluginHost) -> dict[str, Any
     """The configuration a model was trained with, as JSON values, with the loaded plugins' versions."""
     dumped = config.model_dump(mode="json")
     resolved = {key: dumped[key] for key in CONFIGURATION_KEYS}
-    resolved["plugin_versions"] = {info.name: info.version for info in host.plugins()}
+    resolved["plugin_versions"] = {info.name: info.version for info in host.plugins}
     return resolved
 
 
