@@ -130,14 +130,15 @@ def _against_current(
     if rescore is None:
         raise GateRefused(
             f"model {chosen.version} and the current {current_version} were validated on different holdouts, and "
-            "nothing here can retrain the current configuration on the candidate's; run 'endcap promote' in the "
-            "workspace, or pass --force"
+            "nothing here can retrain the current configuration on the candidate's; the current model stays (run "
+            "'endcap promote' in the workspace, or pass --force)"
         )
     try:
         reference = np.asarray(rescore(chosen, current), dtype=np.float64)
     except FailedPrecondition as exc:
         raise GateRefused(
-            f"model {chosen.version} cannot be compared with the current {current_version}: {exc}"
+            f"model {chosen.version} cannot be compared with the current {current_version}, "
+            f"so the current model stays: {exc}"
         ) from exc
     return compare(scores.pipeline, reference, name, "the current configuration retrained on this holdout")
 
