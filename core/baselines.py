@@ -35,7 +35,7 @@ def _user_rows(data: TrainingData, users: list[str]) -> np.ndarray:
     if (rows < 0).any():
         missing = [u for u, r in zip(users, rows, strict=True) if r < 0][:5]
         raise ValueError(f"users not in the training rows: {missing}; every evaluated user must have training lines")
-    return rows
+    return np.asarray(rows, dtype=np.int64)
 
 
 def frequency_baselines(

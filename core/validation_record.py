@@ -103,4 +103,4 @@ def rescore_configuration(workspace: Workspace, candidate: Manifest, current: Ma
     config, host = configuration_host(current.configuration, current.version)
     split = TargetSplit("holdout-current", split.training, split.target, split.protocol, split.seed)
     scored = holdout_validation(workspace, config, host, split)
-    return scored.pipeline
+    return np.asarray(scored.pipeline, dtype=np.float64)
