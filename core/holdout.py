@@ -109,7 +109,7 @@ def split_for(log_frame: pd.DataFrame, target: str, protocol: str, seed: int = D
 
 
 def _frame_digest(frame: pd.DataFrame, columns: list[str]) -> bytes:
-    ordered = frame[columns].astype(str).sort_values(columns, kind="stable")
+    ordered = frame[columns].sort_values(columns, kind="stable")  # row order does not matter; values hash by value
     hashed = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).digest()
 
