@@ -10,9 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from endcap.errors import EndcapError, FailedPrecondition, InputFileError, InvalidArgument
 from endcap.workspace import Workspace
+
+if TYPE_CHECKING:
+    from endcap.promotion import Promotion, Rescore
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_HOLDOUT_SEED = 20240101
@@ -82,15 +86,15 @@ def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
     return 0
 
 
-def _gate_rescore(workspace: Workspace):  # type: ignore[no-untyped-def]
+def _gate_rescore(workspace: Workspace) -> Rescore:
     """The promotion gate's way to score the current configuration on a candidate's holdout."""
     from endcap.validation_record import rescore_configuration
 
     return lambda candidate, current: rescore_configuration(workspace, candidate, current)
 
 
-def _say_comparisons(promotion_or_error: object) -> None:
-    for comparison in getattr(promotion_or_error, "comparisons", []):
+def _say_comparisons(promotion: Promotion) -> None:
+    for comparison in promotion.comparisons:
         _say(f"  against {comparison.reference}: {comparison.describe()}")
 
 
@@ -471,11 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-validate",
         action="store_true",
-        help="skip the validation holdout (trains once; promote's quality gate then has nothing to compare)",
+        help="skip the validation holdout (trains once; the promotion gate then refuses the version unless --force)",
     )
 
     promote = add(
-        "promote", cmd_promote, "make a model version current if it beats popularity and the current model's holdout"
+        "promote",
+        cmd_promote,
+        "make a model version current if, on the same holdout, it beats popularity and is not worse than the current",
     )
     promote.add_argument("version", nargs="?", help="version to promote (default: the newest)")
     promote.add_argument("--force", action="store_true", help="promote without the gate's comparisons")
