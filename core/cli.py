@@ -10,12 +10,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from endcap.errors import EndcapError, FailedPrecondition, InputFileError, InvalidArgument
 from endcap.workspace import Workspace
 
+if TYPE_CHECKING:
+    from endcap.promotion import Promotion, Rescore
+
 DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_HOLDOUT_SEED = 20240101
+"""The random holdout's default seed (``endcap.holdout.DEFAULT_SEED``; not imported here, to keep start-up light)."""
 
 
 def _say(message: str) -> None:
@@ -81,6 +86,18 @@ def cmd_features(args: argparse.Namespace, workspace: Workspace) -> int:
     return 0
 
 
+def _gate_rescore(workspace: Workspace) -> Rescore:
+    """The promotion gate's way to score the current configuration on a candidate's holdout."""
+    from endcap.validation_record import rescore_configuration
+
+    return lambda candidate, current: rescore_configuration(workspace, candidate, current)
+
+
+def _say_comparisons(promotion: Promotion) -> None:
+    for comparison in promotion.comparisons:
+        _say(f"  against {comparison.reference}: {comparison.describe()}")
+
+
 def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
     from endcap.models import ModelRegistry
     from endcap.promotion import GateRefused, promote
@@ -94,7 +111,8 @@ def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
     _say(
         f"trained model {manifest.version} on {manifest.training_rows} rows "
         f"({manifest.users} users, {manifest.items} items) in {time.perf_counter() - started:.1f}s; "
-        f"validation ndcg@10 {validation.get('ndcg@10', float('nan')):.4f}, "
+        f"validation ndcg@10 {validation.get('ndcg@10', float('nan')):.4f} "
+        f"(popularity {validation.get('popularity_ndcg@10', float('nan')):.4f}), "
         f"recall@10 {validation.get('recall@10', float('nan')):.4f}"
     )
     _say(
@@ -106,10 +124,12 @@ def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
         _say("not promoted (--no-promote); 'endcap promote' makes it current")
         return 0
     try:
-        promote(ModelRegistry(workspace.models), manifest.version)
-        _say(f"{manifest.version} is now current")
+        done = promote(ModelRegistry(workspace.models), manifest.version, rescore=_gate_rescore(workspace))
     except GateRefused as exc:
         _say(f"written but not promoted: {exc}")
+        return 0
+    _say_comparisons(done)
+    _say(f"{manifest.version} is now current (previous: {done.previous or 'none'})")
     return 0
 
 
@@ -117,9 +137,11 @@ def cmd_promote(args: argparse.Namespace, workspace: Workspace) -> int:
     from endcap.models import ModelRegistry
     from endcap.promotion import promote
 
-    done = promote(ModelRegistry(workspace.models), args.version, force=args.force)
+    done = promote(ModelRegistry(workspace.models), args.version, force=args.force, rescore=_gate_rescore(workspace))
+    _say_comparisons(done)
     scores = f" (validation ndcg@10 {done.candidate_score:.4f})" if done.candidate_score is not None else ""
-    _say(f"{done.version} is now current{scores}; previous: {done.previous or 'none'}")
+    forced = " (forced past the gate)" if done.forced else ""
+    _say(f"{done.version} is now current{scores}{forced}; previous: {done.previous or 'none'}")
     return 0
 
 
@@ -391,7 +413,7 @@ def cmd_evaluate(args: argparse.Namespace, workspace: Workspace) -> int:
     config, host = _host(workspace)
     log = load_interactions(workspace)
     started = time.perf_counter()
-    results = evaluate(workspace, config, host, log)
+    results = evaluate(workspace, config, host, log, protocol=args.protocol, seed=args.seed)
     source = (
         json_module.loads(workspace.ingest_manifest.read_text())["source"] if workspace.ingest_manifest.exists() else ""
     )
@@ -487,12 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-validate",
         action="store_true",
-        help="skip the validation holdout (trains once; promote's quality gate then has nothing to compare)",
+        help="skip the validation holdout (trains once; the promotion gate then refuses the version unless --force)",
     )
 
-    promote = add("promote", cmd_promote, "make a model version current, unless it is worse on validation")
+    promote = add(
+        "promote",
+        cmd_promote,
+        "make a model version current if, on the same holdout, it beats popularity and is not worse than the current",
+    )
     promote.add_argument("version", nargs="?", help="version to promote (default: the newest)")
-    promote.add_argument("--force", action="store_true", help="promote even if worse than the current model")
+    promote.add_argument("--force", action="store_true", help="promote without the gate's comparisons")
 
     add("models", cmd_models, "list model versions with their validation metrics (* = current)")
 
@@ -532,7 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--master", default="local[*]", help="Spark master URL for --engine spark (default local[*])")
     batch.add_argument("--threads", type=int, default=2, help="threads of the local engine (default 2)")
 
-    evaluate = add("evaluate", cmd_evaluate, "temporal-split evaluation against baselines, with ablations")
+    evaluate = add("evaluate", cmd_evaluate, "holdout evaluation against baselines, with ablations")
+    evaluate.add_argument(
+        "--protocol",
+        choices=("last-basket", "random-holdout"),
+        default="last-basket",
+        help="last-basket: each user's newest basket is the test target (default); random-holdout: a seeded "
+        "random 25%% of each user's items (for logs without baskets, such as ratings)",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=DEFAULT_HOLDOUT_SEED, help=f"random-holdout seed (default {DEFAULT_HOLDOUT_SEED})"
+    )
     evaluate.add_argument("--out", help="report directory (default: <workspace>/reports/evaluation-<time>)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON instead of markdown")
 

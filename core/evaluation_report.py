@@ -6,7 +6,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from endcap.baselines import ALS_BASELINE
 from endcap.evaluation import KS, MAX_K, TargetResult
+from endcap.holdout import MIN_RANDOM_HOLDOUT_ITEMS
 
 COLUMNS = [
     ("Recall@10", "recall@10"),
@@ -23,19 +25,42 @@ COLUMNS = [
 ]
 
 
+PROTOCOL_TEXT = {
+    "last-basket": "Temporal split (last-basket): each user's newest basket is the test basket, the one before it "
+    "the validation basket, everything earlier trains the models (users with at least three baskets are evaluated).",
+    "random-holdout": "Random holdout: a seeded random 25 % of each user's distinct items is the test target, another "
+    "disjoint 25 % the validation target, every line of the other items trains the models (users with at least "
+    f"{MIN_RANDOM_HOLDOUT_ITEMS} distinct items are evaluated).",
+}
+
+
+def _describe(result: TargetResult) -> str:
+    share = "not measured" if result.repeat_share is None else f"{result.repeat_share:.4f}"
+    choice = "left out of every ranking" if result.exclude_purchased else "kept"
+    return (
+        f"Repeat share of the training lines: {share}; exclude_purchased: {str(result.exclude_purchased).lower()} "
+        f"(the users' training items are {choice}, baselines included)."
+    )
+
+
 def markdown(results: list[TargetResult], source: str) -> str:
+    first = results[0] if results else TargetResult("", 0)
+    seed = f" Seed {first.seed}." if first.seed is not None else ""
     lines = [
         "# Endcap offline evaluation",
         "",
-        f"Purchase log: `{source}`. Temporal split: each user's newest basket is the test basket, the one "
-        "before it the validation basket, everything earlier trains the models (users with at least three "
-        "baskets are evaluated). NDCG divides by the ideal DCG over the whole target basket. *Repeat* counts "
-        "hits on items the user had bought before, *explore* hits on items new to them.",
+        f"Purchase log: `{source}`. Protocol: `{first.protocol}`.{seed} {PROTOCOL_TEXT.get(first.protocol, '')} "
+        "NDCG divides by the ideal DCG over the whole target. *Repeat* counts hits on items the user had bought "
+        "before, *explore* hits on items new to them. ALS is plain implicit ALS trained on the same training rows "
+        f"({', '.join(f'{k}={v}' for k, v in ALS_BASELINE.items())}).",
     ]
     for result in results:
         lines += [
             "",
-            f"## {result.name.capitalize()} basket — {result.users} users, model {result.model_version}",
+            f"## {result.name.capitalize()} {'basket' if result.protocol == 'last-basket' else 'target'} — "
+            f"{result.users} users, model {result.model_version}",
+            "",
+            _describe(result),
             "",
             "| System | " + " | ".join(title for title, _ in COLUMNS) + " |",
             "|---|" + "---:|" * len(COLUMNS),
@@ -67,7 +92,7 @@ def recall_chart(result: TargetResult, path: Path) -> None:
         axes.plot(ks, scored.curve, label=system, linewidth=width)
     axes.set_xlabel("k (items recommended)")
     axes.set_ylabel("Recall@k")
-    axes.set_title(f"Recall@k on the {result.name} basket ({result.users} users)")
+    axes.set_title(f"Recall@k on the {result.name} target ({result.users} users, {result.protocol})")
     axes.set_xticks([1, 5, 10, 15, 20])
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
@@ -77,7 +102,10 @@ def recall_chart(result: TargetResult, path: Path) -> None:
 
 
 def as_json(results: list[TargetResult]) -> str:
-    return json.dumps({"ks": list(KS), "targets": [asdict(r) for r in results]}, indent=2)
+    """Every figure of every target (per-user values left out); protocol and seed at the top."""
+    targets = [{key: value for key, value in asdict(r).items() if key not in ("per_user", "user_ids")} for r in results]
+    first = results[0] if results else TargetResult("", 0)
+    return json.dumps({"ks": list(KS), "protocol": first.protocol, "seed": first.seed, "targets": targets}, indent=2)
 
 
 def write_report(results: list[TargetResult], directory: Path, source: str) -> dict[str, Path]:

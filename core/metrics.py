@@ -86,3 +86,16 @@ def pad_rankings(rows: list[np.ndarray], width: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, : min(width, row.size)] = row[:width]
     return out
+
+
+def per_user_ndcg(recommended: np.ndarray, truth: sp.csr_matrix, k: int = 10) -> np.ndarray:
+    """NDCG@k of every user with a non-empty target, in row order (the values
+    :func:`ranking_metrics` averages): what a paired comparison of two systems resamples."""
+    truth = sp.csr_matrix(truth)
+    sizes = truth.getnnz(axis=1)
+    evaluated = sizes > 0
+    hits = _lookup(truth, recommended[:, :k])[evaluated]
+    sizes = sizes[evaluated]
+    discounts = 1.0 / np.log2(np.arange(max(k, int(sizes.max(initial=1)))) + 2.0)
+    ideal = np.cumsum(discounts)[np.maximum(sizes, 1) - 1]
+    return (hits * discounts[: hits.shape[1]]).sum(axis=1) / ideal

@@ -52,7 +52,8 @@ class Manifest:
     """By ``<kind>/<name>``."""
     endcap_version: str
     validation: dict[str, float] = field(default_factory=dict)
-    """The pipeline's metrics on each user's newest basket, trained without it (empty when skipped)."""
+    """The pipeline's metrics on each user's newest basket, trained without it, and
+    ``popularity_ndcg@10`` (G-TopFreq on the same basket); empty when skipped."""
     checksums: dict[str, str] = field(default_factory=dict)
     """sha256 of every artifact file, by path relative to the version directory."""
     repeat_share: float | None = None
@@ -60,6 +61,12 @@ class Manifest:
     exclude_purchased: bool = False
     """Whether serving leaves out items the user already bought (``serving.exclude_purchased``,
     decided from :attr:`repeat_share` under ``auto``)."""
+    holdout_fingerprint: str = ""
+    """The validation holdout the per-user values in ``validation.npz`` were measured on
+    (:func:`endcap.holdout.holdout_fingerprint`); empty when validation was skipped."""
+    configuration: dict[str, Any] = field(default_factory=dict)
+    """The resolved model configuration (:func:`endcap.validation_record.model_configuration`):
+    what the promotion gate rebuilds to score this model on another version's holdout."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

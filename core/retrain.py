@@ -23,6 +23,7 @@ from endcap.ingest import canonical, load_interactions, read_purchase_log, store
 from endcap.models import ModelRegistry
 from endcap.plugin_host import PluginHost
 from endcap.promotion import Promotion, promote
+from endcap.validation_record import rescore_configuration
 from endcap.workspace import Workspace
 
 STATE_FILE = "retrain.json"
@@ -90,8 +91,15 @@ def retrain(
     say("step 3/4: training (with validation on each user's newest basket)")
     manifest = train(workspace, host, promote=False)
     ndcg = manifest.validation.get("ndcg@10", float("nan"))
-    say(f"        wrote model {manifest.version}; validation ndcg@10 {ndcg:.4f}")
-    say("step 4/4: promotion gate")
-    promotion = promote(registry, manifest.version)
+    popular = manifest.validation.get("popularity_ndcg@10", float("nan"))
+    say(f"        wrote model {manifest.version}; validation ndcg@10 {ndcg:.4f} (popularity {popular:.4f})")
+    say("step 4/4: promotion gate (against popularity and the current model, on the same holdout)")
+    promotion = promote(
+        registry,
+        manifest.version,
+        rescore=lambda candidate, current: rescore_configuration(workspace, candidate, current),
+    )
+    for comparison in promotion.comparisons:
+        say(f"        against {comparison.reference}: {comparison.describe()}")
     say(f"        {manifest.version} is now current (was {promotion.previous})")
     return RetrainResult(len(events), len(files), manifest.version, promotion, skipped=False)

@@ -127,14 +127,16 @@ def endcap_workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]], str]]:
     """``endcap_server(config)`` writes ``config`` as ``endcap.yaml``, trains, serves on a free port
-    and returns the address; every server is stopped (SIGTERM) after the test."""
+    and returns the address; every server is stopped (SIGTERM) after the test. The model is
+    trained without validation and made current with ``promote --force``: a server for contract
+    tests, whatever the plugin's quality (the promotion gate judges that in a real workspace)."""
     processes: list[subprocess.Popen[bytes]] = []
     executable = str(Path(sys.executable).parent / "endcap")
 
     def start(config: dict[str, Any]) -> str:
         (endcap_workspace / "endcap.yaml").write_text(yaml.safe_dump(config))
         workspace = ["--workspace", str(endcap_workspace)]
-        for step in (["features"], ["train"]):
+        for step in (["features"], ["train", "--no-promote", "--no-validate"], ["promote", "--force"]):
             done = subprocess.run([executable, *step, *workspace], capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 raise AssertionError(f"endcap {step[0]} failed:\n{done.stderr}")

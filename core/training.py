@@ -21,6 +21,7 @@ from endcap.registry import kind_of
 from endcap.store_coverage import check_users_stored, missing_ids
 from endcap.training_data import build_training_data
 from endcap.types import FeatureMatrix, ModelContext, Query, Ranker, TrainingData
+from endcap.validation_record import HoldoutScores, model_configuration, save_holdout_scores
 from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.training")
@@ -44,8 +45,10 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     """Fit all components and commit a new model version; make it current when ``promote``.
 
     With ``validate`` the same configuration is first trained without each user's newest basket
-    and scored on it (see :func:`endcap.evaluation.holdout_metrics`); the figures go in the manifest
-    and are what ``endcap promote`` compares. The log's repeat share decides, under
+    and scored on it, beside the popularity baseline (see
+    :func:`endcap.evaluation.holdout_validation`); the figures go in the manifest, the per-user
+    values in ``validation.npz`` (:mod:`endcap.validation_record`): what ``endcap promote`` compares.
+    The log's repeat share decides, under
     ``serving.exclude_purchased: auto``, whether answers leave out already-bought items (see
     :mod:`endcap.repeat_purchases`); the manifest records both.
 
@@ -62,11 +65,11 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     profile = repeat_purchases.measure(purchases)
     excluded = repeat_purchases.exclude_purchased(setting, profile)
     log.info("repeat_purchases", summary=repeat_purchases.describe(setting, profile, excluded))
-    validation: dict[str, float] = {}
+    validated = None
     if validate:
-        from endcap.evaluation import holdout_metrics
+        from endcap.evaluation import holdout_split, holdout_validation
 
-        validation = holdout_metrics(workspace, host.config, host, purchases)
+        validated = holdout_validation(workspace, host.config, host, holdout_split(purchases))
     data = build_training_data(purchases)
     ingest = json.loads(workspace.ingest_manifest.read_text()) if workspace.ingest_manifest.exists() else {}
     registry = ModelRegistry(workspace.models)
@@ -77,6 +80,9 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
             examples = build_ranking_examples(workspace, host, host.config, data, purchases, excluded)
             data = replace(data, ranking_examples=examples)
         save_catalog(staging, data.catalog, data.user_items)
+        if validated is not None:
+            scores = HoldoutScores(np.asarray(validated.user_ids), validated.pipeline, validated.popularity)
+            save_holdout_scores(staging, scores)
         components: dict[str, ComponentManifest] = {}
         for component in built.all():
             kind = kind_of(type(component))
@@ -102,7 +108,9 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
             items=data.catalog.n_items,
             components=components,
             endcap_version=distribution_version("endcap"),
-            validation=validation,
+            validation=validated.metrics if validated is not None else {},
+            holdout_fingerprint=validated.fingerprint if validated is not None else "",
+            configuration=model_configuration(host.config, host),
             repeat_share=round(profile.share, 5),
             exclude_purchased=excluded,
         )
