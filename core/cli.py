@@ -94,8 +94,8 @@ def _gate_rescore(workspace: Workspace) -> Rescore:
 
 
 def _say_comparisons(promotion: Promotion) -> None:
-    for comparison in promotion.comparisons:
-        _say(f"  against {comparison.reference}: {comparison.describe()}")
+    for line in promotion.lines():
+        _say(f"  {line}")
 
 
 def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:

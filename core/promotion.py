@@ -14,7 +14,9 @@ bootstrap over users (:func:`paired_bootstrap`: :data:`RESAMPLES` resamples, see
   (see :func:`endcap.validation_record.rescore_configuration`). The candidate is refused when the
   whole 95 % interval of mean(candidate − current) lies below zero (clearly worse); a tie or a
   difference the holdout cannot tell apart is promoted, so a retrain of the same configuration on
-  newer data replaces the model it refreshes.
+  newer data replaces the model it refreshes. A current version written before configurations
+  were recorded cannot be retrained: the candidate is then held to the popularity test alone, and
+  the promotion says so.
 
 ``force`` skips both comparisons.
 """
@@ -76,6 +78,12 @@ class Promotion:
     current_score: float | None
     forced: bool
     comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Comparisons the gate could not make, and why."""
+
+    def lines(self) -> list[str]:
+        """What the gate compared (and could not), a line each, for the command line."""
+        return [f"against {c.reference}: {c.describe()}" for c in self.comparisons] + self.notes
 
 
 def paired_bootstrap(
@@ -116,7 +124,9 @@ def _scores(registry: ModelRegistry, version: str) -> HoldoutScores | None:
 
 def _against_current(
     registry: ModelRegistry, chosen: Manifest, scores: HoldoutScores, current_version: str, rescore: Rescore | None
-) -> Comparison:
+) -> Comparison | str:
+    """The candidate against the current version on the candidate's holdout, or why that
+    comparison cannot be made when the current version predates recorded configurations."""
     current = registry.manifest(current_version)
     current_scores = _scores(registry, current_version)
     name = f"the current {current_version}"
@@ -127,6 +137,11 @@ def _against_current(
         and np.array_equal(current_scores.user_ids, scores.user_ids)
     ):
         return compare(scores.pipeline, current_scores.pipeline, name, "both recorded on this holdout")
+    if not current.configuration:
+        return (
+            f"the current {current_version} records no configuration (an earlier Endcap wrote it), so it cannot be "
+            f"scored on this holdout: {chosen.version} was held to the popularity test alone"
+        )
     if rescore is None:
         raise GateRefused(
             f"model {chosen.version} and the current {current_version} were validated on different holdouts, and "
@@ -163,6 +178,7 @@ def promote(
     candidate_score = manifest.validation.get(GATE_METRIC)
     current_score = registry.manifest(current_version).validation.get(GATE_METRIC) if current_version else None
     comparisons: list[Comparison] = []
+    notes: list[str] = []
     if not force:
         scores = _scores(registry, chosen)
         if scores is None or not manifest.holdout_fingerprint:
@@ -180,11 +196,14 @@ def promote(
             )
         if current_version and current_version != chosen:
             against = _against_current(registry, manifest, scores, current_version, rescore)
-            comparisons.append(against)
-            if against.high < 0.0:
+            if isinstance(against, str):
+                notes.append(against)
+            elif against.high < 0.0:
                 raise GateRefused(
                     f"model {chosen} is worse than the current {current_version}: {against.describe()}; "
                     "the current model stays (pass --force to promote anyway)"
                 )
+            else:
+                comparisons.append(against)
     registry.set_current(chosen)
-    return Promotion(chosen, current_version, candidate_score, current_score, force, comparisons)
+    return Promotion(chosen, current_version, candidate_score, current_score, force, comparisons, notes)

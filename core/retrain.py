@@ -99,7 +99,7 @@ def retrain(
         manifest.version,
         rescore=lambda candidate, current: rescore_configuration(workspace, candidate, current),
     )
-    for comparison in promotion.comparisons:
-        say(f"        against {comparison.reference}: {comparison.describe()}")
+    for line in promotion.lines():
+        say(f"        {line}")
     say(f"        {manifest.version} is now current (was {promotion.previous})")
     return RetrainResult(len(events), len(files), manifest.version, promotion, skipped=False)

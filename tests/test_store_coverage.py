@@ -73,6 +73,7 @@ def test_serve_stays_not_serving_until_model_and_store_match(tmp_path: Path) -> 
     _ingest(workspace, first, "first")
     run_cli("features", workspace=workspace)
     run_cli("train", "--no-validate", workspace=workspace)
+    run_cli("promote", "--force", workspace=workspace)  # unvalidated: the gate has nothing to compare
     (workspace / "feast" / "online.db").unlink()  # the store is rebuilt from another log
     _ingest(workspace, _renamed(make_generic_log(users=10, seed=2), "other-"), "second")
     run_cli("features", workspace=workspace)
@@ -133,6 +134,7 @@ def test_a_known_user_missing_from_the_store_is_answered_from_the_model_and_coun
     _ingest(workspace, log, "ratings")
     run_cli("features", workspace=workspace)
     run_cli("train", "--no-validate", workspace=workspace)
+    run_cli("promote", "--force", workspace=workspace)  # unvalidated: the gate has nothing to compare
     metrics_port = free_port()
     server = start_server(workspace, tmp_path, extra_args=("--metrics-port", str(metrics_port)))
     try:
