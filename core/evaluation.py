@@ -27,7 +27,14 @@ import scipy.sparse as sp
 import structlog
 from endcap.baselines import als_baseline, frequency_baselines
 from endcap.config import EndcapConfig
-from endcap.holdout import DEFAULT_SEED, TARGETS, TargetSplit, holdout_fingerprint, split_for, temporal_split
+from endcap.holdout import (
+    DEFAULT_SEED,
+    TARGETS,
+    TargetSplit,
+    holdout_fingerprint,
+    split_for,
+    temporal_split,
+)
 from endcap.metrics import pad_rankings, per_user_ndcg, ranking_metrics, recall_curve
 from endcap.plugin_host import PluginHost
 from endcap.training_data import build_training_data
@@ -214,8 +221,13 @@ class HoldoutValidation:
 
 
 def holdout_split(log_frame: pd.DataFrame) -> TargetSplit:
-    """The validation holdout of ``endcap train``: each user's newest basket (last-basket test)."""
-    split = temporal_split(log_frame, "test")
+    """The validation holdout of ``endcap train``: each user's newest basket (last-basket test)
+    in a log where people buy again; in one where they (almost) never do, a seeded random quarter
+    of each user's items (random-holdout test), since a "basket" there is one day's ratings."""
+    from endcap.repeat_purchases import label_share
+
+    no_repeats = label_share(log_frame) > 0
+    split = split_for(log_frame, "test", "random-holdout" if no_repeats else "last-basket")
     return TargetSplit("holdout", split.training, split.target, split.protocol, split.seed)
 
 
