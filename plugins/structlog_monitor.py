@@ -12,6 +12,7 @@ from typing import Any
 
 import endcap
 import structlog
+from endcap.errors import EndcapError
 from endcap.logs import info_line
 from pydantic import Field
 
@@ -73,7 +74,15 @@ class StructlogMonitor(endcap.Monitor):
         return key
 
     def on_error(self, request_id: str, query: endcap.Query | None, error: BaseException) -> None:
-        self.log.warning("request_failed", request_id=request_id, error=f"{type(error).__name__}: {error}")
+        """A refused request (an :class:`endcap.EndcapError`: its status says why) is one line; any
+        other failure also carries its traceback."""
+        unexpected = not isinstance(error, EndcapError)
+        self.log.warning(
+            "request_failed",
+            request_id=request_id,
+            error=f"{type(error).__name__}: {error}",
+            exc_info=error if unexpected else None,
+        )
 
     def on_events(self, events: tuple[endcap.Event, ...]) -> None:
         self.log.info("events_recorded", count=len(events))
