@@ -139,11 +139,11 @@ class RecommendationService:
         return registry
 
     def expose_metrics(self, host: str, port: int) -> int:
-        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``; returns the port."""
-        from prometheus_client import start_http_server
+        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``, behind the
+        token of ``metrics.token_env`` when one is configured; returns the port."""
+        from endcap.metrics_http import metrics_token, serve_metrics
 
-        http_server, _ = start_http_server(port, addr=host, registry=self.metrics)
-        return int(http_server.server_port)
+        return serve_metrics(self.metrics, host, port, metrics_token(self.config.metrics))
 
     def notify(self, method: str, *args: Any) -> None:
         """Call hook ``method`` of every monitor, after the caller has been answered: the call is
