@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=30_000)
     parser.add_argument("--factors", type=int, default=256)
     parser.add_argument("--reloads", type=int, default=12)
+    parser.add_argument("--verbose", action="store_true", help="show the server's info lines (models_released, ...)")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/endcap-reload-bench"), help="where workspaces are kept")
     args = parser.parse_args()
 
@@ -87,7 +88,7 @@ def main() -> int:
     from endcap.service import RecommendationService
     from endcap.workspace import Workspace
 
-    configure_logging("WARNING")
+    configure_logging("INFO" if args.verbose else "ERROR")
     root, versions = build(args.dir, args.users, args.items, args.factors)
     workspace = Workspace(root)
     config = load_config(root)

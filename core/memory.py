@@ -11,6 +11,8 @@ generation again for the collection that frees it, and freezes once no retired m
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import threading
 import time
@@ -20,6 +22,24 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger("endcap.memory")
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_trim = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Hand the heap pages freed objects leave behind back to the operating system (glibc keeps
+    them otherwise, and a freed model would still count in the resident size)."""
+    if _trim is not None:
+        _trim(0)
 
 
 def freeze_survivors() -> None:
@@ -66,6 +86,7 @@ class RetiredModels:
                 # collect once more before freezing, or they would be frozen for good.
                 freeze_survivors()
             if released:
+                return_freed_memory()
                 log.info(
                     "models_released",
                     released=released,
