@@ -60,6 +60,18 @@ def load_callers(config: AuthConfig) -> list[Caller]:
     return callers
 
 
+def check_token_transport(auth: AuthConfig | None, tls: object | None, allow_insecure_tokens: bool = False) -> None:
+    """Refuse bearer tokens on a plaintext port unless explicitly allowed: anyone on the path
+    could read a token and replay it."""
+    if auth is None or tls is not None or allow_insecure_tokens or auth.allow_insecure_tokens:
+        return
+    raise ConfigError(
+        "auth: bearer tokens are configured but the port has no TLS, so tokens would cross the network "
+        "in clear text. Add a tls: section (cert_file, key_file) to endcap.yaml, or, on a network you "
+        "trust, start with 'endcap serve --allow-insecure-tokens' (or set auth.allow_insecure_tokens: true)"
+    )
+
+
 def _denied(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     def deny(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)

@@ -206,7 +206,16 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
     faulthandler.enable()  # a crash in native code, or SIGABRT from the parent, writes every thread's stack
     _limit_blas_threads()
     config, host = _host(workspace)
-    server = Server(args.host, args.port, config.serving, config.limits, config.tls, config.auth, args.reuse_port)
+    server = Server(
+        args.host,
+        args.port,
+        config.serving,
+        config.limits,
+        config.tls,
+        config.auth,
+        args.reuse_port,
+        allow_insecure_tokens=args.allow_insecure_tokens,
+    )
     server.handle_signals()
     log = structlog.get_logger("endcap.server")
     log.info("listening", address=server.address, health="NOT_SERVING")
@@ -219,8 +228,8 @@ def cmd_serve(args: argparse.Namespace, workspace: Workspace) -> int:
         server.stop(grace=0)
         raise
     if args.metrics_port is not None:
-        port = service.expose_metrics(args.host, args.metrics_port)
-        log.info("metrics", address=f"http://{args.host}:{port}/metrics")
+        port = service.expose_metrics(args.metrics_host, args.metrics_port)
+        log.info("metrics", address=f"http://{args.metrics_host}:{port}/metrics")
     if not _hold_until_store_matches(server, service, config.serving.reload_poll_seconds or 1.0):
         server.wait_for_signal()
         return 0
@@ -270,7 +279,7 @@ def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
     give_up_after = load_config(workspace.root).serving.shutdown_timeout_seconds + WORKER_KILL_MARGIN_SECONDS
     cpus = worker_cpus(args.processes) if args.pin_cpus else None
     command = [sys.executable, "-m", "endcap.cli", "serve", "--workspace", str(workspace.root), "--host", args.host]
-    command += ["--port", str(args.port), "--processes", "1", "--reuse-port"]
+    command += ["--port", str(args.port), "--processes", "1", "--reuse-port", *_security_flags(args)]
     if args.trace_hooks:
         command.append("--trace-hooks")
     workers = []
@@ -296,6 +305,11 @@ def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
             break
     codes = [worker.wait() for worker in workers]
     return max(128 - code if code < 0 else code for code in codes)  # a worker killed by signal N: 128 + N
+
+
+def _security_flags(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` options a worker of ``--processes`` takes from its parent's command line."""
+    return ["--metrics-host", args.metrics_host] + (["--allow-insecure-tokens"] if args.allow_insecure_tokens else [])
 
 
 def worker_cpus(processes: int) -> list[int]:
@@ -528,7 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = add("serve", cmd_serve, "serve the gRPC API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics")
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics listens on (default 127.0.0.1: this machine only; 0.0.0.0 for a remote scraper)",
+    )
+    serve.add_argument(
+        "--allow-insecure-tokens",
+        action="store_true",
+        help="serve bearer tokens (auth: in endcap.yaml) on a port without tls: (tokens cross the network in clear)",
+    )
     serve.add_argument("--processes", type=int, default=1, help="server processes sharing the port (default 1)")
     serve.add_argument(
         "--pin-cpus",

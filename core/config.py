@@ -149,6 +149,18 @@ class AuthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     tokens_file: Path | None = None
     tokens_env: str | None = None
+    allow_insecure_tokens: bool = False
+    """Serve tokens on a port without ``tls:`` (they then cross the network in clear text); the
+    server refuses to start so otherwise. Same as ``endcap serve --allow-insecure-tokens``."""
+
+
+class MetricsConfig(BaseModel):
+    """``/metrics`` (``endcap serve --metrics-port``): with ``token_env``, a scrape must send
+    ``Authorization: Bearer <token>``, the token read from that environment variable. A token of
+    its own, not a gRPC caller's: ``/metrics`` is plain HTTP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    token_env: str | None = None
 
 
 class VariantConfig(BaseModel):
@@ -194,6 +206,7 @@ class EndcapConfig(BaseModel):
     experiment: ExperimentConfig | None = None
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
     candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)
     ranker: ComponentBlock = ComponentBlock(type="lightgbm")
     filters: dict[str, ComponentBlock] = Field(default_factory=dict)

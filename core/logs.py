@@ -10,6 +10,7 @@ import select
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -157,6 +158,30 @@ def _json_line(event: object, default: Callable[[object], object] | None = None,
     return orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def exception_fields(logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Turn ``exc_info`` (``True`` inside an ``except`` block, an exception, or a ``sys.exc_info()``
+    tuple) into an ``exception`` field: ``{"type", "message", "traceback"}``, the traceback as
+    the text Python prints. Without it a JSON line would read ``"exc_info": true`` and nothing
+    else."""
+    exc_info = event.pop("exc_info", None)
+    if not exc_info:
+        return event
+    if isinstance(exc_info, BaseException):
+        error: BaseException | None = exc_info
+    elif isinstance(exc_info, tuple):
+        error = exc_info[1]
+    else:
+        error = sys.exc_info()[1]
+    if error is not None:
+        kind = type(error)
+        event["exception"] = {
+            "type": kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
+            "message": str(error),
+            "traceback": "".join(traceback.format_exception(error)),
+        }
+    return event
+
+
 _json_renderer = structlog.processors.JSONRenderer(serializer=_json_line)
 _timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
 _info_lines_direct = False
@@ -164,7 +189,10 @@ _info_lines_direct = False
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    """JSON lines (``json_lines``) or a console renderer, at ``level``."""
+    """JSON lines (``json_lines``) or a console renderer, at ``level``. A line logged with
+    ``exc_info`` (``log.exception``, or ``exc_info=error``) carries the exception's type, message
+    and traceback: as the ``exception`` field of a JSON line (see :func:`exception_fields`), or
+    printed below the line by the console renderer."""
     global _info_lines_direct
     threshold = getattr(logging, level.upper())
     _info_lines_direct = json_lines and threshold <= logging.INFO
@@ -174,7 +202,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
             _add_request_id,
             structlog.processors.add_log_level,
             _timestamper,
-            _json_renderer if json_lines else structlog.dev.ConsoleRenderer(),
+            *([exception_fields, _json_renderer] if json_lines else [structlog.dev.ConsoleRenderer()]),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda *args: BatchedLogger(stderr_lines),

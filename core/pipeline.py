@@ -388,7 +388,7 @@ class Pipeline:
         try:
             result = call()
         except Exception as exc:  # one component never fails the request
-            self._drop(key, errors, f"{type(exc).__name__}: {exc}")
+            self._drop(key, errors, f"{type(exc).__name__}: {exc}", exc)
             return None
         budget = getattr(component.config, "budget_ms", None) if self.budgets else None
         if budget is None:
@@ -399,11 +399,12 @@ class Pipeline:
         self._drop(key, errors, f"over budget: {elapsed:.1f} ms > {budget:g} ms")
         return None
 
-    def _drop(self, key: str, errors: dict[str, str], reason: str) -> None:
-        """Record that component ``key`` was dropped from this request, and why."""
+    def _drop(self, key: str, errors: dict[str, str], reason: str, error: BaseException | None = None) -> None:
+        """Record that component ``key`` was dropped from this request, and why (with the
+        traceback in the log when it raised ``error``)."""
         errors[key] = reason
         self.failures[key] += 1
-        log.warning("component_dropped", component=key, reason=reason, total=self.failures[key])
+        log.warning("component_dropped", component=key, reason=reason, total=self.failures[key], exc_info=error)
 
     def _fallback(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
         name = self.serving.fallback_source

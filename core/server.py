@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import structlog
-from endcap.auth import AuthInterceptor, load_callers
+from endcap.auth import AuthInterceptor, check_token_transport, load_callers
 from endcap.config import AuthConfig, LimitsConfig, ServingConfig, TlsConfig
 from endcap.errors import ConfigError, EndcapError, Unavailable
 from endcap.limits import AdmittedCalls
@@ -132,7 +132,10 @@ def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 
 class Server:
-    """A started gRPC server: health NOT_SERVING and calls UNAVAILABLE until :meth:`attach`."""
+    """A started gRPC server: health NOT_SERVING and calls UNAVAILABLE until :meth:`attach`.
+
+    Bearer tokens (``auth``) without ``tls`` are refused unless ``allow_insecure_tokens`` (or
+    ``auth.allow_insecure_tokens``) says so (see :func:`endcap.auth.check_token_transport`)."""
 
     def __init__(
         self,
@@ -143,7 +146,9 @@ class Server:
         tls: TlsConfig | None = None,
         auth: AuthConfig | None = None,
         reuse_port: bool = False,
+        allow_insecure_tokens: bool = False,
     ) -> None:
+        check_token_transport(auth, tls, allow_insecure_tokens)
         limits = limits or LimitsConfig()
         self.serving = serving
         """``max_workers``, and the ``shutdown_*`` settings :meth:`wait_for_signal` follows."""

@@ -3,7 +3,6 @@ the event log. The servicer translates protobuf to these calls and back; nothing
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from endcap.errors import EndcapError, InvalidArgument
 from endcap.events import EVENT_TYPES, EventLog
 from endcap.experiments import choose, variant_pipelines
 from endcap.limits import check_event_count, check_id, check_items_and_context
+from endcap.memory import RetiredModels, freeze_survivors
 from endcap.models import ModelRegistry
 from endcap.monitor_feed import FlushBeforeCollect, MonitorFeed
 from endcap.pipeline import Pipeline, Recommendation
@@ -55,6 +55,9 @@ class RecommendationService:
         self.pipelines = _warmed_up(variant_pipelines(model, online, config))
         """The model version being served, one pipeline per experiment variant; swapped whole by
         :meth:`reload`; a request reads it once, so every answer comes from one version."""
+        self.retired = RetiredModels()
+        """Models switched away from, until the collector has released them (see :meth:`reload`)."""
+        freeze_survivors()
         self._reload_lock = threading.Lock()
         self._refused: str | None = None
         self.monitor_feed = MonitorFeed(self._deliver)
@@ -74,7 +77,12 @@ class RecommendationService:
     def reload(self, version: str | None = None) -> bool:
         """Load ``version`` (default: the registry's current) beside the serving one, then switch to
         it in one assignment. Monitors carry over (reloaded with the new version's state). A version
-        that fails to load is refused, logged, and the serving one stays; returns whether it switched."""
+        that fails to load is refused, logged, and the serving one stays; returns whether it switched.
+
+        The previous model is released once its last request is done: it is handed to
+        :attr:`retired`, which collects it (with the collector's permanent generation opened, so
+        reference cycles frozen at start-up are found too) and freezes what survives only once
+        no retired model is left; :meth:`watch_registry` retries while a request still holds it."""
         with self._reload_lock:
             registry = ModelRegistry(self.workspace.models)
             target = version or registry.current()
@@ -90,9 +98,12 @@ class RecommendationService:
                     log.error("reload_refused", version=target, serving=self.model.version, reason=str(exc))
                 self._refused = target
                 return False
-            previous = self.model.version
+            previous = self.model
             self.pipelines = _warmed_up(variant_pipelines(model, self.online, self.config))
-            log.info("model_switched", version=target, previous=previous)
+            self.retired.add(previous)
+            log.info("model_switched", version=target, previous=previous.version)
+            del previous, model  # this frame's references, before the collection
+            self.retired.release()
             return True
 
     def watch_registry(self, interval: float, stop: threading.Event) -> threading.Thread:
@@ -104,6 +115,8 @@ class RecommendationService:
                 current = registry.current()
                 if current not in (self.model.version, self._refused):
                     self.reload(current)
+                elif self.retired:
+                    self.retired.release()  # a request held the previous model at the switch
 
         thread = threading.Thread(target=poll, name="endcap-model-watch", daemon=True)
         thread.start()
@@ -119,16 +132,20 @@ class RecommendationService:
                 monitor.register_metrics(registry)
             except Exception as exc:
                 log.warning(
-                    "monitor_failed", monitor=name, hook="register_metrics", error=f"{type(exc).__name__}: {exc}"
+                    "monitor_failed",
+                    monitor=name,
+                    hook="register_metrics",
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=exc,
                 )
         return registry
 
     def expose_metrics(self, host: str, port: int) -> int:
-        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``; returns the port."""
-        from prometheus_client import start_http_server
+        """Serve every monitor's Prometheus metrics at ``http://host:port/metrics``, behind the
+        token of ``metrics.token_env`` when one is configured; returns the port."""
+        from endcap.metrics_http import metrics_token, serve_metrics
 
-        http_server, _ = start_http_server(port, addr=host, registry=self.metrics)
-        return int(http_server.server_port)
+        return serve_metrics(self.metrics, host, port, metrics_token(self.config.metrics))
 
     def notify(self, method: str, *args: Any) -> None:
         """Call hook ``method`` of every monitor, after the caller has been answered: the call is
@@ -140,7 +157,9 @@ class RecommendationService:
             try:
                 getattr(monitor, method)(*args)
             except Exception as exc:  # monitors observe; they never break a request
-                log.warning("monitor_failed", monitor=name, hook=method, error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "monitor_failed", monitor=name, hook=method, error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                )
 
     def recommend(
         self,
@@ -184,16 +203,16 @@ class RecommendationService:
             try:
                 self.realtime.apply(events)
             except Exception as exc:  # the events are logged; the next retrain still learns from them
-                log.error("realtime_update_failed", events=len(events), error=f"{type(exc).__name__}: {exc}")
+                log.error(
+                    "realtime_update_failed", events=len(events), error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                )
         self.notify("on_events", events)
         return written
 
 
 def _warmed_up(pipelines: dict[str, Pipeline], users: int = 20, seconds: float = 1.0) -> dict[str, Pipeline]:
     """Run a few requests through each pipeline before it serves (first calls fill caches and
-    allocate buffers), for at most ``seconds`` in all; then move everything alive into the
-    collector's permanent generation: a full collection then skips the hundreds of thousands of
-    objects a loaded model and Feast hold, which would otherwise cost a request ~100 ms now and then."""
+    allocate buffers), for at most ``seconds`` in all."""
     stop_at = time.monotonic() + seconds
     for pipeline in pipelines.values():
         for user_id in pipeline.model.catalog.user_ids[:users].tolist():
@@ -202,10 +221,8 @@ def _warmed_up(pipelines: dict[str, Pipeline], users: int = 20, seconds: float =
             try:
                 pipeline.recommend(pipeline.make_query(str(user_id), 0))
             except Exception as exc:  # warm-up is best effort; real requests report their own errors
-                log.warning("warm_up_failed", user_id=user_id, error=f"{type(exc).__name__}: {exc}")
+                log.warning("warm_up_failed", user_id=user_id, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 break
-    gc.collect()
-    gc.freeze()
     return pipelines
 
 

@@ -37,7 +37,9 @@ def reference_scores(ranker: Ranker, data: TrainingData, directory: Path) -> np.
         features = FeatureMatrix(np.zeros(len(examples.labels), np.int32), examples.names, examples.values)
         return np.asarray(ranker.score(Query("", -1, 10), features), dtype=np.float32)
     except Exception as exc:
-        log.warning("reference_scores_unavailable", ranker=ranker.name, error=f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "reference_scores_unavailable", ranker=ranker.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc
+        )
         return None
 
 

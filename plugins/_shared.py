@@ -105,23 +105,26 @@ class KnownUserMemo:
 
     For a user the model was trained on, a factor or item-item model's answer depends only on the
     loaded model, so it is computed once per model load and shared, read-only, by later requests.
-    ``put`` lets a batch job fill it for a block of users computed together.
+    ``put`` lets a batch job fill it for a block of users computed together. The memo does not
+    keep the function that computes an answer (a bound method of the component that owns the
+    memo would make a reference cycle, which only the garbage collector can free): each call
+    passes it.
     """
 
-    def __init__(self, generate: Callable[[int, int], Candidates], users: int) -> None:
-        self.generate = generate
+    def __init__(self, users: int) -> None:
         self.users = users
         self._entries: OrderedDict[tuple[int, int], Candidates] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, user_index: int, n: int) -> Candidates:
+    def __call__(self, user_index: int, n: int, generate: Callable[[int, int], Candidates]) -> Candidates:
+        """The memoised answer for ``(user_index, n)``, else ``generate(user_index, n)`` kept."""
         key = (user_index, n)
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
                 return found
-        result = self.generate(user_index, n)
+        result = generate(user_index, n)
         self.put(user_index, n, result)
         return result
 

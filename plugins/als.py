@@ -64,7 +64,7 @@ class AlsCandidates(endcap.CandidateGenerator):
         df = np.bincount(context.user_items.indices, minlength=items)
         self._idf = (np.log(max(users, 1)) - np.log1p(df)).astype(np.float32)
         self._average_length = float(context.user_items.sum()) / max(users, 1) or 1.0
-        self._known_user = KnownUserMemo(self._score_known_user, self.config.memo_users)
+        self._known_user = KnownUserMemo(self.config.memo_users)
 
     def _score_known_user(self, user_index: int, n: int) -> endcap.Candidates:
         """One matrix-vector product over the catalogue, then the ``n`` best."""
@@ -81,7 +81,7 @@ class AlsCandidates(endcap.CandidateGenerator):
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue
         if query.user_index >= 0:
-            return self._known_user(query.user_index, n)
+            return self._known_user(query.user_index, n, self._score_known_user)
         row = user_row(query, user, self.user_items)
         if row is None:
             return endcap.Candidates.empty()

@@ -129,7 +129,7 @@ class DriftMonitor(endcap.Monitor):
                 try:
                     self.check()
                 except Exception as exc:  # a monitor never takes the service down
-                    log.warning("drift_check_failed", error=f"{type(exc).__name__}: {exc}")
+                    log.warning("drift_check_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
         self._checker = threading.Thread(target=run, name=f"endcap-drift-{self.name}", daemon=True)
         self._checker.start()

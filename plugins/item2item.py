@@ -58,10 +58,10 @@ class ItemToItemCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = MODELS[self.config.similarity].load(str(context.directory / "item2item.npz"))
         self.user_items = context.user_items
-        self._known_user = KnownUserMemo(
-            lambda user_index, n: self._from_history(known_user_history(self.user_items, user_index), n),
-            self.config.memo_users,
-        )
+        self._known_user = KnownUserMemo(self.config.memo_users)
+
+    def _known_user_candidates(self, user_index: int, n: int) -> endcap.Candidates:
+        return self._from_history(known_user_history(self.user_items, user_index), n)
 
     def _from_history(self, history: tuple[Any, Any] | None, n: int) -> endcap.Candidates:
         if history is None:
@@ -70,7 +70,7 @@ class ItemToItemCandidates(endcap.CandidateGenerator):
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         if query.user_index >= 0:
-            return self._known_user(query.user_index, n)
+            return self._known_user(query.user_index, n, self._known_user_candidates)
         return self._from_history(user_history(query, user, self.user_items), n)
 
     def similar(self, item_index: int, n: int) -> endcap.Candidates:

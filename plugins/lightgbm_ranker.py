@@ -7,6 +7,7 @@ next basket); a request's candidates are scored in one ``predict`` call.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -107,7 +108,7 @@ class LightGbmRanker(endcap.Ranker):
     def load(self, context: endcap.ModelContext) -> None:
         model_file = str(context.directory / "model.txt")
         self.booster = lgb.Booster(model_file=model_file)
-        self._predict = lambda values: self.booster.predict(values, num_threads=1)
+        self._predict = functools.partial(self.booster.predict, num_threads=1)  # no cycle through self
         if self.config.compiled:
             import lleaves
 

@@ -53,7 +53,7 @@ class MetricsRecorder(endcap.Monitor):
                 with self.path.open("a") as handle:
                     handle.write(json.dumps(snapshot(registry), separators=(",", ":")) + "\n")
             except Exception as exc:  # a full disk must not take the service down
-                log.warning("recording_failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}")
+                log.warning("recording_failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
 
 @endcap.hookimpl

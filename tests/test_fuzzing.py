@@ -1,11 +1,15 @@
 """Property-based attacks on every entry point: the ingest command and the running server.
 
 No input may end in a traceback, an INTERNAL status or a crashed server; each test counts the
-cases it sent (printed with -s) so the figure can be reported.
+cases it sent and the status codes they got (printed with -s) so the figures can be reported.
+``ENDCAP_FUZZ_EXAMPLES`` sets the cases per test (default 300); ``bench/fuzz_rpcs.py`` runs the
+RPC tests with 10,000 each.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import string
 from collections import Counter
 from collections.abc import Iterator
@@ -26,13 +30,18 @@ from endcap.service import RecommendationService
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from endcap.workspace import Workspace
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 CASES: Counter[str] = Counter()
+CODES: dict[str, Counter[str]] = {}
+"""Status codes received, by RPC (printed when the module's server stops)."""
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+EXAMPLES = int(os.environ.get("ENDCAP_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40)
 huge_text = st.one_of(text, st.just(""), st.just(" "), st.builds(lambda n: "x" * n, st.integers(250, 20_000)))
@@ -52,15 +61,29 @@ def target(synthetic_workspace: Path) -> Iterator[str]:
     assert health.status == health_pb2.HealthCheckResponse.SERVING, "the server survived every case"
     server.stop(grace=1)
     print(f"\nfuzz cases per entry point: {dict(CASES)}")
+    for rpc, codes in sorted(CODES.items()):
+        print(f"status codes for {rpc}: {dict(sorted(codes.items()))}")
 
 
-def outcome(call: object, request: object, metadata: list[tuple[str, object]] | None = None) -> grpc.StatusCode:
+@pytest.fixture(scope="module")
+def channel(target: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(target) as shared:
+        yield shared
+
+
+def outcome(
+    call: object, request: object, metadata: list[tuple[str, object]] | None = None, rpc: str = ""
+) -> grpc.StatusCode:
+    code = grpc.StatusCode.OK
     try:
         call(request, timeout=10, metadata=metadata or [])  # type: ignore[operator]
     except grpc.RpcError as exc:
-        assert exc.code() not in FORBIDDEN, f"{exc.code()}: {exc.details()}"
-        return exc.code()
-    return grpc.StatusCode.OK
+        code = exc.code()
+        assert code not in FORBIDDEN, f"{code}: {exc.details()}"
+    finally:
+        if rpc:
+            CODES.setdefault(rpc, Counter())[code.name if code is not None else "NONE"] += 1
+    return code
 
 
 @FUZZ
@@ -87,7 +110,7 @@ def test_recommend(
             if isinstance(request_id, bytes)
             else "".join(c for c in request_id if c in string.printable[:94])
         )
-        code = outcome(stub.Recommend, request, [(key, value)])
+        code = outcome(stub.Recommend, request, [(key, value)], rpc="Recommend")
         if not user_id.strip() or not (0 <= k <= 1000):
             assert code == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -98,7 +121,8 @@ def test_similar_items(target: str, item_id: str, k: int, exclude: list[str]) ->
     CASES["SimilarItems"] += 1
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
-        outcome(stub.SimilarItems, pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=exclude))
+        request = pb.SimilarItemsRequest(item_id=item_id, k=k, exclude_item_ids=exclude)
+        outcome(stub.SimilarItems, request, rpc="SimilarItems")
 
 
 event = st.builds(
@@ -121,7 +145,7 @@ def test_record_events(target: str, events: list[pb.Event], synthetic_workspace:
     before = log.read_bytes() if log.exists() else b""
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
-        code = outcome(stub.RecordEvents, pb.RecordEventsRequest(events=events))
+        code = outcome(stub.RecordEvents, pb.RecordEventsRequest(events=events), rpc="RecordEvents")
     after = log.read_bytes() if log.exists() else b""
     if code != grpc.StatusCode.OK:
         assert after == before, "a refused batch writes nothing"
@@ -136,8 +160,80 @@ def test_model_info_ignores_garbage_metadata(target: str, garbage: bytes) -> Non
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
         assert (
-            outcome(stub.GetModelInfo, pb.GetModelInfoRequest(), [("x-request-id-bin", garbage)]) == grpc.StatusCode.OK
+            outcome(stub.GetModelInfo, pb.GetModelInfoRequest(), [("x-request-id-bin", garbage)], rpc="GetModelInfo")
+            == grpc.StatusCode.OK
         )
+
+
+INT64 = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([-(2**63), -(2**63) + 1, 2**63 - 1, 2**63 - 2, -62135596801, 253402300800, -1, 0]),
+)
+INT32 = st.one_of(int32, st.sampled_from([-(2**31), -1, 999_999_999, 1_000_000_000, 2**31 - 1]))
+any_timestamp = st.builds(Timestamp, seconds=INT64, nanos=INT32)
+"""Timestamps over the whole range of their fields: most are out of ``Timestamp``'s own range."""
+
+
+def _in_range(stamp: Timestamp) -> bool:
+    return 0 <= stamp.nanos <= 999_999_999 and 0 <= stamp.seconds + stamp.nanos / 1e9 < 4_102_444_800
+
+
+@FUZZ
+@given(stamps=st.lists(any_timestamp, min_size=1, max_size=4), valid_before=st.integers(0, 3))
+def test_record_events_refuses_out_of_range_timestamps_naming_the_event(
+    channel: grpc.Channel, stamps: list[Timestamp], valid_before: int
+) -> None:
+    CASES["RecordEvents (timestamps)"] += 1
+    events = [pb.Event(user_id="u1", item_id="i1", type=pb.EVENT_TYPE_VIEW) for _ in range(valid_before)]
+    events += [pb.Event(user_id="u1", item_id="i1", type=pb.EVENT_TYPE_VIEW, timestamp=s) for s in stamps]
+    stub = pb_grpc.RecommendationServiceStub(channel)
+    try:
+        stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=10)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details() or ""
+    CODES.setdefault("RecordEvents", Counter())[code.name] += 1
+    bad = {f"events[{valid_before + i}].timestamp" for i, s in enumerate(stamps) if not _in_range(s)}
+    if not bad:
+        assert code == grpc.StatusCode.OK, f"{code}: {details}"
+    else:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, f"{code}: {details}"
+        named = re.match(r"events\[\d+\]\.timestamp", details)
+        assert named is not None and named.group() in bad, f"names an event with a bad timestamp: {details}"
+
+
+METHODS = {
+    "Recommend": pb.RecommendRequest,
+    "SimilarItems": pb.SimilarItemsRequest,
+    "RecordEvents": pb.RecordEventsRequest,
+    "GetModelInfo": pb.GetModelInfoRequest,
+}
+garbage_body = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda tag, body: bytes([tag]) + body, st.integers(0, 255), st.binary(max_size=60)),
+    st.sampled_from([b"\xff", b"\n\x05ab", b"\n\x02\xc3(", b"\x08" + b"\xff" * 11, b"\x12\xff\xff\xff\xff\x0f"]),
+)
+"""Arbitrary bytes, a field tag then anything, and truncated or malformed messages (a length past
+the end, invalid UTF-8 in a string field, an overlong varint)."""
+
+
+def _decodes(message_type: type, body: bytes) -> bool:
+    try:
+        message_type.FromString(body)
+    except DecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@FUZZ
+@given(body=garbage_body)
+def test_undecodable_bodies_are_invalid_argument(channel: grpc.Channel, method: str, body: bytes) -> None:
+    CASES[f"{method} (raw bytes)"] += 1
+    call = channel.unary_unary(f"/endcap.v1.RecommendationService/{method}")  # bytes in, bytes out
+    code = outcome(call, body, rpc=method)
+    if not _decodes(METHODS[method], body):
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 GOOD_ROWS = ["u1,i1,2024-01-01", "u1,i2,2024-01-02T10:00:00Z", "u2,i1,1704100000", "u2,i3,2024-01-03"]

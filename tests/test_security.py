@@ -78,8 +78,18 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def serve(workspace: Path, tls: TlsConfig | None = None, auth: AuthConfig | None = None) -> Server:
+    """A server on a free port. Tokens without TLS are refused at start-up unless allowed: these
+    tests call a plaintext port on purpose (tests/test_security_defaults.py checks the refusal)."""
     config = EndcapConfig()
-    server = Server("127.0.0.1", free_port(), ServingConfig(max_workers=4), config.limits, tls, auth)
+    server = Server(
+        "127.0.0.1",
+        free_port(),
+        ServingConfig(max_workers=4),
+        config.limits,
+        tls,
+        auth,
+        allow_insecure_tokens=tls is None and auth is not None,
+    )
     ws = Workspace(workspace)
     server.attach(RecommendationService(ws, config, PluginHost(config), OnlineFeatures(ws)))
     return server
