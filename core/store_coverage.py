@@ -43,17 +43,17 @@ class MissingIds:
 
 def missing_ids(store: Any, view_name: str, ids: Sequence[str] | np.ndarray) -> MissingIds:
     """The ids among ``ids`` for which the online store holds no row of ``view_name``."""
-    ids = pd.unique(np.asarray(ids, dtype=object))
+    unique: np.ndarray = pd.unique(np.asarray(ids, dtype=object))
     view = store.get_feature_view(view_name)
     online = store._get_provider().online_store
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
     if isinstance(online, SqliteOnlineStore):
-        present = _sqlite_present(store, online, view, ids)
+        present = _sqlite_present(store, online, view, unique)
     else:
-        present = _read_present(store, online, view, ids)
-    absent = ids[~present]
-    return MissingIds(int(absent.size), int(ids.size), tuple(str(i) for i in absent[:EXAMPLES]))
+        present = _read_present(store, online, view, unique)
+    absent = unique[~present]
+    return MissingIds(int(absent.size), int(unique.size), tuple(str(i) for i in absent[:EXAMPLES]))
 
 
 def _join_key(view: Any) -> str:
@@ -120,7 +120,10 @@ class IncompleteMaterialization(FailedPrecondition):
 
 
 def check_users_stored(
-    has_row: Callable[[Sequence[str]], MissingIds], user_ids: Sequence[str] | np.ndarray, what: str, then: str
+    has_row: Callable[[Sequence[str] | np.ndarray], MissingIds],
+    user_ids: Sequence[str] | np.ndarray,
+    what: str,
+    then: str,
 ) -> None:
     """Raise :class:`FailedPrecondition` naming how many of ``user_ids`` have no online row.
 
