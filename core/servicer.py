@@ -67,6 +67,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 type=EVENT_TYPE_NAMES.get(e.type, f"<{e.type}>"),
                 quantity=e.quantity,
                 timestamp=e.timestamp.ToNanoseconds() / 1e9 if e.HasField("timestamp") else None,
+                event_id=e.event_id,
             )
             for e in request.events
         ]
