@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -200,7 +199,6 @@ class OnlineFeatures:
         self.store = _existing_store(workspace)
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
-        self._ttl_seconds = self._user_view.ttl.total_seconds() if self._user_view.ttl else None
         self._rows: SqliteRows | None = None
         """The SQLite row reader, which can also return rows as stored (see :meth:`user_raw`)."""
         self._read_user_row = self._row_reader()
@@ -261,8 +259,8 @@ class OnlineFeatures:
         return False
 
     def user(self, user_id: str) -> dict[str, Any]:
-        """The user's statistics and purchase arrays; values are ``None`` for an unknown user
-        or one whose row is older than the view's TTL."""
+        """The user's statistics and purchase arrays; values are ``None`` for a user the
+        store holds no row for."""
         written, values = self._read_user_row(user_id)
         return self._row(values, self.fresh(written, bool(values)))
 
@@ -292,10 +290,10 @@ class OnlineFeatures:
         return self._row(values, self.fresh(written, bool(values)))
 
     def fresh(self, written: float | None, stored: bool) -> bool:
-        """Whether a row (``stored``: the store holds one) written at ``written`` is within the
-        view's TTL now."""
-        ttl = self._ttl_seconds
-        return stored and (ttl is None or written is None or time.time() - written <= ttl)
+        """Whether a row (``stored``: the store holds one) written at ``written`` is still valid:
+        always, once stored. Rows never expire (see ``definitions.TTL``): a snapshot's age on the
+        machine's clock says nothing about a log from another decade."""
+        return stored
 
     @staticmethod
     def _row(values: Mapping[str, ValueProto], fresh: bool) -> dict[str, Any]:

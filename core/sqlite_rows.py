@@ -55,6 +55,7 @@ class SqliteRows:
 
     def __init__(self, database: Path, table: str, key: Callable[[str], bytes], features: Sequence[str]) -> None:
         self.database = database
+        self.table = table
         self.key = key
         self.features = tuple(features)
         quoted = '"' + table.replace('"', '""') + '"'
