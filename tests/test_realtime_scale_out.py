@@ -35,7 +35,10 @@ def _burst(targets: list[str], backdated: bool = False) -> list[pb.Event]:
 
     def run(thread: int) -> None:
         try:
-            with grpc.insecure_channel(targets[thread % len(targets)]) as channel:
+            # a connection of its own (gRPC would otherwise share one between the channels of a
+            # process, and one worker would take every call)
+            own = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(targets[thread % len(targets)], options=own) as channel:
                 stub = pb_grpc.RecommendationServiceStub(channel)
                 for call in range(CALLS):
                     event = pb.Event(
