@@ -70,7 +70,7 @@ class EventLog:
             indexed = any(e.event_id for e in events)  # the id index reached the log's end just now
             if not fresh:
                 return ()
-            payload = "".join(json.dumps(asdict(e), separators=(",", ":")) + "\n" for e in fresh).encode()
+            payload = "".join(_record(e) for e in fresh).encode()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 self._cut_torn_tail(fd)
@@ -186,6 +186,14 @@ class EventLog:
                 action="damaged lines are left out; move them aside by hand once read",
             )
         return events, offset + len(complete)
+
+
+def _record(event: Event) -> str:
+    """One event's line; ``event_id`` only when the client gave one (older lines have none)."""
+    fields = asdict(event)
+    if not event.event_id:
+        del fields["event_id"]
+    return json.dumps(fields, separators=(",", ":")) + "\n"
 
 
 def _parse(line: bytes) -> Event | None:

@@ -14,7 +14,7 @@ import grpc
 import psutil
 import pytest
 import structlog
-from conftest import start_server, stop_server
+from conftest import RunningServer, start_server, stop_server
 from endcap.events import EventLog
 from endcap.retrain import purchases_since
 from endcap.types import Event
@@ -127,6 +127,11 @@ def test_a_retried_event_id_is_recorded_once_across_processes(tmp_path: Path) ->
     assert EventLog(path).record([Event("u1", "i0", "purchase", 1, 1.0, event_id="id-0")]) == ()
 
 
+def _serving(server: RunningServer) -> int:
+    """How many workers have logged that they are serving."""
+    return server.stderr_path.read_text().count('"event":"serving"')
+
+
 def _workers(supervisor: subprocess.Popen[str]) -> list[psutil.Process]:
     return [p for p in psutil.Process(supervisor.pid).children() if p.is_running() and p.status() != "zombie"]
 
@@ -140,7 +145,7 @@ def test_a_worker_killed_mid_traffic_is_restarted_and_answers(synthetic_workspac
     server = start_server(workspace, tmp_path, extra_args=("--processes", "2"))
     try:
         deadline = time.monotonic() + 60
-        while len(_workers(server.process)) < 2:
+        while len(_workers(server.process)) < 2 or _serving(server) < 2:  # both workers up
             assert time.monotonic() < deadline
             time.sleep(0.2)
         before = {p.pid for p in _workers(server.process)}
@@ -164,8 +169,7 @@ def test_a_worker_killed_mid_traffic_is_restarted_and_answers(synthetic_workspac
                     answered += len(stub.Recommend(pb.RecommendRequest(user_id="u1", k=3), timeout=10).items) > 0
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
-            serving = server.stderr_path.read_text().count('"event":"serving"')
-            if victim not in pids and len(pids) == 2 and listening and serving >= 3:
+            if victim not in pids and len(pids) == 2 and listening and _serving(server) >= 3:
                 break
             time.sleep(0.3)
         else:
