@@ -267,26 +267,43 @@ def _hold_until_store_matches(server: Any, service: Any, interval: float) -> boo
     return False
 
 
+RESTART_BACKOFF_SECONDS = (1.0, 30.0)
+"""A dead worker is restarted after the first figure, doubling after each quick death, up to the second."""
+HEALTHY_AFTER_SECONDS = 60.0
+"""A worker that ran this long before dying is restarted after the shortest back-off again."""
+
+
 def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
     """``--processes N``: N servers share the port (SO_REUSEPORT), so a Python server uses N cores.
     Worker i serves metrics on ``--metrics-port + i``; SIGTERM and SIGINT are passed on to all. A
-    worker still running ``WORKER_KILL_MARGIN_SECONDS`` after its own shutdown timeout (one that
-    does not answer signals at all) gets SIGABRT, which writes its stacks, then SIGKILL."""
+    worker that dies while serving (a crash, the OOM killer, ``kill -9``) is logged and started
+    again after a back-off (``RESTART_BACKOFF_SECONDS``); one that exits with an error in its first
+    minute (a start-up error) stops them all instead, so a bad configuration is not retried
+    forever. A worker still running
+    ``WORKER_KILL_MARGIN_SECONDS`` after its own shutdown timeout (one that does not answer
+    signals at all) gets SIGABRT, which writes its stacks, then SIGKILL."""
     import signal
 
+    import structlog
     from endcap.config import load_config
 
+    log = structlog.get_logger("endcap.supervisor")
     give_up_after = load_config(workspace.root).serving.shutdown_timeout_seconds + WORKER_KILL_MARGIN_SECONDS
     cpus = worker_cpus(args.processes) if args.pin_cpus else None
     command = [sys.executable, "-m", "endcap.cli", "serve", "--workspace", str(workspace.root), "--host", args.host]
     command += ["--port", str(args.port), "--processes", "1", "--reuse-port", *_security_flags(args)]
     if args.trace_hooks:
         command.append("--trace-hooks")
-    workers = []
+    commands = []
     for i in range(args.processes):
         metrics = ["--metrics-port", str(args.metrics_port + i)] if args.metrics_port is not None else []
         pinned = ["--cpu", str(cpus[i])] if cpus is not None else []
-        workers.append(subprocess.Popen([*command, *metrics, *pinned]))
+        commands.append([*command, *metrics, *pinned])
+    workers = [subprocess.Popen(c) for c in commands]
+    started = [time.monotonic()] * len(workers)
+    backoff = [RESTART_BACKOFF_SECONDS[0]] * len(workers)
+    restarted = [False] * len(workers)
+    restart_at: dict[int, float] = {}
 
     stop_by: float | None = None
 
@@ -298,12 +315,34 @@ def serve_processes(args: argparse.Namespace, workspace: Workspace) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    while _running(workers):
+    while _running(workers) or (stop_by is None and restart_at):
         time.sleep(0.2)
-        if stop_by is not None and time.monotonic() > stop_by:
-            _end_unresponsive(workers)
-            break
-    codes = [worker.wait() for worker in workers]
+        if stop_by is not None:
+            if time.monotonic() > stop_by:
+                _end_unresponsive(workers)
+                break
+            continue
+        now = time.monotonic()
+        for i, worker in enumerate(workers):
+            code = worker.poll()
+            if code is not None and i not in restart_at:
+                if code >= 0 and not restarted[i] and now - started[i] < HEALTHY_AFTER_SECONDS:
+                    log.error("worker_failed_to_start", worker=i, pid=worker.pid, exit_code=code)
+                    forward(signal.SIGTERM, None)  # a start-up error (its message is above): not retried
+                    break
+                if now - started[i] >= HEALTHY_AFTER_SECONDS:
+                    backoff[i] = RESTART_BACKOFF_SECONDS[0]
+                restart_at[i] = now + backoff[i]
+                log.error("worker_died", worker=i, pid=worker.pid, exit_code=code, restart_in_seconds=backoff[i])
+                backoff[i] = min(backoff[i] * 2, RESTART_BACKOFF_SECONDS[1])
+            elif i in restart_at and now >= restart_at[i]:
+                del restart_at[i]
+                workers[i] = subprocess.Popen(commands[i])
+                started[i] = now
+                restarted[i] = True
+                log.warning("worker_restarted", worker=i, pid=workers[i].pid, previous_pid=worker.pid)
+    # a worker that died before the stop (logged, its restart pending) does not set the exit status
+    codes = [worker.wait() for i, worker in enumerate(workers) if i not in restart_at] or [0]
     return max(128 - code if code < 0 else code for code in codes)  # a worker killed by signal N: 128 + N
 
 

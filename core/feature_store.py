@@ -28,6 +28,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 if TYPE_CHECKING:
+    from endcap.row_locks import RowLock
     from endcap.sqlite_rows import SqliteRows
 
 # ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
@@ -181,16 +182,21 @@ ALL_TIME = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, full: bool = False) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
     ``apply`` (with the plugins' own definitions when ``host`` is given), materialization of
-    the newest snapshot into the online store, and a check that the store now holds every user
-    and product of ``log``."""
+    the newest snapshot into the online store, keeping the rows real-time purchases pushed
+    (:mod:`endcap.pushed_rows`), and a check that the store now holds every user and product of
+    ``log``."""
     from endcap.feature_tables import feature_cutoffs, iter_snapshots
+    from endcap.pushed_rows import keeping_pushed_rows
 
     extra = host.feast_objects(workspace.features) if host is not None else []
     expected = {
         definitions.USER_STATS: log["user_id"].unique(),
         definitions.PRODUCT_STATS: log["item_id"].unique(),
     }
-    return write_and_materialize(workspace, iter_snapshots(log, cutoffs=feature_cutoffs(log)), extra, full, expected)
+    with keeping_pushed_rows(workspace):  # real-time purchases not yet in the log stay in the online rows
+        return write_and_materialize(
+            workspace, iter_snapshots(log, cutoffs=feature_cutoffs(log)), extra, full, expected
+        )
 
 
 def _existing_store(workspace: Workspace) -> FeatureStore:
@@ -219,6 +225,8 @@ class OnlineFeatures:
         self._rows: SqliteRows | None = None
         """The SQLite row reader, which can also return rows as stored (see :meth:`user_raw`)."""
         self._read_user_row = self._row_reader()
+        self.fast_reads_checked = self.check_fast_reads()
+        """Whether the direct row read agreed with Feast's SDK at start (see :meth:`check_fast_reads`)."""
 
     def _row_reader(self) -> Any:
         """``user_id → (written at, values by feature)`` for the configured online store."""
@@ -243,11 +251,53 @@ class OnlineFeatures:
 
         return online_read
 
+    def check_fast_reads(self, sample: int = 32) -> bool:
+        """Read ``sample`` stored users both through the direct SQLite read and through Feast's
+        ``get_online_features``; when any differs, log a warning and read every row through the
+        SDK from now on (see :mod:`endcap.online_read_check`). Returns whether they agreed."""
+        if self._rows is None:
+            return True
+        from endcap.online_read_check import disagreeing, sdk_row_reader
+        from feast.infra.key_encoding_utils import deserialize_entity_key
+
+        version = self.store.config.entity_key_serialization_version
+        users = [
+            deserialize_entity_key(key, version).entity_values[0].string_val for key in self._rows.sample_keys(sample)
+        ]
+        sdk = sdk_row_reader(self.store, USER_FEATURES, USER_COLUMNS, "user_id")
+        differ = disagreeing(users, self.user, lambda user_id: self._row(sdk(user_id)[1], True))
+        if not differ:
+            return True
+        import structlog
+
+        structlog.get_logger("endcap.feature_store").warning(
+            "fast_online_read_disagrees",
+            users=differ[:10],
+            disagreeing=len(differ),
+            sampled=len(users),
+            action="reading user rows through Feast's get_online_features (slower); "
+            "check the Feast version against the one Endcap pins",
+        )
+        self._read_user_row, self._rows = sdk, None
+        return False
+
     def user(self, user_id: str) -> dict[str, Any]:
         """The user's statistics and purchase arrays; values are ``None`` for a user the
         store holds no row for."""
         written, values = self._read_user_row(user_id)
         return self._row(values, self.fresh(written, bool(values)))
+
+    def user_row(self, user_id: str) -> tuple[float | None, dict[str, Any]]:
+        """When the user's row was written (epoch seconds, ``None`` without a row) and its values
+        as stored, whatever their age: what a read-modify-write of the row starts from."""
+        written, values = self._read_user_row(user_id)
+        return written, self._row(values, True)
+
+    def row_lock(self) -> RowLock:
+        """The lock every read-modify-write of user rows holds (see :mod:`endcap.row_locks`)."""
+        from endcap.row_locks import row_lock_for
+
+        return row_lock_for(self.store)
 
     def user_raw(self, user_id: str) -> tuple[float | None, tuple[bytes | None, ...]] | None:
         """The user's row as the store holds it (written at, serialized values): rows read as

@@ -40,6 +40,7 @@ class EventInput:
     type: str
     quantity: int
     timestamp: float | None
+    event_id: str = ""
 
 
 class RecommendationService:
@@ -50,7 +51,11 @@ class RecommendationService:
         self.online = online
         self.events = EventLog(workspace.events_log)
         self.events.repair()
-        self.realtime = RealtimeFeatures(online.user, online.push) if config.serving.realtime_features else None
+        self.realtime = (
+            RealtimeFeatures(online.user_row, online.push, online.row_lock())
+            if config.serving.realtime_features
+            else None
+        )
         model = load_newest_sound_model(workspace, host, online)
         self.pipelines = _warmed_up(variant_pipelines(model, online, config))
         """The model version being served, one pipeline per experiment variant; swapped whole by
@@ -198,16 +203,19 @@ class RecommendationService:
         check_event_count(self.config.limits, len(inputs))
         now = time.time()
         events = tuple(_validated(i, position, now, self.config.limits) for position, i in enumerate(inputs))
-        written = self.events.append(events)
+        recorded = self.events.record(events)  # less events a retried call already recorded (event_id)
         if self.realtime is not None:
             try:
-                self.realtime.apply(events)
+                self.realtime.apply(recorded)
             except Exception as exc:  # the events are logged; the next retrain still learns from them
                 log.error(
-                    "realtime_update_failed", events=len(events), error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                    "realtime_update_failed",
+                    events=len(recorded),
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=exc,
                 )
-        self.notify("on_events", events)
-        return written
+        self.notify("on_events", recorded)
+        return len(events)
 
 
 def _warmed_up(pipelines: dict[str, Pipeline], users: int = 20, seconds: float = 1.0) -> dict[str, Pipeline]:
@@ -232,6 +240,11 @@ def _validated(event: EventInput, position: int, now: float, limits: LimitsConfi
         check_id(f"{where}.{field}", getattr(event, field), limits)
     if event.type not in EVENT_TYPES:
         raise InvalidArgument(f"{where}.type must be one of {', '.join(t.upper() for t in EVENT_TYPES)}")
+    if len(event.event_id) > limits.max_id_length:
+        raise InvalidArgument(
+            f"{where}.event_id is {len(event.event_id)} characters; the limit (limits.max_id_length) is "
+            f"{limits.max_id_length}"
+        )
     if event.quantity < 0:
         raise InvalidArgument(f"{where}.quantity must not be negative; got {event.quantity}")
     if event.timestamp is not None and not 0 <= event.timestamp < LATEST_TIMESTAMP:
@@ -242,4 +255,5 @@ def _validated(event: EventInput, position: int, now: float, limits: LimitsConfi
         type=event.type,
         quantity=event.quantity or 1,
         timestamp=event.timestamp if event.timestamp is not None else now,
+        event_id=event.event_id,
     )

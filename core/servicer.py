@@ -83,6 +83,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 timestamp=timestamp_seconds(e.timestamp, f"events[{position}].timestamp")
                 if e.HasField("timestamp")
                 else None,
+                event_id=e.event_id,
             )
             for position, e in enumerate(request.events)
         ]

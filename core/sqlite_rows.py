@@ -55,11 +55,13 @@ class SqliteRows:
 
     def __init__(self, database: Path, table: str, key: Callable[[str], bytes], features: Sequence[str]) -> None:
         self.database = database
+        self.table = table
         self.key = key
         self.features = tuple(features)
         quoted = '"' + table.replace('"', '""') + '"'
         columns = ", ".join("max(CASE WHEN feature_name = ? THEN value END)" for _ in self.features)
         self._sql = f"SELECT max(event_ts), {columns} FROM {quoted} WHERE entity_key = ?"
+        self._sample_sql = f"SELECT entity_key FROM {quoted} GROUP BY entity_key ORDER BY random() LIMIT ?"
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -77,6 +79,13 @@ class SqliteRows:
         except sqlite3.Error as exc:
             raise self._unreadable(exc) from exc
         return _written_at(newest), tuple(raws)
+
+    def sample_keys(self, count: int) -> list[bytes]:
+        """Up to ``count`` serialized entity keys the table holds, chosen at random."""
+        try:
+            return [bytes(key) for (key,) in self._connection().execute(self._sample_sql, (count,)).fetchall()]
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from exc
 
     def values(self, raws: tuple[bytes | None, ...]) -> dict[str, ValueProto]:
         """Stored values (see :meth:`read_raw`) by feature name; unset ones left out."""

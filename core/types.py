@@ -166,6 +166,9 @@ class Event:
     quantity: int
     timestamp: float
     """Seconds since the epoch, UTC."""
+    event_id: str = ""
+    """The client's id for the event (optional): a retried call's events with ids already
+    recorded are not recorded, nor counted, again."""
 
 
 @dataclass(frozen=True)

