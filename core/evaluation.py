@@ -246,8 +246,3 @@ def holdout_validation(
         np.asarray(result.per_user["pipeline"], dtype=np.float64),
         np.asarray(result.per_user["G-TopFreq"], dtype=np.float64),
     )
-
-
-def holdout_metrics(workspace: Workspace, config: EndcapConfig, host: PluginHost, log_frame: pd.DataFrame) -> dict:
-    """The pipeline's metrics on each user's newest basket when trained on everything before it."""
-    return holdout_validation(workspace, config, host, holdout_split(log_frame)).metrics

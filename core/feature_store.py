@@ -168,7 +168,7 @@ def write_and_materialize(
     theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
     if theirs:
         store.materialize(start_date=ALL_TIME[0], end_date=ALL_TIME[1], feature_views=theirs)
-    missing = {view: missing_ids(store, view, ids) for view, ids in (expected or {}).items()}
+    missing = {view: missing_ids(store, view, ids, as_of) for view, ids in (expected or {}).items()}
     if any(missing.values()):
         raise IncompleteMaterialization(missing, {view: len(ids) for view, ids in (expected or {}).items()}, start, end)
     state_file.write_text(json.dumps({"as_of": as_of.isoformat()}))
@@ -193,13 +193,28 @@ def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, fu
         definitions.USER_STATS: log["user_id"].unique(),
         definitions.PRODUCT_STATS: log["item_id"].unique(),
     }
+    cutoffs = _after_previous_run(workspace, feature_cutoffs(log))
     with keeping_pushed_rows(workspace):  # real-time purchases not yet in the log stay in the online rows
-        return write_and_materialize(
-            workspace, iter_snapshots(log, cutoffs=feature_cutoffs(log)), extra, full, expected
-        )
+        return write_and_materialize(workspace, iter_snapshots(log, cutoffs=cutoffs), extra, full, expected)
 
 
-def _existing_store(workspace: Workspace) -> FeatureStore:
+def _after_previous_run(workspace: Workspace, cutoffs: list[pd.Timestamp]) -> list[pd.Timestamp]:
+    """``cutoffs`` with the serving snapshot (the last) stamped after the previous run's: a store
+    that keeps only the newest write per row (Redis) would otherwise keep the old rows when the
+    log gains older lines or is replaced by an older one. A snapshot stamped later than the log's
+    newest line still holds the whole log."""
+    state_file = workspace.feast / "materialized.json"
+    if not state_file.exists():
+        return cutoffs
+    previous = pd.Timestamp(json.loads(state_file.read_text())["as_of"])
+    if cutoffs[-1] > previous:
+        return cutoffs
+    return [*cutoffs[:-1], previous + pd.Timedelta(microseconds=1)]
+
+
+def existing_store(workspace: Workspace) -> FeatureStore:
+    """The workspace's feature store; :class:`FailedPrecondition` naming ``endcap features`` when
+    it was never built (opening it does not create an empty registry)."""
     store = open_store(workspace)
     if not Path(store.config.registry.path).exists():
         raise FailedPrecondition(
@@ -219,7 +234,7 @@ class OnlineFeatures:
     """
 
     def __init__(self, workspace: Workspace) -> None:
-        self.store = _existing_store(workspace)
+        self.store = existing_store(workspace)
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
         self._rows: SqliteRows | None = None
@@ -346,7 +361,7 @@ class HistoricalFeatures:
     """Point-in-time reads from the offline store (``get_historical_features``), for training."""
 
     def __init__(self, workspace: Workspace) -> None:
-        self.store = _existing_store(workspace)
+        self.store = existing_store(workspace)
 
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
         """For each (user, time) pair, the newest snapshot at or before that time, in input order;

@@ -52,8 +52,9 @@ class Manifest:
     """By ``<kind>/<name>``."""
     endcap_version: str
     validation: dict[str, float] = field(default_factory=dict)
-    """The pipeline's metrics on each user's newest basket, trained without it, and
-    ``popularity_ndcg@10`` (G-TopFreq on the same basket); empty when skipped."""
+    """The pipeline's metrics on the validation holdout (each user's newest basket; a random
+    quarter of their items in a no-repeat log), trained without it, and ``popularity_ndcg@10``
+    (G-TopFreq on the same holdout); empty when skipped."""
     checksums: dict[str, str] = field(default_factory=dict)
     """sha256 of every artifact file, by path relative to the version directory."""
     repeat_share: float | None = None

@@ -269,9 +269,11 @@ class Pipeline:
         ids, source_scores = self._merge(results)
         watch.lap("merge")
 
-        keep = self._keep(query, ids, errors, purchased)
-        if not keep.all():
-            ids, source_scores = ids[keep], source_scores[keep]
+        ids, source_scores = self._kept(query, ids, source_scores, errors, purchased)
+        if not ids.size and not fallback:  # everything proposed was excluded: bought, in the cart, filtered
+            fallback = True
+            results = self._fallback(query, user, wanted, errors)
+            ids, source_scores = self._kept(query, *self._merge(results), errors, purchased)
         watch.lap("filter")
 
         features = self._features(ids, source_scores, user)
@@ -447,6 +449,13 @@ class Pipeline:
             table = self._slots.table = np.zeros(self.model.catalog.n_items, dtype=np.int32)
         table[rows] = self._positions[: rows.size]
         return table[ids]
+
+    def _kept(
+        self, query: Query, ids: IndexArray, source_scores: np.ndarray, errors: dict[str, str], purchased: IndexArray
+    ) -> tuple[IndexArray, np.ndarray]:
+        """The candidates (and their rows of source scores) that :meth:`_keep` keeps."""
+        keep = self._keep(query, ids, errors, purchased)
+        return (ids, source_scores) if keep.all() else (ids[keep], source_scores[keep])
 
     def _keep(
         self, query: Query, ids: IndexArray, errors: dict[str, str], purchased: IndexArray = EMPTY_INDEX

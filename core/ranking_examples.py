@@ -47,7 +47,8 @@ def build_ranking_examples(
     log_frame: pd.DataFrame,
     exclude_purchased: bool = False,
 ) -> RankingExamples:
-    """Examples from each user's newest basket; with ``exclude_purchased`` the candidates leave
+    """Examples from each user's label baskets (:func:`label_baskets`: the newest, or the newest
+    quarter of their lines in a no-repeat log); with ``exclude_purchased`` the candidates leave
     out what the user bought before, as serving will, so the ranker learns among the rest."""
     log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
     label_rows = label_baskets(log_frame, label_share(log_frame))

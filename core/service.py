@@ -64,7 +64,9 @@ class RecommendationService:
         """Models switched away from, until the collector has released them (see :meth:`reload`)."""
         freeze_survivors()
         self._reload_lock = threading.Lock()
-        self._refused: str | None = None
+        self._refused: tuple[str, int] | None = None
+        """The version last refused and the store's :meth:`_store_stamp` then: tried again only
+        once the store changed (an ``endcap features`` run can make a refused version fit)."""
         self.monitor_feed = MonitorFeed(self._deliver)
         """Monitor hooks run on a thread of their own, off the request path (see :meth:`notify`)."""
         self.metrics = self._register_metrics()
@@ -91,7 +93,7 @@ class RecommendationService:
         with self._reload_lock:
             registry = ModelRegistry(self.workspace.models)
             target = version or registry.current()
-            if target is None or target == self.model.version:
+            if target is None or target == self.model.version or self._refused == (target, self._store_stamp()):
                 return False
             try:
                 model = load_serving_model(
@@ -99,9 +101,9 @@ class RecommendationService:
                 )
                 check_model_against_store(model, self.online.user)
             except EndcapError as exc:
-                if self._refused != target:
+                if self._refused is None or self._refused[0] != target:
                     log.error("reload_refused", version=target, serving=self.model.version, reason=str(exc))
-                self._refused = target
+                self._refused = (target, self._store_stamp())
                 return False
             previous = self.model
             self.pipelines = _warmed_up(variant_pipelines(model, self.online, self.config))
@@ -111,6 +113,13 @@ class RecommendationService:
             self.retired.release()
             return True
 
+    def _store_stamp(self) -> int:
+        """When ``endcap features`` last finished (``materialized.json``'s modification time)."""
+        try:
+            return (self.workspace.feast / "materialized.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
     def watch_registry(self, interval: float, stop: threading.Event) -> threading.Thread:
         """Poll the registry's CURRENT pointer and :meth:`reload` when it moves (``endcap promote``)."""
 
@@ -118,9 +127,9 @@ class RecommendationService:
             registry = ModelRegistry(self.workspace.models)
             while not stop.wait(interval):
                 current = registry.current()
-                if current not in (self.model.version, self._refused):
-                    self.reload(current)
-                elif self.retired:
+                if current is not None and current != self.model.version and self.reload(current):
+                    continue  # (a version refused before is tried again once the store changed)
+                if self.retired:
                     self.retired.release()  # a request held the previous model at the switch
 
         thread = threading.Thread(target=poll, name="endcap-model-watch", daemon=True)

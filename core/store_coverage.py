@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from endcap.errors import FailedPrecondition
+from endcap.feature_repo.definitions import PRODUCT_STATS, USER_STATS
 
 BATCH = 2000
 """Keys per ``online_read`` on stores without a direct path (Redis)."""
 EXAMPLES = 3
 
-NOUNS = {"user_stats": "users", "product_stats": "products"}
+NOUNS = {USER_STATS: "users", PRODUCT_STATS: "products"}
 
 
 @dataclass(frozen=True)
@@ -36,22 +37,35 @@ class MissingIds:
     def __bool__(self) -> bool:
         return self.count > 0
 
-    def describe(self, noun: str) -> str:
+    def describe(self, noun: str, examples: bool = True) -> str:
+        """``"3 of 40 users (e.g. 'a', 'b', 'c')"``; without the ids when the text leaves the
+        server (they are shoppers' ids)."""
         shown = ", ".join(repr(e) for e in self.examples)
-        return f"{self.count} of {self.total} {noun} (e.g. {shown})"
+        return f"{self.count} of {self.total} {noun}" + (f" (e.g. {shown})" if examples and shown else "")
 
 
-def missing_ids(store: Any, view_name: str, ids: Sequence[str] | np.ndarray) -> MissingIds:
-    """The ids among ``ids`` for which the online store holds no row of ``view_name``."""
-    unique: np.ndarray = pd.unique(np.asarray(ids, dtype=object))
-    view = store.get_feature_view(view_name)
-    online = store._get_provider().online_store
+def missing_ids(
+    store: Any, view_name: str, ids: Sequence[str] | np.ndarray, written_since: pd.Timestamp | None = None
+) -> MissingIds:
+    """The ids among ``ids`` for which the online store holds no row of ``view_name``.
+
+    :param written_since: on a store that keeps only the newest write per row (Redis), a row
+        stamped before this (the snapshot just materialized) counts as missing too: it is an
+        older run's, which the store kept instead of this one's. SQLite overwrites every row.
+    """
+    from feast.errors import FeastObjectNotFoundException
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
+    unique: np.ndarray = pd.unique(np.asarray(ids, dtype=object))
+    try:
+        view = store.get_feature_view(view_name)
+    except FeastObjectNotFoundException as exc:
+        raise FailedPrecondition(f"the feature store has no view {view_name!r}; run 'endcap features' first") from exc
+    online = store._get_provider().online_store
     if isinstance(online, SqliteOnlineStore):
         present = _sqlite_present(store, online, view, unique)
     else:
-        present = _read_present(store, online, view, unique)
+        present = _read_present(store, online, view, unique, written_since)
     absent = unique[~present]
     return MissingIds(int(absent.size), int(unique.size), tuple(str(i) for i in absent[:EXAMPLES]))
 
@@ -85,13 +99,18 @@ def _sqlite_present(store: Any, online: Any, view: Any, ids: np.ndarray) -> np.n
     return np.fromiter((encode(str(i)) in written for i in ids), dtype=bool, count=ids.size)
 
 
-def _read_present(store: Any, online: Any, view: Any, ids: np.ndarray) -> np.ndarray:
-    """Through the store's own ``online_read``, a batch of keys at a time."""
+def _read_present(
+    store: Any, online: Any, view: Any, ids: np.ndarray, written_since: pd.Timestamp | None
+) -> np.ndarray:
+    """Through the store's own ``online_read``, a batch of keys at a time. A key the store lacks
+    can still come back with empty values (Redis answers every key), so a row is present only
+    when a value is set, and, with ``written_since``, when it was written no earlier."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
     from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
     join_key = _join_key(view)
     feature = view.features[0].name
+    since = None if written_since is None else pd.Timestamp(written_since)
     present = np.zeros(ids.size, dtype=bool)
     for start in range(0, ids.size, BATCH):
         keys = [
@@ -99,8 +118,20 @@ def _read_present(store: Any, online: Any, view: Any, ids: np.ndarray) -> np.nda
             for i in ids[start : start + BATCH]
         ]
         rows = online.online_read(store.config, view, keys, [feature])
-        present[start : start + len(keys)] = [values is not None and bool(values) for _, values in rows]
+        present[start : start + len(keys)] = [_current(written, values, since) for written, values in rows]
     return present
+
+
+def _current(written: Any, values: Mapping[str, Any] | None, since: pd.Timestamp | None) -> bool:
+    """Whether an ``online_read`` result is a stored row (a value set) written at ``since`` or later."""
+    if not values or not any(value.WhichOneof("val") not in (None, "null_val") for value in values.values()):
+        return False
+    if since is None:
+        return True
+    stamp = pd.Timestamp(written) if written is not None else None
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return stamp is not None and stamp >= since - pd.Timedelta(milliseconds=1)
 
 
 class IncompleteMaterialization(FailedPrecondition):
@@ -111,7 +142,8 @@ class IncompleteMaterialization(FailedPrecondition):
     ) -> None:
         lacking = " and ".join(found.describe(NOUNS.get(view, view)) for view, found in missing.items() if found)
         super().__init__(
-            f"the online store lacks {lacking} of the purchase log after materializing the snapshots dated "
+            f"the online store lacks current rows for {lacking} of the purchase log after materializing the "
+            "snapshots dated "
             f"{start.isoformat()} to {end.isoformat()}; nothing was recorded as materialized. Check that "
             "feature_store.profile in endcap.yaml names the store you read, then run 'endcap features --full'"
         )
@@ -124,22 +156,28 @@ def check_users_stored(
     user_ids: Sequence[str] | np.ndarray,
     what: str,
     then: str,
+    tolerance: float = 0.0,
+    examples: bool = True,
 ) -> None:
-    """Raise :class:`FailedPrecondition` naming how many of ``user_ids`` have no online row.
+    """Raise :class:`FailedPrecondition` naming how many of ``user_ids`` have no online row, when
+    more than ``tolerance`` (a share) of them have none.
 
     :param has_row: counts the ids without a row (:func:`missing_ids` bound to a store and view,
-        or a sampling reader).
+        or :func:`sampled_user_rows`).
     :param what: what is refused, for the message ("model not written").
     :param then: what to do about it.
+    :param examples: name a few of the ids (not when the message goes to callers).
     """
     missing = has_row(user_ids)
-    if missing:
+    if missing.count > tolerance * missing.total:
         raise FailedPrecondition(
-            f"{what}: the online store lacks {missing.describe('users')} the model was trained on; {then}"
+            f"{what}: the online store lacks {missing.describe('users', examples)} of the log; {then}"
         )
 
 
-def sampled_user_rows(read_user: Callable[[str], Mapping[str, Any]], sample: int = 2000, seed: int = 0) -> Any:
+def sampled_user_rows(
+    read_user: Callable[[str], Mapping[str, Any]], sample: int = 2000, seed: int = 0
+) -> Callable[[Sequence[str] | np.ndarray], MissingIds]:
     """A ``has_row`` for :func:`check_users_stored` that reads a seeded sample of at most
     ``sample`` users one by one (the serving read), so a server checks its model against the store
     in milliseconds whatever the catalogue's size; ``total`` is then the sample's size."""
@@ -154,15 +192,24 @@ def sampled_user_rows(read_user: Callable[[str], Mapping[str, Any]], sample: int
     return has_row
 
 
-def check_model_against_store(model: Any, read_user: Callable[[str], Mapping[str, Any]]) -> None:
-    """Refuse to serve ``model`` (a :class:`ServingModel`) when a sample of its users has no row
-    in the online store: the store was built from another log, or not materialized.
+SERVING_TOLERANCE = 0.01
+"""Share of a model's sampled users the online store may lack before a server refuses the model:
+a few rows gone (evicted, deleted) are answered from the model and counted; a store built from
+another log is refused."""
 
-    :raises FailedPrecondition: with the count and what to run.
+
+def check_model_against_store(model: Any, read_user: Callable[[str], Mapping[str, Any]]) -> None:
+    """Refuse to serve ``model`` (a :class:`ServingModel`) when more than
+    :data:`SERVING_TOLERANCE` of a sample of its users have no row in the online store: the store
+    was built from another log, or not materialized.
+
+    :raises FailedPrecondition: with the count and what to run (no user ids: callers see it).
     """
     check_users_stored(
         sampled_user_rows(read_user),
         model.catalog.user_ids,
-        f"model {model.version} does not match the online store (sampled users)",
+        f"model {model.version} does not match the online store (a sample of its users)",
         "run 'endcap features' on the log the model was trained on, or promote a model trained on the store's log",
+        tolerance=SERVING_TOLERANCE,
+        examples=False,
     )

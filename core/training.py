@@ -12,7 +12,7 @@ import numpy as np
 import structlog
 from endcap import repeat_purchases
 from endcap.feature_repo.definitions import USER_STATS
-from endcap.feature_store import open_store
+from endcap.feature_store import existing_store
 from endcap.ingest import load_interactions
 from endcap.models import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog
 from endcap.plugin_host import PluginHost
@@ -58,7 +58,7 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     """
     purchases = load_interactions(workspace)
     check_users_stored(
-        lambda ids: missing_ids(open_store(workspace), USER_STATS, ids),
+        lambda ids: missing_ids(existing_store(workspace), USER_STATS, ids),
         purchases["user_id"].unique(),
         "model not written",
         "run 'endcap features' (it materializes the log the model is trained on), then 'endcap train'",

@@ -145,8 +145,9 @@ class RequestRecord:
     cold_start: bool = False
     """Neither the model nor the feature store knew the user."""
     online_miss: bool = False
-    """The model knows the user but the online store held no row for them: answered from what
-    the model knows (its own purchase matrix), without the ranker's user features."""
+    """The model knows the user but the online store held no row for them: the candidates come
+    from what the model knows (its own purchase matrix), ordered by the sources' scores; the
+    learned ranker, which needs the row's statistics, is not called."""
     features: FeatureMatrix | None = None
     """The ranked candidates' features (read-only), for monitors that watch their distribution."""
     candidate_scores: ScoreArray | None = None

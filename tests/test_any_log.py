@@ -85,20 +85,21 @@ def retail_log(users: int = 150, items: int = 400, seed: int = 5) -> pd.DataFram
 
 @dataclass(frozen=True)
 class Built:
+    shape: str
     workspace: Path
     log: pd.DataFrame
     """The log as written (the ids as the shop has them)."""
     train_output: str
 
 
-def build(root: Path, log: pd.DataFrame) -> Built:
+def build(shape: str, root: Path, log: pd.DataFrame) -> Built:
     path = root / "log.csv"
     log.to_csv(path, index=False)
     workspace = root / "ws"
     run_cli("ingest", str(path), workspace=workspace)
     run_cli("features", workspace=workspace)
     trained = run_cli("train", workspace=workspace)
-    return Built(workspace, log, trained.stdout)
+    return Built(shape, workspace, log, trained.stdout)
 
 
 LOGS = {"ratings": ratings_log, "shifted_demo": shifted_demo_log, "retail": retail_log}
@@ -106,7 +107,7 @@ LOGS = {"ratings": ratings_log, "shifted_demo": shifted_demo_log, "retail": reta
 
 @pytest.fixture(scope="module", params=sorted(LOGS))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return build(tmp_path_factory.mktemp(request.param), LOGS[request.param]())
+    return build(request.param, tmp_path_factory.mktemp(request.param), LOGS[request.param]())
 
 
 @pytest.fixture(scope="module")
@@ -133,28 +134,33 @@ def test_train_reports_the_repeat_share_and_its_choice(built: Built) -> None:
     )
     assert found, built.train_output
     share, choice = float(found.group(1)) / 100, found.group(2)
-    name = built.workspace.parent.name.rstrip("0123456789")
+    name = built.shape
     expected = {"ratings": (0.0, 0.0, "left"), "shifted_demo": (0.5, 0.8, "kept"), "retail": (0.05, 0.2, "kept")}
     low, high, decided = expected[name]
     assert low <= share <= high and choice == decided, (name, share, choice)
 
 
-def _answers(target: str, users: list[str], k: int = 10) -> dict[str, list[str]]:
+def _answers(target: str, users: list[str], k: int = 10) -> dict[str, list[pb.RecommendedItem]]:
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
-        return {
-            user: [i.item_id for i in stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=10).items]
-            for user in users
-        }
+        return {user: list(stub.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=10).items) for user in users}
+
+
+def _ids(items: list[pb.RecommendedItem]) -> list[str]:
+    return [item.item_id for item in items]
 
 
 def test_known_users_get_personal_answers_not_the_popularity_list(built: Built, served: RunningServer) -> None:
     users = sorted(built.log["user_id"].astype(str).unique())[:40]
     answers = _answers(served.target, [*users, "a-shopper-nobody-has-seen"])
-    popular = answers.pop("a-shopper-nobody-has-seen")
+    popular = _ids(answers.pop("a-shopper-nobody-has-seen"))
     assert all(len(items) == 10 for items in answers.values())
-    personal = [user for user, items in answers.items() if items != popular]
+    personal = [user for user, items in answers.items() if _ids(items) != popular]
     assert len(personal) >= 0.9 * len(users), f"only {len(personal)} of {len(users)} answers differ from popularity"
+    from_history = [  # proposed by a source that reads the user's own purchases, not popularity alone
+        user for user, items in answers.items() if any(set(item.sources) - {"popularity"} for item in items)
+    ]
+    assert len(from_history) == len(users), f"{len(users) - len(from_history)} answers came from popularity alone"
     lines = [e for e in log_events(served.stderr_path.read_text()) if e.get("event") == "recommend"]
     assert sum(1 for e in lines if e.get("cold_start")) <= 1  # the stranger alone
     assert not any(e.get("online_miss") for e in lines)
@@ -170,8 +176,8 @@ def test_model_info_reports_the_repeat_decision(built: Built, served: RunningSer
 def test_already_bought_items_come_back_only_where_the_log_repeats(built: Built, served: RunningServer) -> None:
     users = sorted(built.log["user_id"].astype(str).unique())
     seen = built.log.groupby("user_id")["item_id"].agg(lambda items: set(items.astype(str)))
-    answers = _answers(served.target, users, k=20)
-    repeated = {user: set(items) & seen[user] for user, items in answers.items() if set(items) & seen[user]}
+    answers = {user: set(_ids(items)) for user, items in _answers(served.target, users, k=20).items()}
+    repeated = {user: items & seen[user] for user, items in answers.items() if items & seen[user]}
     if "left out of answers" in built.train_output:
         assert not repeated, f"{len(repeated)} users were offered what they had had, e.g. {list(repeated.items())[:2]}"
     else:

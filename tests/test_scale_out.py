@@ -4,11 +4,13 @@ Feast push sources the moment they are recorded."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pandas as pd
 import pytest
 import yaml
 from conftest import RunningServer, make_generic_log, run_cli, start_redis, start_server, stop_redis, stop_server
@@ -66,11 +68,29 @@ def test_the_online_store_is_redis_and_features_materialize_incrementally(shared
     assert redis.Redis(host=host, port=int(port)).dbsize() >= 40 + 60  # a row per user and per product
     assert not (shared / "feast" / "online.db").exists()
     assert (shared.parent / "shared" / "registry.db").exists()
+    previous = pd.Timestamp(json.loads((shared / "feast" / "materialized.json").read_text())["as_of"])
     again = run_cli("features", workspace=shared).stdout
     assert "snapshots from" in again
     first, rest = again.split("snapshots from ", 1)
-    as_of = first.rsplit("as of ", 1)[1].split(" (")[0]
-    assert rest.startswith(as_of), again  # the second run only moves the newest snapshot
+    as_of = pd.Timestamp(first.rsplit("as of ", 1)[1].split(" (")[0])
+    start = pd.Timestamp(rest.split("):", 1)[0])
+    # the second run only moves the newest snapshot, stamped after the first run's (Redis keeps the newest write)
+    assert start == previous and as_of > previous, again
+
+
+def test_the_coverage_check_reads_redis_rows_for_what_they_are(shared: Path) -> None:
+    """Redis answers every key (an unknown one with empty values): only rows with values count,
+    and a row older than the snapshot just written counts as missing."""
+    from endcap.feature_store import open_store
+    from endcap.store_coverage import missing_ids
+    from endcap.workspace import Workspace
+
+    store = open_store(Workspace(shared))
+    found = missing_ids(store, "user_stats", ["u1", "u2", "a-user-nobody-wrote"])
+    assert (found.count, found.total, found.examples) == (1, 3, ("a-user-nobody-wrote",))
+    as_of = pd.Timestamp(json.loads((shared / "feast" / "materialized.json").read_text())["as_of"])
+    assert missing_ids(store, "user_stats", ["u1", "u2"], written_since=as_of).count == 0
+    assert missing_ids(store, "user_stats", ["u1", "u2"], written_since=as_of + pd.Timedelta(days=1)).count == 2
 
 
 def test_replicas_on_one_store_give_the_same_answers(replicas: list[RunningServer]) -> None:

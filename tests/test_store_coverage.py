@@ -44,7 +44,7 @@ def test_features_refuses_a_materialization_that_leaves_users_out(tmp_path: Path
     expected = {"user_stats": [*log["user_id"].unique(), "a-user-the-snapshots-lack"]}
     with pytest.raises(IncompleteMaterialization) as refused:
         write_and_materialize(workspace, iter_snapshots(log), expected=expected)
-    assert "lacks 1 of 13 users (e.g. 'a-user-the-snapshots-lack')" in str(refused.value)
+    assert "lacks current rows for 1 of 13 users (e.g. 'a-user-the-snapshots-lack')" in str(refused.value)
     assert "endcap features --full" in str(refused.value)
     assert not (workspace.feast / "materialized.json").exists(), "an incomplete run was recorded as done"
 
