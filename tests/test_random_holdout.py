@@ -21,10 +21,10 @@ from endcap.workspace import Workspace
 def make_ratings_log(users: int = 60, items: int = 80, clusters: int = 4, per_user: int = 14, seed: int = 11):
     """A ratings-style log (``user_id,item_id,rating,timestamp``, Unix seconds): each user rates an
     item at most once, mostly items of their own cluster (users and items in ``clusters`` groups,
-    so a latent-factor model can learn who likes what), on random days of 2024. The last user
+    so a latent-factor model can learn who likes what), on random days of 1997. The last user
     rates only three items: too few to be evaluated."""
     rng = np.random.default_rng(seed)
-    start = 1_704_067_200  # 2024-01-01 UTC
+    start = 852_076_800  # 1997-01-01 UTC
     size = items // clusters
     weights = 1.0 / np.arange(1, size + 1) ** 0.7
     rows = []
