@@ -165,7 +165,17 @@ def load_serving_model(
         lambda refs: online.product_features(refs, item_ids),
         workspace.root,
     )
-    model = assemble(manifest, catalog, components, online.products(list(catalog.item_ids)), user_items)
+    products = online.products(list(catalog.item_ids))
+    absent = int(products[list(PRODUCT_STATS_COLUMNS)].isna().all(axis=1).sum())
+    if absent:  # served with zero statistics: said, not silent
+        log.warning(
+            "products_missing_from_store",
+            version=manifest.version,
+            missing=absent,
+            items=catalog.n_items,
+            fix="run 'endcap features' on the log the model was trained on",
+        )
+    model = assemble(manifest, catalog, components, products, user_items)
     log.info(
         "model_loaded",
         version=manifest.version,

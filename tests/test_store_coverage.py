@@ -112,7 +112,7 @@ def test_serve_stays_not_serving_until_model_and_store_match(tmp_path: Path) -> 
         process.wait(timeout=30)
 
 
-def _delete_user_row(workspace: Path, user_id: str) -> int:
+def _delete_row(workspace: Path, table: str, join_key: str, entity: str) -> int:
     from endcap.feature_store import open_store
     from endcap.workspace import Workspace
     from feast.infra.key_encoding_utils import serialize_entity_key
@@ -121,11 +121,11 @@ def _delete_user_row(workspace: Path, user_id: str) -> int:
 
     store = open_store(Workspace(workspace))
     key = serialize_entity_key(
-        EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)]),
+        EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity)]),
         store.config.entity_key_serialization_version,
     )
     with sqlite3.connect(workspace / "feast" / "online.db") as connection:
-        return connection.execute('DELETE FROM "endcap_user_stats" WHERE entity_key = ?', (key,)).rowcount
+        return connection.execute(f'DELETE FROM "endcap_{table}" WHERE entity_key = ?', (key,)).rowcount
 
 
 def test_a_known_user_missing_from_the_store_is_answered_from_the_model_and_counted(tmp_path: Path) -> None:
@@ -135,10 +135,13 @@ def test_a_known_user_missing_from_the_store_is_answered_from_the_model_and_coun
     run_cli("features", workspace=workspace)
     run_cli("train", "--no-validate", workspace=workspace)
     run_cli("promote", "--force", workspace=workspace)  # unvalidated: the gate has nothing to compare
+    assert _delete_row(workspace, "product_stats", "item_id", str(log["item_id"].iloc[0])) > 0  # a product's too
     metrics_port = free_port()
     server = start_server(workspace, tmp_path, extra_args=("--metrics-port", str(metrics_port)))
     try:
-        assert _delete_user_row(workspace, "user-7") > 0  # e.g. evicted from the store
+        [lost] = [e for e in log_events(server.stderr_path.read_text()) if e["event"] == "products_missing_from_store"]
+        assert lost["missing"] == 1 and lost["level"] == "warning"
+        assert _delete_row(workspace, "user_stats", "user_id", "user-7") > 0  # e.g. evicted from the store
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.RecommendationServiceStub(channel)
             answer = stub.Recommend(pb.RecommendRequest(user_id="user-7", k=20), timeout=10)
