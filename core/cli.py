@@ -98,6 +98,10 @@ def _say_comparisons(promotion: Promotion) -> None:
         _say(f"  {line}")
 
 
+GATE_REFUSED = 3
+"""Exit status of ``train`` and ``retrain`` when the promotion gate keeps the current model."""
+
+
 def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
     from endcap.models import ModelRegistry
     from endcap.promotion import GateRefused, promote
@@ -123,11 +127,17 @@ def cmd_train(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.no_promote:
         _say("not promoted (--no-promote); 'endcap promote' makes it current")
         return 0
+    if args.no_validate:
+        _say(
+            "not promoted: not validated (--no-validate), so the gate has nothing to compare; "
+            "'endcap promote --force' makes it current"
+        )
+        return 0
     try:
         done = promote(ModelRegistry(workspace.models), manifest.version, rescore=_gate_rescore(workspace))
     except GateRefused as exc:
         _say(f"written but not promoted: {exc}")
-        return 0
+        return GATE_REFUSED
     _say_comparisons(done)
     _say(f"{manifest.version} is now current (previous: {done.previous or 'none'})")
     return 0
@@ -176,7 +186,7 @@ def cmd_retrain(args: argparse.Namespace, workspace: Workspace) -> int:
         result = retrain(workspace, host, [Path(p) for p in args.input or []], say=_say)
     except GateRefused as exc:
         print(f"endcap retrain: gate refused: {exc}", file=sys.stderr)
-        return 3
+        return GATE_REFUSED
     except EndcapError:
         raise
     except Exception as exc:  # a scheduler needs a clear line and a non-zero exit, the log has the rest

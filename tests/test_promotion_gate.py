@@ -38,7 +38,8 @@ def workspace(tmp_path: Path) -> Path:
 
 def test_train_refuses_a_model_worse_than_popularity_even_with_no_current(workspace: Path) -> None:
     (workspace / "endcap.yaml").write_text(BAD_RANKER)
-    trained = run_cli("train", workspace=workspace)
+    trained = run_cli("train", workspace=workspace, check=False)
+    assert trained.returncode == 3, trained.stderr  # as 'endcap retrain' when the gate refuses
     version = trained_version(trained.stdout)
     assert f"written but not promoted: model {version} is not better than the popularity baseline" in trained.stdout
     assert re.search(r"ndcg@10 0\.\d{4} vs popularity \(G-TopFreq\) 0\.\d{4} on the same 40 users", trained.stdout)
@@ -83,7 +84,8 @@ def test_the_gate_compares_two_versions_on_the_same_holdout(workspace: Path, tmp
     run_cli("ingest", str(tmp_path / "more.csv"), "--append", workspace=workspace)
     run_cli("features", workspace=workspace)
     (workspace / "endcap.yaml").write_text(ITEM_TO_ITEM_ONLY)
-    refused = run_cli("train", workspace=workspace)
+    refused = run_cli("train", workspace=workspace, check=False)
+    assert refused.returncode == 3, refused.stderr
     assert f"is worse than the current {strong_version}" in refused.stdout
     assert "the current configuration retrained on this holdout" in refused.stdout
     assert registry.current() == strong_version
