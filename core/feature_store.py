@@ -245,18 +245,14 @@ class OnlineFeatures:
 
     def _row_reader(self) -> Any:
         """``user_id → (written at, values by feature)`` for the configured online store."""
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.infra.online_stores.helpers import compute_table_id
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
         config, view = self.store.config, self._user_view
         if isinstance(self._online, SqliteOnlineStore):
-            from endcap.sqlite_rows import SqliteRows, string_key_encoder
+            from endcap.sqlite_rows import SqliteRows, feast_table
 
-            version = config.entity_key_serialization_version
-            key = string_key_encoder("user_id", lambda proto: serialize_entity_key(proto, version))
-            table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-            self._rows = SqliteRows(Path(self._online._get_db_path(config)), table, key, USER_COLUMNS)
+            database, table, key = feast_table(self.store, view, "user_id")
+            self._rows = SqliteRows(database, table, key, USER_COLUMNS)
             return self._rows.read
 
         def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:

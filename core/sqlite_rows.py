@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from endcap.errors import FailedPrecondition
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -42,6 +43,20 @@ def string_key_encoder(join_key: str, serialize: Callable[[EntityKeyProto], byte
     if encode(_PROBE) != serialize(proto(_PROBE)):
         return lambda value: serialize(proto(value))
     return encode
+
+
+def feast_table(store: Any, view: Any, join_key: str) -> tuple[Path, str, Callable[[str], bytes]]:
+    """Where Feast's SQLite online store keeps ``view`` of ``store``: the database file, the
+    table's name and the encoder of ``join_key`` values into its ``entity_key`` column."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    config = store.config
+    version = config.entity_key_serialization_version
+    key = string_key_encoder(join_key, lambda proto: serialize_entity_key(proto, version))
+    table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    database = Path(store._get_provider().online_store._get_db_path(config))
+    return database, table, key
 
 
 class SqliteRows:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,7 @@ def missing_ids(
         raise FailedPrecondition(f"the feature store has no view {view_name!r}; run 'endcap features' first") from exc
     online = store._get_provider().online_store
     if isinstance(online, SqliteOnlineStore):
-        present = _sqlite_present(store, online, view, unique)
+        present = _sqlite_present(store, view, unique)
     else:
         present = _read_present(store, online, view, unique, written_since)
     absent = unique[~present]
@@ -75,17 +74,11 @@ def _join_key(view: Any) -> str:
     return str(column.name)
 
 
-def _sqlite_present(store: Any, online: Any, view: Any, ids: np.ndarray) -> np.ndarray:
+def _sqlite_present(store: Any, view: Any, ids: np.ndarray) -> np.ndarray:
     """One scan of the view's table: the set of keys written, each id's key looked up in it."""
-    from endcap.sqlite_rows import string_key_encoder
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.infra.online_stores.helpers import compute_table_id
+    from endcap.sqlite_rows import feast_table
 
-    config = store.config
-    version = config.entity_key_serialization_version
-    encode = string_key_encoder(_join_key(view), lambda proto: serialize_entity_key(proto, version))
-    table = compute_table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
-    database = Path(online._get_db_path(config))
+    database, table, encode = feast_table(store, view, _join_key(view))
     if not database.exists():
         return np.zeros(ids.size, dtype=bool)
     quoted = '"' + table.replace('"', '""') + '"'
