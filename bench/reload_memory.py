@@ -36,12 +36,12 @@ def resident_mb() -> float:
 def build(directory: Path, users: int, items: int, factors: int) -> tuple[Path, list[str]]:
     """The workspace and its two versions; reused when ``directory`` already holds them."""
     from endcap.config import load_config
-    from endcap.feature_store import build_features
-    from endcap.ingest import ingest, load_interactions
-    from endcap.models import ModelRegistry
+    from endcap.data.ingest import ingest, load_interactions
+    from endcap.features.store import build_features
+    from endcap.model_versions import ModelRegistry
     from endcap.plugin_host import PluginHost
     from endcap.testing import purchase_log
-    from endcap.training import train
+    from endcap.training.fit import train
     from endcap.workspace import Workspace
 
     shape = f"{users}x{items}x{factors}"
@@ -82,10 +82,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from endcap.config import load_config
-    from endcap.feature_store import OnlineFeatures
+    from endcap.features.store import OnlineFeatures
     from endcap.logs import configure_logging
     from endcap.plugin_host import PluginHost
-    from endcap.service import RecommendationService
+    from endcap.serving.service import RecommendationService
     from endcap.workspace import Workspace
 
     configure_logging("INFO" if args.verbose else "ERROR")

@@ -66,8 +66,8 @@ def echo_server(port: int) -> None:
 def baseline_server(port: int, workspace: str) -> None:
     """Feast SDK for the user and each of ~200 candidates, then a numpy score: no Endcap."""
     import numpy as np
-    from endcap.feature_store import PRODUCT_FEATURES, USER_FEATURES, open_store
-    from endcap.models import ModelRegistry
+    from endcap.features.store import PRODUCT_FEATURES, USER_FEATURES, open_store
+    from endcap.model_versions import ModelRegistry
     from endcap.workspace import Workspace
 
     ws = Workspace.resolve(workspace)

@@ -73,8 +73,8 @@ def training_data(**shape: int) -> TrainingData:
     ranking examples (label = the first feature is high) for rankers that learn."""
     from dataclasses import replace
 
-    from endcap.ingest import read_purchase_log
-    from endcap.training_data import build_training_data
+    from endcap.data.ingest import read_purchase_log
+    from endcap.data.training_data import build_training_data
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.csv"
@@ -112,8 +112,8 @@ def endcap_training_data() -> TrainingData:
 @pytest.fixture
 def endcap_workspace(tmp_path: Path) -> Path:
     """A workspace with a small generated log ingested and its features materialized in Feast."""
-    from endcap.feature_store import build_features
-    from endcap.ingest import ingest, load_interactions
+    from endcap.data.ingest import ingest, load_interactions
+    from endcap.features.store import build_features
     from endcap.workspace import Workspace
 
     log_path = tmp_path / "log.csv"

@@ -17,11 +17,11 @@ import endcap
 import structlog
 from endcap.errors import EndcapError
 from endcap.logs import info_line
-from endcap.workspace_secrets import workspace_secret
+from endcap.serving.secrets import workspace_secret
 from pydantic import Field
 
 SALT_SECRET = "user_key_salt"
-"""The workspace secret (see :func:`endcap.workspace_secrets.workspace_secret`) salting user keys."""
+"""The workspace secret (see :func:`endcap.serving.secrets.workspace_secret`) salting user keys."""
 USER_KEYS_KEPT = 100_000
 """Pseudonymous keys kept in memory (about 150 bytes each); all are dropped when it is reached."""
 

@@ -19,7 +19,7 @@ import endcap
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from endcap.metrics import ranking_metrics
+from endcap.evaluation.metrics import ranking_metrics
 from endcap.plugins._shared import BestFirstRows
 from endcap.types import TrainingData
 from pydantic import Field

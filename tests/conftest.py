@@ -42,8 +42,8 @@ def run_cli(
 
 def prepared_workspace(root: Path, **shape: int) -> Any:
     """A workspace under ``root`` with a generated log ingested and its features built (real Feast)."""
-    from endcap.feature_store import build_features
-    from endcap.ingest import ingest, load_interactions
+    from endcap.data.ingest import ingest, load_interactions
+    from endcap.features.store import build_features
     from endcap.workspace import Workspace
 
     log_path = root / "log.csv"
@@ -60,7 +60,7 @@ def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built through the Python API (the end-to-end test drives the CLI instead)."""
     from endcap.config import load_config
     from endcap.plugin_host import PluginHost
-    from endcap.training import train
+    from endcap.training.fit import train
 
     workspace = prepared_workspace(tmp_path_factory.mktemp("synthetic"))
     train(workspace, PluginHost(load_config(workspace.root)), validate=False)

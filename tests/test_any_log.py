@@ -45,8 +45,8 @@ def ratings_log(users: int = 150, items: int = 300, seed: int = 3) -> pd.DataFra
 
 def shifted_demo_log(users: int = 120, years: int = -30) -> pd.DataFrame:
     """The first ``users`` shoppers of the Instacart sample, every time moved ``years``."""
-    from endcap.demo_data import instacart_sample
-    from endcap.ingest import read_purchase_log
+    from endcap.data.demo import instacart_sample
+    from endcap.data.ingest import read_purchase_log
 
     frame, _ = read_purchase_log(instacart_sample(), "instacart")
     kept = frame[frame["user_id"].isin(sorted(frame["user_id"].unique())[:users])]
@@ -118,7 +118,7 @@ def served(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
 
 
 def test_the_online_store_holds_every_user_of_the_log(built: Built) -> None:
-    from endcap.feature_store import open_store
+    from endcap.features.store import open_store
     from endcap.workspace import Workspace
 
     users = sorted(built.log["user_id"].astype(str).unique())

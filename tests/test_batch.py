@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
-from endcap.batch_output import publish, write_frame
+from endcap.batch.output import publish, write_frame
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,8 +45,8 @@ def test_spark_engine_writes_what_the_local_engine_writes(synthetic_workspace: P
 
 def test_a_broadcast_model_version_unpacks_to_the_same_checked_files(synthetic_workspace: Path, tmp_path: Path) -> None:
     """What Spark workers load: the packed version, written back, passes the manifest's checksums."""
-    from endcap.batch_spark import pack_version, unpack_version
-    from endcap.models import CorruptArtifact, ModelRegistry, verify_artifact
+    from endcap.batch.spark import pack_version, unpack_version
+    from endcap.model_versions import CorruptArtifact, ModelRegistry, verify_artifact
 
     source = ModelRegistry(synthetic_workspace / "models")
     version = source.current()

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_generic_log
-from endcap.ingest import read_purchase_log
-from endcap.models import load_catalog, save_catalog
+from endcap.data.ingest import read_purchase_log
+from endcap.data.training_data import build_training_data
+from endcap.model_versions import load_catalog, save_catalog
 from endcap.plugins.als import AlsCandidates, AlsCandidatesConfig
 from endcap.plugins.blocklist import BlocklistFilter, BlocklistFilterConfig
 from endcap.plugins.item2item import ItemToItemCandidates, ItemToItemCandidatesConfig
@@ -18,7 +19,6 @@ from endcap.plugins.popularity import PopularityCandidates, PopularityCandidates
 from endcap.plugins.repurchase import RepurchaseCandidates, RepurchaseCandidatesConfig
 from endcap.plugins.structlog_monitor import StructlogMonitor, StructlogMonitorConfig
 from endcap.plugins.tifuknn import TifuKnnCandidates, TifuKnnCandidatesConfig, personal_vectors
-from endcap.training_data import build_training_data
 from endcap.types import Query, StageTimings, UserFeatures
 from structlog.testing import capture_logs
 

@@ -13,7 +13,7 @@ import grpc
 import pandas as pd
 import pytest
 from conftest import RunningServer, log_events, run_cli, start_server, stop_server
-from endcap.demo_data import instacart_sample
+from endcap.data.demo import instacart_sample
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from google.protobuf.timestamp_pb2 import Timestamp

@@ -15,8 +15,8 @@ import psutil
 import pytest
 import structlog
 from conftest import RunningServer, start_server, stop_server
-from endcap.events import EventLog
-from endcap.retrain import purchases_since
+from endcap.data.events import EventLog
+from endcap.release.retrain import purchases_since
 from endcap.types import Event
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
@@ -25,7 +25,7 @@ APPENDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from endcap.events import EventLog
+    from endcap.data.events import EventLog
     from endcap.types import Event
 
     log, acknowledged, seconds = EventLog(Path(sys.argv[1])), open(sys.argv[2], "w"), float(sys.argv[3])
@@ -43,7 +43,7 @@ REPAIRER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from endcap.events import EventLog
+    from endcap.data.events import EventLog
 
     log, stop_at = EventLog(Path(sys.argv[1])), time.monotonic() + float(sys.argv[2])
     while time.monotonic() < stop_at:
@@ -113,7 +113,7 @@ def test_a_retried_event_id_is_recorded_once_across_processes(tmp_path: Path) ->
         """
         import sys
         from pathlib import Path
-        from endcap.events import EventLog
+        from endcap.data.events import EventLog
         from endcap.types import Event
         log = EventLog(Path(sys.argv[1]))
         for n in range(200):

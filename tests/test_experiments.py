@@ -9,11 +9,11 @@ import pytest
 from conftest import prepared_workspace
 from endcap.config import ComponentBlock, EndcapConfig, ExperimentConfig, VariantConfig, load_config
 from endcap.errors import ConfigError, InvalidArgument
-from endcap.experiments import assign
-from endcap.feature_store import OnlineFeatures
+from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
-from endcap.service import RecommendationService
-from endcap.training import train
+from endcap.serving.experiments import assign
+from endcap.serving.service import RecommendationService
+from endcap.training.fit import train
 from prometheus_client.parser import text_string_to_metric_families
 
 EXPERIMENT = ExperimentConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from endcap.feature_tables import compute_feature_tables
+from endcap.features.tables import compute_feature_tables
 from endcap.workspace import Workspace
 
 FEATURE_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
@@ -59,7 +59,7 @@ def test_a_snapshot_sees_only_purchases_before_its_cutoff() -> None:
 
 
 def test_online_store_serves_one_row_per_user_with_arrays(synthetic_workspace: Path) -> None:
-    from endcap.feature_store import OnlineFeatures
+    from endcap.features.store import OnlineFeatures
 
     online = OnlineFeatures(Workspace(synthetic_workspace))
     row = online.user("u1")
@@ -99,7 +99,7 @@ def test_feast_cli_accepts_the_feature_repo(synthetic_workspace: Path, tmp_path:
 
 def test_an_unreadable_online_store_names_the_file_and_the_fix(tmp_path: Path) -> None:
     from endcap.errors import FailedPrecondition
-    from endcap.sqlite_rows import SqliteRows
+    from endcap.features.sqlite_rows import SqliteRows
 
     missing = tmp_path / "feast" / "online.db"
     rows = SqliteRows(missing, "endcap_user_stats", lambda user_id: user_id.encode(), ["orders"])

@@ -19,14 +19,14 @@ import grpc
 import pandas as pd
 import pytest
 from conftest import free_port
-from endcap.cli import main
+from endcap.cli.main import main
 from endcap.config import EndcapConfig, ServingConfig
+from endcap.data.ingest import ingest, read_purchase_log
 from endcap.errors import InputFileError
-from endcap.feature_store import OnlineFeatures
-from endcap.ingest import ingest, read_purchase_log
+from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
-from endcap.server import Server
-from endcap.service import RecommendationService
+from endcap.serving.server import Server
+from endcap.serving.service import RecommendationService
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from endcap.workspace import Workspace

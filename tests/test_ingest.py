@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from endcap.cli import main
+from endcap.cli.main import main
+from endcap.data.ingest import INSTACART_ANCHOR, ingest, read_purchase_log
 from endcap.errors import InputFileError
-from endcap.ingest import INSTACART_ANCHOR, ingest, read_purchase_log
 from endcap.workspace import Workspace
 
 

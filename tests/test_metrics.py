@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from endcap.metrics import pad_rankings, ranking_metrics, recall_curve
+from endcap.evaluation.metrics import pad_rankings, ranking_metrics, recall_curve
 
 
 def test_metrics_on_a_worked_example() -> None:

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from conftest import prepared_workspace, run_cli
 from endcap.config import EndcapConfig
-from endcap.events import EventLog
-from endcap.ingest import load_interactions
-from endcap.models import Manifest, ModelRegistry
+from endcap.data.events import EventLog
+from endcap.data.ingest import load_interactions
+from endcap.model_versions import Manifest, ModelRegistry
 from endcap.plugin_host import PluginHost
-from endcap.promotion import GateRefused, paired_bootstrap, promote
-from endcap.retrain import retrain
+from endcap.release.promotion import GateRefused, paired_bootstrap, promote
+from endcap.release.retrain import retrain
+from endcap.release.validation_record import HoldoutScores, save_holdout_scores
 from endcap.types import Event
-from endcap.validation_record import HoldoutScores, save_holdout_scores
 
 
 def commit_version(
@@ -190,7 +190,7 @@ def test_a_promoted_version_reaches_a_running_server_without_failed_or_mixed_ans
 
     import grpc
     from conftest import start_server, stop_server
-    from endcap.training import train
+    from endcap.training.fit import train
     from endcap.v1 import recommendation_pb2 as pb
     from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 

@@ -182,10 +182,10 @@ def test_report_charts_what_the_server_recorded(served: tuple[RunningServer, int
 
 def test_opentelemetry_spans_per_stage_when_enabled(synthetic_workspace: Path) -> None:
     from endcap.config import EndcapConfig, ServingConfig
-    from endcap.feature_store import OnlineFeatures
-    from endcap.pipeline import Pipeline
+    from endcap.features.store import OnlineFeatures
     from endcap.plugin_host import PluginHost
-    from endcap.serving_model import load_serving_model
+    from endcap.serving.model import load_serving_model
+    from endcap.serving.pipeline import Pipeline
     from endcap.workspace import Workspace
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -216,10 +216,10 @@ def test_opentelemetry_spans_per_stage_when_enabled(synthetic_workspace: Path) -
 
 
 def test_importing_feast_leaves_prometheus_metrics_in_memory() -> None:
-    """Feast sets PROMETHEUS_MULTIPROC_DIR on import; through endcap.feature_store our metrics stay
+    """Feast sets PROMETHEUS_MULTIPROC_DIR on import; through endcap.features.store our metrics stay
     in process memory and the variable does not leak into the server's child processes."""
     script = (
-        "import os, endcap.feature_store\n"
+        "import os, endcap.features.store\n"
         "from prometheus_client import values\n"
         "print(values.ValueClass.__name__, 'PROMETHEUS_MULTIPROC_DIR' in os.environ)\n"
     )
@@ -229,7 +229,7 @@ def test_importing_feast_leaves_prometheus_metrics_in_memory() -> None:
 
 
 def test_the_monitor_feed_delivers_in_order_and_outlives_a_failed_delivery() -> None:
-    from endcap.monitor_feed import MonitorFeed
+    from endcap.monitoring.feed import MonitorFeed
 
     delivered: list[tuple[str, tuple[object, ...]]] = []
 
@@ -246,7 +246,7 @@ def test_the_monitor_feed_delivers_in_order_and_outlives_a_failed_delivery() -> 
 
 
 def test_call_threads_deliver_one_at_a_time_in_order_without_waiting_for_the_feed() -> None:
-    from endcap.monitor_feed import MonitorFeed
+    from endcap.monitoring.feed import MonitorFeed
 
     delivered: list[tuple[int, int]] = []
     inside = threading.Lock()

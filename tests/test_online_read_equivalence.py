@@ -1,4 +1,4 @@
-"""The direct SQLite row read (``endcap.sqlite_rows``) returns what Feast's own
+"""The direct SQLite row read (``endcap.features.sqlite_rows``) returns what Feast's own
 ``get_online_features`` returns, for random users, after materialization and after pushes; and
 when a reader disagrees at start-up, reads fall back to Feast's SDK with a warning."""
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import structlog
-from endcap.feature_store import USER_COLUMNS, USER_FEATURES, OnlineFeatures
-from endcap.realtime import RealtimeFeatures
-from endcap.sqlite_rows import SqliteRows, string_key_encoder
+from endcap.features.realtime import RealtimeFeatures
+from endcap.features.sqlite_rows import SqliteRows, string_key_encoder
+from endcap.features.store import USER_COLUMNS, USER_FEATURES, OnlineFeatures
 from endcap.types import Event
 from endcap.workspace import Workspace
 from feast.infra.key_encoding_utils import serialize_entity_key

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from endcap.config import ComponentBlock, EndcapConfig
 from endcap.errors import InvalidArgument, NotFound
-from endcap.feature_store import OnlineFeatures
-from endcap.pipeline import Pipeline
+from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
-from endcap.serving_model import load_serving_model
+from endcap.serving.model import load_serving_model
+from endcap.serving.pipeline import Pipeline
 from endcap.workspace import Workspace
 
 

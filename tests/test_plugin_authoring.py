@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import prepared_workspace, run_cli, start_server, stop_server
+from endcap.cli.scaffold import KINDS, scaffold
 from endcap.config import EndcapConfig
 from endcap.errors import PluginError
 from endcap.plugin_host import PluginHost
-from endcap.scaffold import KINDS, scaffold
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
@@ -104,7 +104,7 @@ def test_trace_hooks_logs_every_hook_call(tmp_path: Path) -> None:
 
 def test_plugin_feast_objects_are_applied_with_endcaps_own(tmp_path: Path) -> None:
     from endcap.feature_repo.definitions import product
-    from endcap.feature_store import OnlineFeatures
+    from endcap.features.store import OnlineFeatures
     from feast import FeatureView, Field, FileSource
     from feast.types import Int64
 
@@ -121,8 +121,8 @@ def test_plugin_feast_objects_are_applied_with_endcaps_own(tmp_path: Path) -> No
     pd.DataFrame(
         {"item_id": ["i0", "i1"], "aisle": [4, 7], "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC")}
     ).to_parquet(features / "shelf.parquet")
-    from endcap.feature_store import build_features
-    from endcap.ingest import ingest, load_interactions
+    from endcap.data.ingest import ingest, load_interactions
+    from endcap.features.store import build_features
     from endcap.testing import purchase_log
     from endcap.workspace import Workspace
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import make_generic_log, run_cli
-from endcap.models import ModelRegistry
+from endcap.model_versions import ModelRegistry
 
 BAD_RANKER = """\
 candidates: {popularity: {type: popularity}}

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from conftest import run_cli
-from endcap.baselines import als_baseline, frequency_baselines
-from endcap.holdout import MIN_RANDOM_HOLDOUT_ITEMS, random_split
-from endcap.ingest import ingest, load_interactions
-from endcap.metrics import pad_rankings, ranking_metrics
-from endcap.training_data import build_training_data
+from endcap.data.ingest import ingest, load_interactions
+from endcap.data.training_data import build_training_data
+from endcap.evaluation.baselines import als_baseline, frequency_baselines
+from endcap.evaluation.holdout import MIN_RANDOM_HOLDOUT_ITEMS, random_split
+from endcap.evaluation.metrics import pad_rankings, ranking_metrics
 from endcap.workspace import Workspace
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from endcap.config import EndcapConfig
-from endcap.feature_tables import add_basket_index, label_baskets
-from endcap.ingest import load_interactions
+from endcap.data.ingest import load_interactions
+from endcap.data.training_data import build_training_data
+from endcap.features.tables import add_basket_index, label_baskets
 from endcap.plugin_host import PluginHost
-from endcap.ranking_examples import build_ranking_examples
-from endcap.training_data import build_training_data
+from endcap.training.ranking_examples import build_ranking_examples
 from endcap.workspace import Workspace
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 from conftest import start_server, stop_server
-from endcap.feature_store import OnlineFeatures
-from endcap.realtime import updated_user_row
+from endcap.features.realtime import updated_user_row
+from endcap.features.store import OnlineFeatures
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from endcap.workspace import Workspace

@@ -14,9 +14,9 @@ import grpc
 import pytest
 import yaml
 from conftest import make_generic_log, run_cli, start_redis, start_server, stop_redis, stop_server
-from endcap.events import EventLog
-from endcap.feature_store import OnlineFeatures
-from endcap.realtime import RealtimeFeatures
+from endcap.data.events import EventLog
+from endcap.features.realtime import RealtimeFeatures
+from endcap.features.store import OnlineFeatures
 from endcap.types import Event
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc

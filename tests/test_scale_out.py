@@ -81,8 +81,8 @@ def test_the_online_store_is_redis_and_features_materialize_incrementally(shared
 def test_the_coverage_check_reads_redis_rows_for_what_they_are(shared: Path) -> None:
     """Redis answers every key (an unknown one with empty values): only rows with values count,
     and a row older than the snapshot just written counts as missing."""
-    from endcap.feature_store import open_store
-    from endcap.store_coverage import missing_ids
+    from endcap.features.coverage import missing_ids
+    from endcap.features.store import open_store
     from endcap.workspace import Workspace
 
     store = open_store(Workspace(shared))

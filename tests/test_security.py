@@ -15,14 +15,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from endcap.auth import load_callers
-from endcap.client import ClientError, Connection, recommend
 from endcap.config import AuthConfig, EndcapConfig, ServingConfig, TlsConfig
 from endcap.errors import ConfigError
-from endcap.feature_store import OnlineFeatures
+from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
-from endcap.server import Server
-from endcap.service import RecommendationService
+from endcap.serving.auth import load_callers
+from endcap.serving.client import ClientError, Connection, recommend
+from endcap.serving.server import Server
+from endcap.serving.service import RecommendationService
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from endcap.workspace import Workspace

@@ -20,7 +20,7 @@ import yaml
 from conftest import ENDCAP, free_port, log_events, start_server, stop_server
 from endcap.config import AuthConfig, EndcapConfig, ServingConfig
 from endcap.errors import ConfigError
-from endcap.server import Server
+from endcap.serving.server import Server
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
@@ -117,7 +117,7 @@ def test_metrics_listen_on_localhost_and_user_keys_use_the_workspace_salt(
 
 
 def test_the_salt_is_generated_once_per_workspace_and_kept(tmp_path: Path) -> None:
-    from endcap.workspace_secrets import workspace_secret
+    from endcap.serving.secrets import workspace_secret
 
     first = workspace_secret(tmp_path, "user_key_salt")
     assert workspace_secret(tmp_path, "user_key_salt") == first
@@ -127,9 +127,9 @@ def test_the_salt_is_generated_once_per_workspace_and_kept(tmp_path: Path) -> No
 
 
 def test_metrics_host_option_binds_where_asked(synthetic_workspace: Path) -> None:
-    from endcap.feature_store import OnlineFeatures
+    from endcap.features.store import OnlineFeatures
     from endcap.plugin_host import PluginHost
-    from endcap.service import RecommendationService
+    from endcap.serving.service import RecommendationService
     from endcap.workspace import Workspace
 
     config = EndcapConfig()

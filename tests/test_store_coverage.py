@@ -31,10 +31,10 @@ def _renamed(log: pd.DataFrame, prefix: str) -> pd.DataFrame:
 
 
 def test_features_refuses_a_materialization_that_leaves_users_out(tmp_path: Path) -> None:
-    from endcap.feature_store import write_and_materialize
-    from endcap.feature_tables import iter_snapshots
-    from endcap.ingest import ingest, load_interactions
-    from endcap.store_coverage import IncompleteMaterialization
+    from endcap.data.ingest import ingest, load_interactions
+    from endcap.features.coverage import IncompleteMaterialization
+    from endcap.features.store import write_and_materialize
+    from endcap.features.tables import iter_snapshots
     from endcap.workspace import Workspace
 
     make_generic_log(users=12).to_csv(tmp_path / "log.csv", index=False)
@@ -113,7 +113,7 @@ def test_serve_stays_not_serving_until_model_and_store_match(tmp_path: Path) -> 
 
 
 def _delete_row(workspace: Path, table: str, join_key: str, entity: str) -> int:
-    from endcap.feature_store import open_store
+    from endcap.features.store import open_store
     from endcap.workspace import Workspace
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey

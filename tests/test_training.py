@@ -9,9 +9,9 @@ import pytest
 from conftest import prepared_workspace
 from endcap.config import EndcapConfig
 from endcap.errors import FailedPrecondition, NotFound
-from endcap.models import ModelRegistry
+from endcap.model_versions import ModelRegistry
 from endcap.plugin_host import PluginHost
-from endcap.training import train
+from endcap.training.fit import train
 from endcap.workspace import Workspace
 
 

@@ -21,11 +21,11 @@ import pytest
 import yaml
 from conftest import ENDCAP, free_port, log_events, start_server
 from endcap.config import ComponentBlock, EndcapConfig, LimitsConfig, ServingConfig
-from endcap.events import EventLog
-from endcap.feature_store import OnlineFeatures
+from endcap.data.events import EventLog
+from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
-from endcap.server import Server
-from endcap.service import RecommendationService
+from endcap.serving.server import Server
+from endcap.serving.service import RecommendationService
 from endcap.types import Event
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
@@ -220,9 +220,9 @@ def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_works
 
 def test_a_tampered_model_is_refused_and_the_previous_version_serves(tmp_path: Path) -> None:
     from conftest import prepared_workspace
-    from endcap.models import CorruptArtifact, ModelRegistry
-    from endcap.serving_model import load_newest_sound_model, load_serving_model
-    from endcap.training import train
+    from endcap.model_versions import CorruptArtifact, ModelRegistry
+    from endcap.serving.model import load_newest_sound_model, load_serving_model
+    from endcap.training.fit import train
 
     workspace = prepared_workspace(tmp_path, users=15, items=20, baskets=4)
     host = PluginHost(EndcapConfig())

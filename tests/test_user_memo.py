@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from endcap.feature_store import OnlineFeatures
-from endcap.realtime import RealtimeFeatures
+from endcap.features.realtime import RealtimeFeatures
+from endcap.features.store import OnlineFeatures
+from endcap.serving.user_memo import RawRow, UserFeatureMemo
 from endcap.types import Event, UserFeatures
-from endcap.user_memo import RawRow, UserFeatureMemo
 from endcap.workspace import Workspace
 
 

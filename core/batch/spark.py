@@ -1,0 +1,118 @@
+"""``endcap batch --engine spark``: the same batch job on Apache Spark.
+
+The model version's artifacts (catalogue, ALS factors, similarity matrices, ranker) are
+broadcast; each Python worker unpacks them once into a local directory, checks them against the
+manifest's checksums and loads them. Executors therefore need no access to the model registry,
+only to the workspace's configuration and feature store (``endcap.yaml`` and the Feast registry
+at the same path on every node, the Redis online store in production). Users are partitioned
+across executors and scored with ``mapInPandas`` through the same serving pipeline the local
+engine uses, so both engines write the same recommendations. Output is a Parquet directory
+partitioned by ``user_bucket``, put in place by :func:`endcap.batch.output.publish`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from endcap.batch.output import BUCKETS, publish, user_buckets
+from endcap.errors import FailedPrecondition
+
+OUTPUT_SCHEMA = "user_id string, item_id string, rank int, score float, user_bucket int"
+_PIPELINES: dict[tuple[str, str], Any] = {}
+"""Loaded pipelines per (workspace, version) in this Python worker: one load per worker."""
+
+
+def pack_version(directory: Path) -> dict[str, bytes]:
+    """Every file of a model version (manifest included), by path relative to ``directory``."""
+    files = sorted(path for path in directory.rglob("*") if path.is_file())
+    return {str(path.relative_to(directory)): path.read_bytes() for path in files}
+
+
+def unpack_version(files: Mapping[str, bytes], version: str, root: Path) -> Path:
+    """Write a packed version under ``root/version`` (a registry of one version) and return ``root``."""
+    for name, content in files.items():
+        target = root / version / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return root
+
+
+def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str, bytes]]) -> Any:
+    """This worker's pipeline for ``version``; the first call unpacks ``files()`` (the broadcast)."""
+    key = (workspace_root, version)
+    if key not in _PIPELINES:
+        from endcap.config import load_config
+        from endcap.features.store import OnlineFeatures
+        from endcap.model_versions import ModelRegistry
+        from endcap.plugin_host import PluginHost
+        from endcap.serving.model import load_serving_model
+        from endcap.serving.pipeline import Pipeline
+        from endcap.workspace import Workspace
+
+        workspace = Workspace(Path(workspace_root))
+        config = load_config(workspace.root)
+        online = OnlineFeatures(workspace)
+        with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
+            registry = ModelRegistry(unpack_version(files(), version, Path(local)))
+            model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)
+        _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False)
+    return _PIPELINES[key]
+
+
+def run(workspace_root: Path, version_dir: Path, user_ids: list[str], k: int, out: Path, master: str) -> int:
+    """Score ``user_ids`` with the model version in ``version_dir`` on Spark at ``master`` and
+    publish to ``out``; returns the rows written."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this same environment
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise FailedPrecondition("--engine spark needs pyspark: pip install 'endcap[spark]'") from exc
+    try:
+        spark = (
+            SparkSession.builder.master(master)
+            .appName("endcap-batch")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.shuffle.partitions", str(BUCKETS))
+            .getOrCreate()
+        )
+    except Exception as exc:  # no Java, a bad master URL: say so instead of a JVM traceback
+        raise FailedPrecondition(
+            f"cannot start Spark at {master}: {type(exc).__name__}: {exc}; Spark needs Java 17 on PATH "
+            "and a reachable --master (local[*] runs on this machine)"
+        ) from exc
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        job = spark.sparkContext.broadcast({"workspace": str(workspace_root), "version": version_dir.name, "k": k})
+        model = spark.sparkContext.broadcast(pack_version(version_dir))
+
+        def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            from endcap.batch.local import recommend_users
+
+            settings = job.value
+            pipeline = _pipeline(settings["workspace"], settings["version"], lambda: model.value)
+            for batch in batches:
+                frame = recommend_users(pipeline, batch["user_id"].tolist(), settings["k"])
+                yield frame.assign(user_bucket=user_buckets(frame["user_id"]))
+
+        users = spark.createDataFrame(pd.DataFrame({"user_id": user_ids}), schema="user_id string")
+        users = users.repartition(max(1, spark.sparkContext.defaultParallelism * 2))
+        result = users.mapInPandas(score, schema=OUTPUT_SCHEMA)
+        rows = 0
+
+        def write(temporary: Path) -> None:
+            nonlocal rows
+            result.write.partitionBy("user_bucket").parquet(str(temporary))
+            rows = spark.read.parquet(str(temporary)).count()
+
+        publish(out, write)
+        return rows
+    finally:
+        spark.stop()

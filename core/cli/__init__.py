@@ -1,0 +1,1 @@
+"""The ``endcap`` command line, its supervisor and the plugin scaffold."""

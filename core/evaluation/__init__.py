@@ -1,0 +1,1 @@
+"""Offline evaluation: holdout splits, ranking metrics, baselines, the report."""

@@ -1,0 +1,248 @@
+"""``endcap evaluate``: an honest offline evaluation on a holdout of the log.
+
+The holdout follows a protocol (:mod:`endcap.evaluation.holdout`): ``last-basket`` holds out each user's
+newest basket as the *test* target and the one before it as the *validation* target (users with
+at least three baskets are evaluated); ``random-holdout`` holds out a seeded random 25 % of each
+user's distinct items as the test target and another 25 % as the validation target (users with
+at least four distinct items), for logs that have no baskets worth the name.
+
+For each target the whole stack is rebuilt from its training lines alone — features (Feast apply
+and materialize into a workspace of its own under ``evaluation/``), every component, the ranker —
+and each evaluated user is answered through the serving pipeline. Tuning happens inside training,
+so the test target is read only to report. Beside the pipeline it scores G-TopFreq, P-TopFreq and
+a plain implicit ALS on the same training rows (:mod:`endcap.evaluation.baselines`); when the rebuilt
+model's manifest says ``exclude_purchased`` (a no-repeat domain) every system, the baselines
+included, leaves out the user's training items.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import structlog
+from endcap.config import EndcapConfig
+from endcap.data.training_data import build_training_data
+from endcap.evaluation.baselines import als_baseline, frequency_baselines
+from endcap.evaluation.holdout import (
+    DEFAULT_SEED,
+    TARGETS,
+    TargetSplit,
+    holdout_fingerprint,
+    split_for,
+    temporal_split,
+)
+from endcap.evaluation.metrics import pad_rankings, per_user_ndcg, ranking_metrics, recall_curve
+from endcap.plugin_host import PluginHost
+from endcap.types import Query
+from endcap.workspace import Workspace
+
+log = structlog.get_logger("endcap.evaluation")
+
+KS = (10, 20)
+MAX_K = max(KS)
+GATE_K = 10
+"""The cut-off of the per-user NDCG the promotion gate compares."""
+
+__all__ = ["TargetSplit", "evaluate", "evaluate_target", "holdout_validation", "split_for", "temporal_split"]
+
+
+@dataclass
+class SystemResult:
+    metrics: dict[str, float]
+    curve: list[float]
+
+
+@dataclass
+class TargetResult:
+    name: str
+    users: int
+    systems: dict[str, SystemResult] = field(default_factory=dict)
+    candidate_recall: dict[str, float] = field(default_factory=dict)
+    model_version: str = ""
+    train_seconds: float = 0.0
+    evaluate_seconds: float = 0.0
+    protocol: str = "last-basket"
+    seed: int | None = None
+    repeat_share: float | None = None
+    """The rebuilt model's measured repeat share (its manifest's)."""
+    exclude_purchased: bool = False
+    """Whether the rebuilt model (and so every system here) left out the users' training items."""
+    fingerprint: str = ""
+    """:func:`endcap.evaluation.holdout.holdout_fingerprint` of the split."""
+    user_ids: list[str] = field(default_factory=list, repr=False)
+    """The evaluated users, in the order of :attr:`per_user`."""
+    per_user: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    """NDCG@10 of each evaluated user, by system (not written to the JSON report)."""
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return ids[order]
+
+
+def evaluate_target(
+    workspace: Workspace, config: EndcapConfig, host: PluginHost, split: TargetSplit, baselines: bool = True
+) -> TargetResult:
+    """Rebuild features and models from ``split.training`` and score every system on its target.
+
+    ``baselines=False`` scores the pipeline and G-TopFreq only (what the promotion gate needs)."""
+    from endcap.features.store import OnlineFeatures, build_features
+    from endcap.serving.model import load_serving_model
+    from endcap.serving.pipeline import Pipeline
+    from endcap.training.fit import train
+
+    started = time.perf_counter()
+    sub = Workspace(workspace.root / "evaluation" / split.name)
+    shutil.rmtree(sub.models, ignore_errors=True)  # versions of an earlier run are never read again
+    sub.interactions.parent.mkdir(parents=True, exist_ok=True)
+    split.training.to_parquet(sub.interactions, index=False)
+    build_features(sub, split.training)
+    manifest = train(sub, host, validate=False)
+    online = OnlineFeatures(sub)
+    model = load_serving_model(sub, host, online)
+    pipeline = Pipeline(model, online.user, config.serving, budgets=False)
+    trained = time.perf_counter()
+
+    catalog = model.catalog
+    exclude = bool(model.manifest.exclude_purchased)
+    users = sorted(split.target["user_id"].unique())
+    user_rows = {u: i for i, u in enumerate(users)}
+    unseen = sorted(set(split.target["item_id"]) - set(catalog.item_ids.tolist()))
+    columns = model.item_indices(split.target["item_id"].tolist()).astype(np.int64)
+    unseen_index = {item: catalog.n_items + j for j, item in enumerate(unseen)}
+    missing = columns < 0
+    columns[missing] = [unseen_index[i] for i in split.target["item_id"].to_numpy()[missing]]
+    width = catalog.n_items + len(unseen)
+    truth = sp.csr_matrix(
+        (np.ones(len(columns), np.float32), ([user_rows[u] for u in split.target["user_id"]], columns)),
+        shape=(len(users), width),
+    )
+    truth.sum_duplicates()
+    truth.data[:] = 1.0
+    user_index = np.array([model.user_index[u] for u in users])
+    training_data = build_training_data(split.training, catalog=catalog)
+    history = sp.csr_matrix(training_data.user_items[user_index])
+    history.resize((len(users), width))
+
+    rankings: dict[str, list[np.ndarray]] = {"pipeline": [], "merged candidates": []}
+    if baselines:
+        rankings.update({f"{name} alone": [] for name in pipeline.source_names})
+    candidate_sets: dict[str, list[np.ndarray]] = {name: [] for name in pipeline.source_names}
+    candidate_sets["all sources"] = []
+    for row, (user_id, index) in enumerate(zip(users, user_index, strict=True)):
+        query = Query(user_id=user_id, user_index=int(index), k=MAX_K)
+        user = model.user_features(online.user(user_id))
+        prepared = pipeline.prepare(query, user, errors={})
+        ids, source_scores = prepared.features.ids, prepared.source_scores
+        ranker_scores = pipeline.rank(query, prepared.features, source_scores, {})
+        if exclude:  # what the serving pipeline leaves out in a no-repeat domain, whatever stage does it
+            keep = ~np.isin(ids, history.indices[history.indptr[row] : history.indptr[row + 1]])
+            ids, source_scores, ranker_scores = ids[keep], source_scores[keep], ranker_scores[keep]
+        rankings["pipeline"].append(_top(ranker_scores, ids, MAX_K))
+        rankings["merged candidates"].append(_top(source_scores.sum(axis=1), ids, MAX_K))
+        for column, name in enumerate(pipeline.source_names):
+            proposed = source_scores[:, column] > 0
+            if baselines:
+                rankings[f"{name} alone"].append(_top(source_scores[proposed, column], ids[proposed], MAX_K))
+            candidate_sets[name].append(ids[proposed])
+        candidate_sets["all sources"].append(ids)
+
+    g_top, p_top = frequency_baselines(training_data, users, MAX_K, exclude_purchased=exclude)
+    if baselines:
+        als = als_baseline(training_data, users, MAX_K, exclude_purchased=exclude)
+        rankings = {"G-TopFreq": g_top, "P-TopFreq": p_top, "ALS": als, **rankings}
+    else:
+        rankings = {"G-TopFreq": g_top, "pipeline": rankings["pipeline"]}
+
+    result = TargetResult(
+        split.name,
+        len(users),
+        model_version=manifest.version,
+        protocol=split.protocol,
+        seed=split.seed,
+        repeat_share=model.manifest.repeat_share,
+        exclude_purchased=exclude,
+        fingerprint=holdout_fingerprint(split),
+        user_ids=[str(u) for u in users],
+    )
+    for system, rows in rankings.items():
+        recommended = pad_rankings(rows, MAX_K)
+        result.systems[system] = SystemResult(
+            ranking_metrics(recommended, truth, history, KS), recall_curve(recommended, truth, MAX_K)
+        )
+        result.per_user[system] = per_user_ndcg(recommended, truth, GATE_K).tolist()
+    sizes = truth.getnnz(axis=1)
+    for name, rows in candidate_sets.items():
+        width_needed = max((r.size for r in rows), default=1)
+        recommended = pad_rankings(rows, max(width_needed, 1))
+        result.candidate_recall[name] = (
+            ranking_metrics(recommended, truth, ks=(recommended.shape[1],))[f"recall@{recommended.shape[1]}"]
+            if sizes.sum()
+            else 0.0
+        )
+    result.train_seconds = trained - started
+    result.evaluate_seconds = time.perf_counter() - trained
+    log.info("evaluated", target=split.name, users=len(users), seconds=round(time.perf_counter() - started, 1))
+    return result
+
+
+def evaluate(
+    workspace: Workspace,
+    config: EndcapConfig,
+    host: PluginHost,
+    log_frame: pd.DataFrame,
+    protocol: str = "last-basket",
+    seed: int = DEFAULT_SEED,
+) -> list[TargetResult]:
+    """Validation, then test, under ``protocol``: the test target is read once, for the report."""
+    return [
+        evaluate_target(workspace, config, host, split_for(log_frame, target, protocol, seed)) for target in TARGETS
+    ]
+
+
+@dataclass(frozen=True)
+class HoldoutValidation:
+    """What ``endcap train``'s validation step records: figures for the manifest and the per-user
+    values the promotion gate compares (see :mod:`endcap.release.validation_record`)."""
+
+    metrics: dict[str, float]
+    """The pipeline's metrics, plus ``popularity_ndcg@10`` (G-TopFreq on the same holdout)."""
+    fingerprint: str
+    user_ids: list[str]
+    pipeline: np.ndarray
+    """Per-user NDCG@10 of the pipeline, in :attr:`user_ids` order."""
+    popularity: np.ndarray
+    """Per-user NDCG@10 of G-TopFreq."""
+
+
+def holdout_split(log_frame: pd.DataFrame) -> TargetSplit:
+    """The validation holdout of ``endcap train``: each user's newest basket (last-basket test)
+    in a log where people buy again; in one where they (almost) never do, a seeded random quarter
+    of each user's items (random-holdout test), since a "basket" there is one day's ratings."""
+    from endcap.features.repeat_purchases import label_share
+
+    no_repeats = label_share(log_frame) > 0
+    split = split_for(log_frame, "test", "random-holdout" if no_repeats else "last-basket")
+    return TargetSplit("holdout", split.training, split.target, split.protocol, split.seed)
+
+
+def holdout_validation(
+    workspace: Workspace, config: EndcapConfig, host: PluginHost, split: TargetSplit
+) -> HoldoutValidation:
+    """The configuration of ``host`` trained on ``split.training`` and scored on its target,
+    with G-TopFreq beside it: the validation figures recorded in a model's manifest."""
+    result = evaluate_target(workspace, config, host, split, baselines=False)
+    metrics = {key: round(value, 5) for key, value in result.systems["pipeline"].metrics.items()}
+    metrics[f"popularity_ndcg@{GATE_K}"] = round(result.systems["G-TopFreq"].metrics[f"ndcg@{GATE_K}"], 5)
+    return HoldoutValidation(
+        metrics,
+        result.fingerprint,
+        result.user_ids,
+        np.asarray(result.per_user["pipeline"], dtype=np.float64),
+        np.asarray(result.per_user["G-TopFreq"], dtype=np.float64),
+    )

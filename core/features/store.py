@@ -1,0 +1,399 @@
+"""The Feast adapter: configuration, ``apply`` + ``materialize``, and the online reads serving needs.
+
+``import feast`` costs seconds, so this module is imported only by the commands that use Feast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from endcap.errors import FailedPrecondition
+from endcap.feature_repo import definitions
+from endcap.features import feast_env  # noqa: F401  (before Feast: keeps our metrics in memory)
+from endcap.features.tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
+from endcap.workspace import Workspace
+from feast import FeatureStore, RepoConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+if TYPE_CHECKING:
+    from endcap.features.row_locks import RowLock
+    from endcap.features.sqlite_rows import SqliteRows
+
+# ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
+warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
+
+USER_COLUMNS = (*USER_STATS_COLUMNS, "item_ids", *USER_PRODUCT_COLUMNS)
+USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_COLUMNS]
+PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_COLUMNS]
+
+
+PROFILE_FILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
+
+
+def repo_config(workspace: Workspace) -> RepoConfig:
+    """The Feast configuration of ``feature_store.profile`` in the workspace's ``endcap.yaml``:
+    ``feature_repo/feature_store.yaml`` (local) or ``feature_store.redis.yaml``, with the
+    workspace, the Redis connection string and the registry path filled in."""
+    from endcap.config import load_config
+
+    settings = load_config(workspace.root).feature_store
+    registry = settings.registry or workspace.feast / "registry.db"
+    text = files("endcap.feature_repo").joinpath(PROFILE_FILES[settings.profile]).read_text()
+    for name, value in (
+        ("ENDCAP_WORKSPACE", str(workspace.root)),
+        ("ENDCAP_REDIS", settings.redis),
+        ("ENDCAP_FEAST_REGISTRY", str(registry)),
+    ):
+        text = text.replace("${" + name + "}", value)
+    raw = yaml.safe_load(text)
+    raw["registry"]["path"] = str(registry)
+    config = RepoConfig(**raw)
+    config.repo_path = workspace.feast
+    return config
+
+
+def open_store(workspace: Workspace) -> FeatureStore:
+    workspace.feast.mkdir(parents=True, exist_ok=True)
+    config = repo_config(workspace)
+    Path(config.registry.path).parent.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=config)
+
+
+@dataclass(frozen=True)
+class MaterializeSummary:
+    tables: Mapping[str, int]
+    as_of: pd.Timestamp
+    materialized_from: pd.Timestamp
+    """Start of the materialized window: the previous run's newest snapshot when incremental."""
+
+
+def write_tables(
+    workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataFrame]]
+) -> tuple[Mapping[str, int], pd.Timestamp, pd.Timestamp]:
+    """Write the offline tables one snapshot at a time (a row group each), so memory holds one
+    snapshot, not all of them; each file is moved into place when complete. Returns the rows per
+    table and the oldest and newest snapshot times."""
+    import pyarrow.parquet as pq
+
+    workspace.features.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, pq.ParquetWriter] = {}
+    rows: dict[str, int] = {}
+    oldest, as_of = pd.Timestamp.max.tz_localize("UTC"), pd.Timestamp.min.tz_localize("UTC")
+    try:
+        for snapshot in snapshots:
+            for name, frame in snapshot.items():
+                table = _offline_table(frame)
+                if name not in writers:
+                    partial = workspace.features / f"{name}.parquet.partial"
+                    writers[name] = pq.ParquetWriter(partial, table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+                rows[name] = rows.get(name, 0) + len(frame)
+                oldest = min(oldest, frame["event_timestamp"].min())
+                as_of = max(as_of, frame["event_timestamp"].max())
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name in writers:
+        os.replace(workspace.features / f"{name}.parquet.partial", workspace.features / f"{name}.parquet")
+    return rows, oldest, as_of
+
+
+def _offline_table(frame: pd.DataFrame) -> Any:
+    """A snapshot as the offline store keeps it: plain Arrow types (``string``, ``list<string>``)
+    and no pandas metadata, whichever pandas dtypes computed it."""
+    import pyarrow as pa
+
+    def plain(kind: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(kind):
+            return pa.string()
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            return pa.list_(plain(kind.value_type))
+        return kind
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    schema = pa.schema([pa.field(field.name, plain(field.type)) for field in table.schema])
+    return table.cast(schema).replace_schema_metadata(None)
+
+
+def write_and_materialize(
+    workspace: Workspace,
+    snapshots: Iterable[Mapping[str, pd.DataFrame]],
+    extra_objects: Sequence[Any] = (),
+    full: bool = False,
+    expected: Mapping[str, Sequence[str]] | None = None,
+) -> MaterializeSummary:
+    """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
+    plugins), and materialize to the online store.
+
+    Every window is on the log's own timeline, never the machine's clock: it ends just after the
+    newest snapshot, whatever year the log is from. Incremental: the newest snapshot holds every
+    user and product, so Endcap's views are materialized from the newest snapshot the previous
+    run wrote (a first run: from the newest snapshot itself): a run moves only what is new.
+    ``full`` takes every snapshot. Plugins' views always take all of time: the newest row per
+    entity wins, whatever its timestamp.
+
+    ``expected`` (view name → the ids the log has) is checked against the online store once it
+    is written: when ids are missing the run fails with :class:`IncompleteMaterialization`
+    and is not recorded as done, so the next run materializes again.
+    """
+    from endcap.features.coverage import IncompleteMaterialization, missing_ids
+
+    rows, oldest, as_of = write_tables(workspace, snapshots)
+    store = open_store(workspace)
+    endcap_views = definitions.build(workspace.root)
+    store.apply([*endcap_views.all(), *extra_objects])
+    end = as_of + pd.Timedelta(seconds=1)
+    state_file = workspace.feast / "materialized.json"
+    previous = None if not state_file.exists() else pd.Timestamp(json.loads(state_file.read_text())["as_of"])
+    if full:
+        start = oldest - pd.Timedelta(seconds=1)
+    elif previous is not None and previous <= as_of:
+        start = previous
+    else:
+        start = as_of
+    ours = [view.name for view in endcap_views.views()]
+    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=ours)
+    theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
+    if theirs:
+        store.materialize(start_date=ALL_TIME[0], end_date=ALL_TIME[1], feature_views=theirs)
+    missing = {view: missing_ids(store, view, ids, as_of) for view, ids in (expected or {}).items()}
+    if any(missing.values()):
+        raise IncompleteMaterialization(missing, {view: len(ids) for view, ids in (expected or {}).items()}, start, end)
+    state_file.write_text(json.dumps({"as_of": as_of.isoformat()}))
+    return MaterializeSummary(rows, as_of, start)
+
+
+ALL_TIME = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
+"""The materialization window of plugins' views: their rows keep timestamps of their own."""
+
+
+def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, full: bool = False) -> MaterializeSummary:
+    """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
+    ``apply`` (with the plugins' own definitions when ``host`` is given), materialization of
+    the newest snapshot into the online store, keeping the rows real-time purchases pushed
+    (:mod:`endcap.features.pushed_rows`), and a check that the store now holds every user and product of
+    ``log``."""
+    from endcap.features.pushed_rows import keeping_pushed_rows
+    from endcap.features.tables import feature_cutoffs, iter_snapshots
+
+    extra = host.feast_objects(workspace.features) if host is not None else []
+    expected = {
+        definitions.USER_STATS: log["user_id"].unique(),
+        definitions.PRODUCT_STATS: log["item_id"].unique(),
+    }
+    cutoffs = _after_previous_run(workspace, feature_cutoffs(log))
+    with keeping_pushed_rows(workspace):  # real-time purchases not yet in the log stay in the online rows
+        return write_and_materialize(workspace, iter_snapshots(log, cutoffs=cutoffs), extra, full, expected)
+
+
+def _after_previous_run(workspace: Workspace, cutoffs: list[pd.Timestamp]) -> list[pd.Timestamp]:
+    """``cutoffs`` with the serving snapshot (the last) stamped after the previous run's: a store
+    that keeps only the newest write per row (Redis) would otherwise keep the old rows when the
+    log gains older lines or is replaced by an older one. A snapshot stamped later than the log's
+    newest line still holds the whole log."""
+    state_file = workspace.feast / "materialized.json"
+    if not state_file.exists():
+        return cutoffs
+    previous = pd.Timestamp(json.loads(state_file.read_text())["as_of"])
+    if cutoffs[-1] > previous:
+        return cutoffs
+    return [*cutoffs[:-1], previous + pd.Timedelta(microseconds=1)]
+
+
+def existing_store(workspace: Workspace) -> FeatureStore:
+    """The workspace's feature store; :class:`FailedPrecondition` naming ``endcap features`` when
+    it was never built (opening it does not create an empty registry)."""
+    store = open_store(workspace)
+    if not Path(store.config.registry.path).exists():
+        raise FailedPrecondition(
+            f"no feature store in {workspace.root} (registry {store.config.registry.path}); run 'endcap features' first"
+        )
+    return store
+
+
+class OnlineFeatures:
+    """Reads from the Feast online store: one lookup per user, all products at load time.
+
+    The user's row is one indexed read: straight from the table Feast's SQLite online store
+    writes (see :mod:`endcap.features.sqlite_rows`), or through the configured store's own
+    ``online_read`` (Redis), either way skipping the SDK's per-call feature resolution and
+    response building. Feast stays the system of record; this only reads what its
+    materialization and push sources wrote.
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.store = existing_store(workspace)
+        self._online = self.store._get_provider().online_store
+        self._user_view = self.store.get_feature_view(definitions.USER_STATS)
+        self._rows: SqliteRows | None = None
+        """The SQLite row reader, which can also return rows as stored (see :meth:`user_raw`)."""
+        self._read_user_row = self._row_reader()
+        self.fast_reads_checked = self.check_fast_reads()
+        """Whether the direct row read agreed with Feast's SDK at start (see :meth:`check_fast_reads`)."""
+
+    def _row_reader(self) -> Any:
+        """``user_id → (written at, values by feature)`` for the configured online store."""
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        config, view = self.store.config, self._user_view
+        if isinstance(self._online, SqliteOnlineStore):
+            from endcap.features.sqlite_rows import SqliteRows, feast_table
+
+            database, table, key = feast_table(self.store, view, "user_id")
+            self._rows = SqliteRows(database, table, key, USER_COLUMNS)
+            return self._rows.read
+
+        def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:
+            key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
+            [(written, values)] = self._online.online_read(config, view, [key], list(USER_COLUMNS))
+            return (written.timestamp() if written is not None else None), values or {}
+
+        return online_read
+
+    def check_fast_reads(self, sample: int = 32) -> bool:
+        """Read ``sample`` stored users both through the direct SQLite read and through Feast's
+        ``get_online_features``; when any differs, log a warning and read every row through the
+        SDK from now on (see :mod:`endcap.features.online_read_check`). Returns whether they agreed."""
+        if self._rows is None:
+            return True
+        from endcap.features.online_read_check import disagreeing, sdk_row_reader
+        from feast.infra.key_encoding_utils import deserialize_entity_key
+
+        version = self.store.config.entity_key_serialization_version
+        users = [
+            deserialize_entity_key(key, version).entity_values[0].string_val for key in self._rows.sample_keys(sample)
+        ]
+        sdk = sdk_row_reader(self.store, USER_FEATURES, USER_COLUMNS, "user_id")
+        differ = disagreeing(users, self.user, lambda user_id: self._row(sdk(user_id)[1], True))
+        if not differ:
+            return True
+        import structlog
+
+        structlog.get_logger("endcap.feature_store").warning(
+            "fast_online_read_disagrees",
+            users=differ[:10],
+            disagreeing=len(differ),
+            sampled=len(users),
+            action="reading user rows through Feast's get_online_features (slower); "
+            "check the Feast version against the one Endcap pins",
+        )
+        self._read_user_row, self._rows = sdk, None
+        return False
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        """The user's statistics and purchase arrays; values are ``None`` for a user the
+        store holds no row for."""
+        written, values = self._read_user_row(user_id)
+        return self._row(values, self.fresh(written, bool(values)))
+
+    def user_row(self, user_id: str) -> tuple[float | None, dict[str, Any]]:
+        """When the user's row was written (epoch seconds, ``None`` without a row) and its values
+        as stored, whatever their age: what a read-modify-write of the row starts from."""
+        written, values = self._read_user_row(user_id)
+        return written, self._row(values, True)
+
+    def row_lock(self) -> RowLock:
+        """The lock every read-modify-write of user rows holds (see :mod:`endcap.features.row_locks`)."""
+        from endcap.features.row_locks import row_lock_for
+
+        return row_lock_for(self.store)
+
+    def user_raw(self, user_id: str) -> tuple[float | None, tuple[bytes | None, ...]] | None:
+        """The user's row as the store holds it (written at, serialized values): rows read as
+        equal tuples are equal, so a caller can keep what it made of one. ``None`` from a store
+        that cannot return rows as stored (Redis)."""
+        return self._rows.read_raw(user_id) if self._rows is not None else None
+
+    def user_from_raw(self, written: float | None, raws: tuple[bytes | None, ...]) -> dict[str, Any]:
+        """:meth:`user` of a row read by :meth:`user_raw`."""
+        if self._rows is None:
+            raise TypeError("user_from_raw takes a row user_raw returned; this store returns none (use user)")
+        values = self._rows.values(raws)
+        return self._row(values, self.fresh(written, bool(values)))
+
+    def fresh(self, written: float | None, stored: bool) -> bool:
+        """Whether a row (``stored``: the store holds one) written at ``written`` is still valid:
+        always, once stored. Rows never expire (see ``definitions.TTL``): a snapshot's age on the
+        machine's clock says nothing about a log from another decade."""
+        return stored
+
+    @staticmethod
+    def _row(values: Mapping[str, ValueProto], fresh: bool) -> dict[str, Any]:
+        return {column: _python_value(values.get(column)) if fresh else None for column in USER_COLUMNS}
+
+    def push(self, view: str, rows: pd.DataFrame) -> None:
+        """Write ``rows`` (join key, features, ``event_timestamp``) to the online store through
+        ``view``'s push source."""
+        from feast.data_source import PushMode
+
+        self.store.push(definitions.push_source_name(view), rows, to=PushMode.ONLINE)
+
+    def products(self, item_ids: Sequence[str]) -> pd.DataFrame:
+        """Product statistics for ``item_ids`` in that order; missing products are NaN."""
+        frame = self.product_features(PRODUCT_FEATURES, item_ids)
+        return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+
+    def product_features(self, references: Sequence[str], item_ids: Sequence[str]) -> pd.DataFrame:
+        """Any product-keyed features (``"view:feature"`` references) for ``item_ids``, in that
+        order, one column per feature (named without the view); missing values are NaN/None."""
+        rows = [{"item_id": item_id} for item_id in item_ids]
+        frame = self.store.get_online_features(features=list(references), entity_rows=rows).to_df()
+        return frame[[r.split(":", 1)[1] for r in references]]
+
+
+class HistoricalFeatures:
+    """Point-in-time reads from the offline store (``get_historical_features``), for training."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.store = existing_store(workspace)
+
+    def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
+        """For each (user, time) pair, the newest snapshot at or before that time, in input order;
+        feature values are ``None`` where no snapshot is old enough."""
+        entities = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": pd.to_datetime(list(as_of), utc=True)})
+        frame = self.store.get_historical_features(entity_df=entities, features=USER_FEATURES).to_df()
+        frame = entities.merge(frame, on=["user_id", "event_timestamp"], how="left")
+        names = [f.split(":", 1)[1] for f in USER_FEATURES]
+        frame = frame.astype(object).where(frame.notna(), None)
+        return [dict(zip(names, row, strict=True)) for row in frame[names].itertuples(index=False)]
+
+    def products(self, item_ids: Sequence[str], cutoffs: Sequence[pd.Timestamp]) -> dict[pd.Timestamp, pd.DataFrame]:
+        """Product statistics as of each cutoff, for ``item_ids`` in that order (NaN when unseen),
+        read in one point-in-time join."""
+        items = pd.Index(list(item_ids), dtype=object)
+        entities = pd.DataFrame(
+            {
+                "item_id": np.tile(items.to_numpy(), len(cutoffs)),
+                "event_timestamp": np.repeat(pd.DatetimeIndex(list(cutoffs)), len(items)),
+            }
+        )
+        frame = self.store.get_historical_features(entity_df=entities, features=PRODUCT_FEATURES).to_df()
+        frame = entities.merge(frame, on=["item_id", "event_timestamp"], how="left")
+        values = frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+        return {
+            cutoff: values.iloc[i * len(items) : (i + 1) * len(items)].reset_index(drop=True)
+            for i, cutoff in enumerate(cutoffs)
+        }
+
+
+def _python_value(value: ValueProto | None) -> Any:
+    """A stored Feast value as Python: a scalar, a list for array types, ``None`` when unset."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    stored = getattr(value, kind)
+    return list(stored.val) if kind.endswith("_list_val") else stored

@@ -1,0 +1,222 @@
+"""Feature tables computed from the canonical purchase log (pure pandas, no Feast).
+
+Every table carries ``event_timestamp`` (the snapshot time: the statistics use only purchases
+before it) and ``created_timestamp`` (when they were computed). The offline store keeps every
+snapshot, for point-in-time joins; the online store is materialized from the newest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from endcap.data.integer_codes import run_starts, sorted_codes, utc_microseconds
+
+USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
+PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
+USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought")
+
+
+def add_basket_index(log: pd.DataFrame) -> pd.DataFrame:
+    """Add ``basket_index``: 0 for each user's first basket, counting up in time order
+    (a basket's time is its earliest line; ties go by basket id)."""
+    log = log.drop(columns=["basket_index"], errors="ignore")
+    user, _ = sorted_codes(log["user_id"])
+    basket_code, basket_ids = sorted_codes(log["basket_id"])
+    width = max(len(basket_ids), 1)
+    baskets, row_basket = np.unique(user.astype(np.int64) * width + basket_code, return_inverse=True)
+    first_time = np.full(len(baskets), np.iinfo(np.int64).max)
+    np.minimum.at(first_time, row_basket, utc_microseconds(log["timestamp"]))
+    basket_user, basket_id = np.divmod(baskets, width)
+    order = np.lexsort((basket_id, first_time, basket_user))
+    user_start = run_starts(basket_user[order])
+    index = np.empty(len(baskets), np.int32)
+    index[order] = np.arange(len(order)) - np.repeat(user_start, np.diff(np.r_[user_start, len(order)]))
+    return log.assign(basket_index=index[row_basket])
+
+
+def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
+    frame["event_timestamp"] = as_of
+    frame["created_timestamp"] = created
+    return frame.reset_index(drop=True)
+
+
+def serving_cutoff(log: pd.DataFrame) -> pd.Timestamp:
+    """The snapshot time that includes the whole log: just after its newest line."""
+    return log["timestamp"].max() + pd.Timedelta(microseconds=1)
+
+
+def day_cutoffs(times: pd.Series) -> list[pd.Timestamp]:
+    """Midnights (UTC) of the days in ``times``: snapshots that see only earlier days."""
+    return sorted(pd.DatetimeIndex(times).floor("D").unique())
+
+
+def iter_snapshots(
+    log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
+) -> Iterator[dict[str, pd.DataFrame]]:
+    """``user_stats`` (statistics and purchase arrays) and ``product_stats`` of one snapshot at a time.
+
+    A snapshot at ``t`` is computed from the lines strictly before ``t`` and stamped
+    ``event_timestamp = t``, so a point-in-time join at ``t`` or later can see it and nothing
+    earlier can. The default is the single serving snapshot (:func:`serving_cutoff`).
+    """
+    created = created if created is not None else pd.Timestamp.now(tz="UTC")
+    if log.empty:
+        return
+    coded = _CodedLog.of(log)
+    for cutoff in cutoffs or [serving_cutoff(log)]:
+        snapshot = coded.snapshot(cutoff)
+        if snapshot is not None:
+            yield {name: _stamp(frame, cutoff, created) for name, frame in snapshot.items()}
+
+
+def compute_feature_tables(
+    log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
+) -> Mapping[str, pd.DataFrame]:
+    """Every snapshot of :func:`iter_snapshots`, each table concatenated over them."""
+    snapshots = list(iter_snapshots(log, cutoffs, created))
+    return {name: pd.concat([s[name] for s in snapshots], ignore_index=True) for name in snapshots[0]}
+
+
+@dataclass(frozen=True)
+class _CodedLog:
+    """The log as integer arrays, built once and cut at each snapshot: users and items are
+    numbered in string order (so code order is the tables' sort order), and the lines are
+    sorted by user, item and basket so each user × item pair is one run."""
+
+    user_ids: pd.Index
+    item_ids: pd.Index
+    user: np.ndarray
+    item: np.ndarray
+    basket_index: np.ndarray
+    time: np.ndarray
+    basket: np.ndarray
+    """Each line's basket, numbered across users (user order, then basket index)."""
+    basket_user: np.ndarray
+
+    @classmethod
+    def of(cls, log: pd.DataFrame) -> _CodedLog:
+        log = add_basket_index(log) if "basket_index" not in log.columns else log
+        user, user_ids = sorted_codes(log["user_id"])
+        item, item_ids = sorted_codes(log["item_id"])
+        basket_index = log["basket_index"].to_numpy(np.int64)
+        order = np.lexsort((basket_index, item, user))
+        user, item, basket_index = user[order], item[order], basket_index[order]
+        baskets_per_user = np.zeros(len(user_ids), np.int64)
+        np.maximum.at(baskets_per_user, user, basket_index + 1)
+        first_basket = np.r_[0, np.cumsum(baskets_per_user)[:-1]]
+        return cls(
+            user_ids=user_ids,
+            item_ids=item_ids,
+            user=user,
+            item=item,
+            basket_index=basket_index,
+            time=utc_microseconds(log["timestamp"])[order],
+            basket=first_basket[user] + basket_index,
+            basket_user=np.repeat(np.arange(len(user_ids)), baskets_per_user),
+        )
+
+    def snapshot(self, cutoff: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
+        before = self.time < utc_microseconds([cutoff])[0]
+        if not before.any():
+            return None
+        user, item, basket_index, time, basket = (
+            a[before] for a in (self.user, self.item, self.basket_index, self.time, self.basket)
+        )
+        n_users, n_items = len(self.user_ids), len(self.item_ids)
+
+        size = np.bincount(basket, minlength=len(self.basket_user))
+        basket_time = np.full(len(size), np.iinfo(np.int64).max)
+        np.minimum.at(basket_time, basket, time)
+        held = np.flatnonzero(size)
+        owner = self.basket_user[held]
+        orders = np.bincount(owner, minlength=n_users)
+        lines = np.bincount(owner, weights=size[held], minlength=n_users)
+        first, last = np.full(n_users, np.iinfo(np.int64).max), np.zeros(n_users, np.int64)
+        np.minimum.at(first, owner, basket_time[held])
+        np.maximum.at(last, owner, basket_time[held])
+
+        pair_start = run_starts(user, item)
+        pair_user, pair_item = user[pair_start], item[pair_start]
+        times_bought = np.diff(np.r_[pair_start, len(user)])
+        last_basket = np.maximum.reduceat(basket_index, pair_start)
+        distinct_items = np.bincount(pair_user, minlength=n_users)
+
+        buyers = np.flatnonzero(orders)
+        span_days = (last - first)[buyers] / 1e6 / 86400.0
+        user_stats = pd.DataFrame(
+            {
+                "user_id": self.user_ids[buyers],
+                "orders": orders[buyers].astype(np.int64),
+                "avg_basket_size": (lines[buyers] / orders[buyers]).astype(np.float32),
+                "avg_days_between_orders": (span_days / np.maximum(orders[buyers] - 1, 1)).astype(np.float32),
+                "distinct_items": distinct_items[buyers].astype(np.int64),
+                **_per_user_lists(
+                    distinct_items[buyers],
+                    item_ids=_arrow(self.item_ids[pair_item].array),
+                    times_bought=pa.array(times_bought.astype(np.int64)),
+                    orders_since_last_bought=pa.array((orders[pair_user] - 1 - last_basket).astype(np.int64)),
+                ),
+            }
+        )
+
+        purchases = np.bincount(pair_item, weights=times_bought, minlength=n_items).astype(np.int64)
+        distinct_buyers = np.bincount(pair_item, minlength=n_items)
+        sold = np.flatnonzero(distinct_buyers)
+        product_stats = pd.DataFrame(
+            {
+                "item_id": self.item_ids[sold],
+                "purchases": purchases[sold],
+                "distinct_buyers": distinct_buyers[sold].astype(np.int64),
+                "reorder_rate": ((purchases[sold] - distinct_buyers[sold]) / purchases[sold]).astype(np.float32),
+            }
+        )
+        return {"user_stats": user_stats, "product_stats": product_stats}
+
+
+def _arrow(values: object) -> pa.Array:
+    """``values`` as one Arrow array (pandas' Arrow-backed strings come as a chunked array)."""
+    array = pa.array(values)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _per_user_lists(lengths: np.ndarray, **values: pa.Array) -> dict[str, pd.Series]:
+    """One list per user cut from each array (pairs in user order) at the user boundaries,
+    kept in Arrow."""
+    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
+    columns = {}
+    for name, flat in values.items():
+        lists = pa.ListArray.from_arrays(offsets, flat)
+        columns[name] = pd.Series(lists, dtype=pd.ArrowDtype(lists.type))
+    return columns
+
+
+def label_baskets(log: pd.DataFrame, label_share: float = 0.0) -> pd.DataFrame:
+    """The baskets a ranker learns to predict from everything before them (``user_id,
+    basket_index, label_time``), for users with at least two baskets: each user's newest basket,
+    and with ``label_share`` > 0 the newest baskets holding at least that share of the user's
+    lines (always leaving the first basket as history). ``label_time`` is the user's earliest
+    label basket's time, the same on each of their rows: features are read as of then."""
+    log = add_basket_index(log) if "basket_index" not in log.columns else log
+    baskets = log.groupby(["user_id", "basket_index"], sort=False).agg(
+        label_time=("timestamp", "min"), lines=("timestamp", "size")
+    )
+    baskets = baskets.reset_index().sort_values(["user_id", "basket_index"], ascending=[True, False])
+    newest = baskets.groupby("user_id", sort=False)["basket_index"].transform("max")
+    lines_after = baskets.groupby("user_id", sort=False)["lines"].cumsum() - baskets["lines"]
+    total = baskets.groupby("user_id", sort=False)["lines"].transform("sum")
+    wanted = (baskets["basket_index"] == newest) | (lines_after < label_share * total)
+    labels = baskets[wanted & (baskets["basket_index"] >= 1)].copy()
+    labels["label_time"] = labels.groupby("user_id", sort=False)["label_time"].transform("min")
+    return labels[["user_id", "basket_index", "label_time"]].reset_index(drop=True)
+
+
+def feature_cutoffs(log: pd.DataFrame) -> list[pd.Timestamp]:
+    """The snapshots ``endcap features`` writes: one per day on which a user's label baskets
+    start (for point-in-time training joins) and the serving snapshot."""
+    from endcap.features.repeat_purchases import label_share
+
+    return [*day_cutoffs(label_baskets(log, label_share(log))["label_time"]), serving_cutoff(log)]

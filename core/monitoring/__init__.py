@@ -1,0 +1,1 @@
+"""Watching the live service: monitor hooks off the request path, /metrics, reports."""

@@ -1,0 +1,1 @@
+"""What makes a model version current: validation, the promotion gate, the retrain job."""

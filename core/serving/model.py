@@ -1,0 +1,208 @@
+"""A model version loaded for serving: catalogue, components with their state, product features.
+
+Everything a request needs that does not change per request is built here once, so a reload
+swaps one object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from itertools import repeat
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import structlog
+from endcap.errors import FailedPrecondition
+from endcap.features.tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
+from endcap.model_versions import CorruptArtifact, Manifest, ModelRegistry, component_dir, load_catalog, verify_artifact
+from endcap.plugin_host import Components, PluginHost
+from endcap.registry import kind_of
+from endcap.types import Catalog, Component, IndexArray, ModelContext, Monitor, UserFeatures, read_only
+from endcap.workspace import Workspace
+
+log = structlog.get_logger("endcap.model")
+
+PRODUCT_FEATURE_NAMES = tuple(f"product.{c}" for c in PRODUCT_STATS_COLUMNS)
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    manifest: Manifest
+    catalog: Catalog
+    components: Components
+    user_index: dict[str, int]
+    item_lookup: dict[str, int]
+    product_features: np.ndarray
+    """``n_items × len(PRODUCT_FEATURE_NAMES)`` float32 in C order (a request takes rows), read from
+    the online store at load."""
+    user_items: sp.csr_matrix | None = None
+    """The users × items purchase counts the model was trained on."""
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def item_indices(self, item_ids: Any) -> IndexArray:
+        """Catalogue indices of ``item_ids``; -1 for ids the model does not know."""
+        return np.fromiter(map(self.item_lookup.get, item_ids, repeat(-1)), dtype=np.int32, count=len(item_ids))
+
+    def user_features(self, raw: dict[str, Any]) -> UserFeatures:
+        """Turn one feature-store row (see :meth:`OnlineFeatures.user`) into :class:`UserFeatures`,
+        read-only throughout: the server shares it between requests (see :mod:`endcap.serving.user_memo`)."""
+        if raw.get("orders") is None:
+            return UserFeatures(stats=MappingProxyType({}))
+        stats = {name: float(raw.get(name) or 0.0) for name in USER_STATS_COLUMNS}
+        ids = self.item_indices(_sequence(raw.get("item_ids")))
+        order = np.argsort(ids, kind="stable")
+        order = order[ids[order] >= 0]  # sorted, products the model does not know left out
+        item_stats = {
+            name: read_only(np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order])
+            for name in USER_PRODUCT_COLUMNS
+        }
+        return UserFeatures(
+            stats=MappingProxyType(stats), items=read_only(ids[order]), item_stats=MappingProxyType(item_stats)
+        )
+
+    def history_features(self, user_index: int) -> UserFeatures:
+        """What the model itself knows of a user it was trained on: the items of their row in the
+        training matrix and how often each was bought; no statistics, so :attr:`UserFeatures.known`
+        stays false. For a user whose online row is missing."""
+        if self.user_items is None or not 0 <= user_index < self.user_items.shape[0]:
+            return UserFeatures(stats=MappingProxyType({}))
+        start, end = self.user_items.indptr[user_index], self.user_items.indptr[user_index + 1]
+        items = self.user_items.indices[start:end].astype(np.int32)
+        order = np.argsort(items, kind="stable")
+        counts = np.asarray(self.user_items.data[start:end], dtype=np.float32)[order]
+        item_stats = {"times_bought": read_only(counts), "orders_since_last_bought": read_only(np.zeros_like(counts))}
+        return UserFeatures(
+            stats=MappingProxyType({}), items=read_only(items[order]), item_stats=MappingProxyType(item_stats)
+        )
+
+
+def _sequence(value: Any) -> Any:
+    """Feature-store arrays arrive as lists, numpy arrays or ``None``."""
+    return [] if value is None else value
+
+
+def load_components(
+    components: Iterable[Component],
+    directory: Path,
+    catalog: Catalog,
+    user_items: sp.csr_matrix,
+    product_features: Callable[[Sequence[str]], pd.DataFrame] | None = None,
+    workspace: Path | None = None,
+) -> None:
+    """Give each component the state ``fit`` saved under ``directory`` (a model version)."""
+    for component in components:
+        kind = kind_of(type(component))
+        context = ModelContext(
+            catalog, user_items, component_dir(directory, kind, component.name), product_features, workspace
+        )
+        try:
+            component.load(context)
+        except FileNotFoundError as exc:
+            raise FailedPrecondition(
+                f"{kind} {component.name!r} has no trained state in {directory} ({exc.filename}); "
+                "run 'endcap train' after changing endcap.yaml"
+            ) from exc
+
+
+def assemble(
+    manifest: Manifest,
+    catalog: Catalog,
+    components: Components,
+    products: pd.DataFrame,
+    user_items: sp.csr_matrix | None = None,
+) -> ServingModel:
+    """A serving model from loaded components and the product statistics (rows in catalogue order)."""
+    return ServingModel(
+        manifest=manifest,
+        catalog=catalog,
+        components=components,
+        user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
+        item_lookup={item_id: i for i, item_id in enumerate(catalog.item_ids.tolist())},
+        product_features=np.ascontiguousarray(
+            np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32))
+        ),
+        user_items=user_items,
+    )
+
+
+def load_serving_model(
+    workspace: Workspace,
+    host: PluginHost,
+    online: Any,
+    version: str | None = None,
+    monitors: Mapping[str, Monitor] | None = None,
+    registry: ModelRegistry | None = None,
+) -> ServingModel:
+    """Load ``version`` (default: current) with every configured component and the product matrix.
+
+    ``monitors`` keeps running monitors (a reload): they are given the new version's state
+    instead of being built anew, so their counters and windows carry over. ``registry`` loads
+    from another copy of the registry than the workspace's (a Spark worker's local copy)."""
+    started = time.perf_counter()
+    registry = registry or ModelRegistry(workspace.models)
+    directory = registry.path(version)
+    manifest = registry.manifest(directory.name)
+    verify_artifact(directory, manifest)
+    catalog, user_items = load_catalog(directory)
+    components = host.build_components()
+    if monitors is not None:
+        components = replace(components, monitors=dict(monitors))
+    item_ids = list(catalog.item_ids)
+    load_components(
+        components.all(),
+        directory,
+        catalog,
+        user_items,
+        lambda refs: online.product_features(refs, item_ids),
+        workspace.root,
+    )
+    products = online.products(list(catalog.item_ids))
+    absent = int(products[list(PRODUCT_STATS_COLUMNS)].isna().all(axis=1).sum())
+    if absent:  # served with zero statistics: said, not silent
+        log.warning(
+            "products_missing_from_store",
+            version=manifest.version,
+            missing=absent,
+            items=catalog.n_items,
+            fix="run 'endcap features' on the log the model was trained on",
+        )
+    model = assemble(manifest, catalog, components, products, user_items)
+    log.info(
+        "model_loaded",
+        version=manifest.version,
+        users=catalog.n_users,
+        items=catalog.n_items,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return model
+
+
+def load_newest_sound_model(workspace: Workspace, host: PluginHost, online: Any) -> ServingModel:
+    """The current version; when its artifact is corrupt, the newest earlier version that is sound
+    (logged as an error), so a damaged file never takes the service down."""
+    registry = ModelRegistry(workspace.models)
+    current = registry.current()
+    try:
+        return load_serving_model(workspace, host, online, current)
+    except CorruptArtifact as refusal:
+        log.error("model_refused", version=current, reason=str(refusal))
+        for version in reversed(registry.versions()):
+            if version == current:
+                continue
+            try:
+                model = load_serving_model(workspace, host, online, version)
+            except (CorruptArtifact, FailedPrecondition) as other:
+                log.error("model_refused", version=version, reason=str(other))
+                continue
+            log.error("serving_previous_version", version=version, refused=current)
+            return model
+        raise CorruptArtifact(f"{refusal}; no earlier version is sound either") from refusal

@@ -1,0 +1,562 @@
+"""The request pipeline: user features → candidates → merge → filters → features → rank → top-k.
+
+Every stage works on numpy arrays over all candidates at once; the only Python loops run over
+sources, filters and the ``k`` returned items. Each component is isolated: one that raises is
+dropped from this request (logged and reported to monitors), and the request is still served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+import numpy as np
+import structlog
+from endcap.config import ServingConfig
+from endcap.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from endcap.logs import deadline_var, new_request_id
+from endcap.monitoring.rate_limited import RateLimitedCount
+from endcap.serving.model import PRODUCT_FEATURE_NAMES, ServingModel
+from endcap.types import (
+    EMPTY_INDEX,
+    Candidates,
+    FeatureMatrix,
+    IndexArray,
+    Query,
+    RequestRecord,
+    StageTimings,
+    UserFeatures,
+    read_only,
+)
+
+log = structlog.get_logger("endcap.pipeline")
+
+USER_FEATURE_NAMES = ("user.orders", "user.avg_basket_size", "user.avg_days_between_orders", "user.distinct_items")
+USER_STAT_NAMES = tuple(name.split(".", 1)[1] for name in USER_FEATURE_NAMES)
+USER_PRODUCT_FEATURE_NAMES = (
+    "user_product.times_bought",
+    "user_product.bought_share",
+    "user_product.orders_since_last_bought",
+)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A pipeline answer: item ids best first, their scores and the sources that proposed each."""
+
+    request_id: str
+    model_version: str
+    variant: str
+    item_ids: tuple[str, ...]
+    scores: np.ndarray
+    sources: tuple[tuple[str, ...], ...]
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request's candidates, ready to rank."""
+
+    features: FeatureMatrix
+    source_scores: np.ndarray
+    """``candidates × sources`` scores scaled to (0, 1]; 0 where a source did not propose the item."""
+    counts: Mapping[str, int]
+    """Candidates each source returned, before merging and filtering."""
+    fallback: bool = False
+    """Every source came back empty and the fallback source served."""
+
+
+class _Stopwatch:
+    """Stage timings of one request: each lap records its end; durations are worked out once."""
+
+    def __init__(self) -> None:
+        self.started_ns = time.time_ns()
+        self._origin = time.perf_counter_ns()
+        self._laps: list[tuple[str, int]] = []
+
+    def lap(self, stage: str) -> None:
+        self._laps.append((stage, time.perf_counter_ns()))
+
+    @property
+    def ms(self) -> dict[str, float]:
+        """Milliseconds per stage."""
+        ends = [self._origin] + [end for _, end in self._laps]
+        return {stage: (end - ends[i]) / 1e6 for i, (stage, end) in enumerate(self._laps)}
+
+    @property
+    def spans(self) -> list[tuple[str, int, int]]:
+        """(stage, start, end) in epoch nanoseconds, for tracing."""
+        shift = self.started_ns - self._origin
+        ends = [self._origin] + [end for _, end in self._laps]
+        return [(stage, ends[i] + shift, end + shift) for i, (stage, end) in enumerate(self._laps)]
+
+
+def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_version: str) -> None:
+    """One ``endcap.recommend`` span with a child per stage, from the stopwatch's own times."""
+    from opentelemetry import trace
+
+    spans = watch.spans
+    end = spans[-1][2] if spans else time.time_ns()
+    root = tracer.start_span("endcap.recommend", start_time=watch.started_ns)
+    root.set_attributes(
+        {
+            "endcap.request_id": request_id,
+            "endcap.k": query.k,
+            "endcap.variant": query.variant,
+            "endcap.model_version": model_version,
+        }
+    )
+    context = trace.set_span_in_context(root)
+    for stage, start, stop in spans:
+        tracer.start_span(f"endcap.{stage}", context=context, start_time=start).end(end_time=stop)
+    root.end(end_time=end)
+
+
+def _scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Each source's scores (consecutive runs of ``sizes``) mapped to (0, 1]: its best is 1, its
+    worst just above 0; a source whose scores are all equal gets 1 throughout."""
+    scores = scores.astype(np.float32, copy=False)
+    present = [size for size in sizes if size]
+    starts = list(accumulate(present[:-1], initial=0))
+    low = np.minimum.reduceat(scores, starts)
+    span = np.maximum.reduceat(scores, starts) - low
+    flat = span <= 0
+    any_flat = bool(flat.any())
+    if any_flat:
+        span[flat] = 1.0
+    scaled = 0.05 + 0.95 * (scores - np.repeat(low, present)) / np.repeat(span, present)
+    if any_flat:
+        scaled[np.repeat(flat, present)] = 1.0
+    return scaled.astype(np.float32, copy=False)
+
+
+def _candidates(name: str, result: Any) -> Candidates:
+    if not isinstance(result, Candidates):
+        raise TypeError(f"{name}.generate returned {type(result).__name__}, expected Candidates")
+    return result
+
+
+def _check_deadline(stage: str) -> None:
+    """Stop working for a caller who has stopped waiting (the deadline of the gRPC call)."""
+    deadline = deadline_var.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded(f"the call's deadline passed after {stage}; nothing was returned")
+
+
+def _tracer() -> Any:
+    from opentelemetry import trace
+
+    return trace.get_tracer("endcap")
+
+
+def resolve_k(serving: ServingConfig, k: int) -> int:
+    """``k`` as asked (0 means ``serving.default_k``); outside 1..``max_k`` is INVALID_ARGUMENT."""
+    if k == 0:
+        return serving.default_k
+    if not 1 <= k <= serving.max_k:
+        raise InvalidArgument(f"k must be between 1 and {serving.max_k} (0 means {serving.default_k}); got {k}")
+    return k
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best scores, best first."""
+    if scores.size > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        return part[np.argsort(-scores[part], kind="stable")]
+    return np.argsort(-scores, kind="stable")
+
+
+class Pipeline:
+    """Answers Recommend and SimilarItems for one loaded model version."""
+
+    def __init__(
+        self,
+        model: ServingModel,
+        read_user: Callable[[str], dict[str, Any]],
+        serving: ServingConfig,
+        skip_sources: frozenset[str] = frozenset(),
+        budgets: bool = True,
+        users: Callable[[str], UserFeatures] | None = None,
+    ) -> None:
+        self.model = model
+        self.users = users or (lambda user_id: model.user_features(read_user(user_id)))
+        """``user_id → UserFeatures`` for a request: the server's memo of parsed rows (see
+        :mod:`endcap.serving.user_memo`), else ``read_user`` and a parse every time."""
+        self.serving = serving
+        self.tracer = _tracer() if serving.opentelemetry else None
+        self.sources = tuple(model.components.candidates.items())
+        self.skip_sources = skip_sources
+        """Sources this pipeline does not call (an experiment arm without them); their feature
+        columns stay, at zero, so every arm shares one feature layout."""
+        self.budgets = budgets
+        """Whether a component that overruns its ``budget_ms`` is dropped: on for serving, off
+        for batch jobs, where an answer must not depend on how busy the machine was."""
+        self.exclude_purchased = model.manifest.exclude_purchased
+        """Leave what the user already bought out of their answers (decided at training from the
+        log's repeat share; see :mod:`endcap.features.repeat_purchases`)."""
+        self.online_misses = RateLimitedCount("online_feature_miss", "users the model knows had no online row")
+        """Requests for users the model knows that the online store holds no row for."""
+        self.failures: Counter[str] = Counter()
+        """Calls dropped per component (raised or overran its budget) since start."""
+        self.source_names = tuple(name for name, _ in self.sources)
+        self._source_columns = np.arange(len(self.source_names))
+        self._source_bits = 1 << np.arange(len(self.source_names), dtype=np.int64)
+        self._positions = np.arange(model.catalog.n_items, dtype=np.int32)
+        self._slots = threading.local()
+        self._source_sets: dict[int, tuple[str, ...]] = {}
+        """Source names by bit set, filled as sets occur: the sources behind an item are looked
+        up, not rebuilt per item."""
+        self.feature_names = (
+            tuple(f"source.{name}" for name in self.source_names)
+            + USER_FEATURE_NAMES
+            + PRODUCT_FEATURE_NAMES
+            + USER_PRODUCT_FEATURE_NAMES
+        )
+
+    # -- validation ------------------------------------------------------------------------
+
+    def resolve_k(self, k: int) -> int:
+        return resolve_k(self.serving, k)
+
+    def make_query(
+        self,
+        user_id: str,
+        k: int,
+        exclude_item_ids: Sequence[str] = (),
+        context: Mapping[str, str] | None = None,
+        variant: str = "",
+    ) -> Query:
+        if not user_id or not user_id.strip():
+            raise InvalidArgument("user_id is required and must not be blank")
+        exclude = EMPTY_INDEX
+        if exclude_item_ids:
+            exclude = self.model.item_indices(list(exclude_item_ids))
+            exclude = np.unique(exclude[exclude >= 0])
+            exclude.flags.writeable = False
+        return Query(
+            user_id=user_id,
+            user_index=self.model.user_index.get(user_id, -1),
+            k=self.resolve_k(k),
+            exclude=exclude,
+            context=dict(context or {}),
+            variant=variant,
+        )
+
+    # -- Recommend ---------------------------------------------------------------------------
+
+    def prepare(
+        self, query: Query, user: UserFeatures, errors: dict[str, str], watch: _Stopwatch | None = None
+    ) -> Prepared:
+        """Candidates → merge → filters → features: everything before ranking.
+
+        Serving and training both go through here, so the ranker learns from exactly the
+        feature layout it is served with.
+        """
+        watch = watch or _Stopwatch()
+        purchased = user.items if self.exclude_purchased else EMPTY_INDEX
+        wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size) + int(purchased.size)
+        results = self._generate(query, user, wanted, errors)
+        fallback = not any(len(c) for c in results)
+        if fallback:
+            results = self._fallback(query, user, wanted, errors)
+        watch.lap("candidates")
+
+        ids, source_scores = self._merge(results)
+        watch.lap("merge")
+
+        ids, source_scores = self._kept(query, ids, source_scores, errors, purchased)
+        if not ids.size and not fallback:  # everything proposed was excluded: bought, in the cart, filtered
+            fallback = True
+            results = self._fallback(query, user, wanted, errors)
+            ids, source_scores = self._kept(query, *self._merge(results), errors, purchased)
+        watch.lap("filter")
+
+        features = self._features(ids, source_scores, user)
+        watch.lap("features")
+        counts = {name: len(c) for name, c in zip(self.source_names, results, strict=True)}
+        return Prepared(features=features, source_scores=source_scores, counts=counts, fallback=fallback)
+
+    def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
+        request_id = request_id or new_request_id()
+        watch = _Stopwatch()
+        _check_deadline("starting")
+        user = self.users(query.user_id)
+        online_miss = not user.known and query.user_index >= 0
+        if online_miss:  # not a stranger: the model knows them though the store has no row
+            user = self.model.history_features(query.user_index)
+            self.online_misses.add()
+        watch.lap("user_features")
+
+        errors: dict[str, str] = {}
+        prepared = self.prepare(query, user, errors, watch)
+        ids, source_scores = prepared.features.ids, prepared.source_scores
+        _check_deadline("candidates and features")
+
+        if user.known:
+            scores = self.rank(query, prepared.features, source_scores, errors)
+        else:  # cold start: nothing personal to rank on, keep the sources' own order
+            scores = source_scores.sum(axis=1)
+        if self.model.components.filters and ids.size:
+            scores = self._boost(query, ids, scores, errors)
+        watch.lap("rank")
+
+        best = _top_k(scores, query.k)
+        item_ids = tuple(self.model.catalog.item_ids[ids[best]].tolist())
+        sources = self._proposers(source_scores[best])
+        top_scores = scores[best].astype(np.float32)
+        watch.lap("top_k")
+
+        timings = watch.ms
+        answer = Recommendation(
+            request_id=request_id,
+            model_version=self.model.version,
+            variant=query.variant,
+            item_ids=item_ids,
+            scores=top_scores,
+            sources=sources,
+            timings=timings,
+        )
+        top_scores.flags.writeable = False
+        if self.tracer is not None:
+            _trace(self.tracer, watch, request_id, query, self.model.version)
+        record = RequestRecord(
+            request_id=request_id,
+            query=query,
+            model_version=self.model.version,
+            candidates_per_source=prepared.counts,
+            item_ids=item_ids,
+            scores=top_scores,
+            timings=StageTimings(dict(timings)),
+            errors=dict(errors),
+            cold_start=not user.known and not online_miss,
+            online_miss=online_miss,
+            fallback=prepared.fallback,
+            features=prepared.features,
+            candidate_scores=read_only(scores.astype(np.float32, copy=False)),
+        )
+        return answer, record
+
+    def _generate(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
+        results = []
+        for name, generator in self.sources:
+            if name in self.skip_sources:
+                results.append(Candidates.empty())
+                continue
+
+            def call(generator: Any = generator, name: str = name) -> Candidates:
+                return _candidates(name, generator.generate(query, user, n))
+
+            result = self._isolated(name, generator, errors, call)
+            results.append(result if result is not None else Candidates.empty())
+        return self._in_catalog(results, self.source_names, errors)
+
+    def _in_catalog(self, results: list[Candidates], names: Sequence[str], errors: dict[str, str]) -> list[Candidates]:
+        """``results`` with every source that proposed an index outside the catalogue dropped
+        (counted and logged like a source that raised): one check over all of them."""
+        if not any(len(c) for c in results):
+            return results
+        everything = np.concatenate([c.ids for c in results])
+        last = self.model.catalog.n_items - 1
+        if everything.min() >= 0 and everything.max() <= last:
+            return results
+        checked = []
+        for name, result in zip(names, results, strict=True):
+            if len(result) and (result.ids.min() < 0 or result.ids.max() > last):
+                self._drop(name, errors, f"ValueError: {name}.generate returned item indices outside 0..{last}")
+                result = Candidates.empty()
+            checked.append(result)
+        return checked
+
+    def _proposers(self, source_scores: np.ndarray) -> tuple[tuple[str, ...], ...]:
+        """For each row of ``source_scores``, the names of the sources that proposed the item."""
+        codes = ((source_scores > 0) @ self._source_bits).tolist()
+        known = self._source_sets
+        return tuple(known[code] if code in known else self._source_set(code) for code in codes)
+
+    def _source_set(self, code: int) -> tuple[str, ...]:
+        names = tuple(name for bit, name in enumerate(self.source_names) if code >> bit & 1)
+        self._source_sets[code] = names
+        return names
+
+    def _isolated(self, key: str, component: Any, errors: dict[str, str], call: Callable[[], Any]) -> Any:
+        """Run one component call; a call that raises or overruns its budget counts as failed:
+        the failure is recorded under ``key``, counted, logged, and ``None`` returned."""
+        started = time.perf_counter()
+        try:
+            result = call()
+        except Exception as exc:  # one component never fails the request
+            self._drop(key, errors, f"{type(exc).__name__}: {exc}", exc)
+            return None
+        budget = getattr(component.config, "budget_ms", None) if self.budgets else None
+        if budget is None:
+            return result
+        elapsed = (time.perf_counter() - started) * 1000.0
+        if elapsed <= budget:
+            return result
+        self._drop(key, errors, f"over budget: {elapsed:.1f} ms > {budget:g} ms")
+        return None
+
+    def _drop(self, key: str, errors: dict[str, str], reason: str, error: BaseException | None = None) -> None:
+        """Record that component ``key`` was dropped from this request, and why (with the
+        traceback in the log when it raised ``error``)."""
+        errors[key] = reason
+        self.failures[key] += 1
+        log.warning("component_dropped", component=key, reason=reason, total=self.failures[key], exc_info=error)
+
+    def _fallback(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
+        name = self.serving.fallback_source
+        generator = self.model.components.candidates.get(name)
+        if generator is None:
+            return [Candidates.empty() for _ in self.sources]
+        cold = Query(query.user_id, -1, query.k, query.exclude, query.context, query.variant)
+        key = f"{name} (fallback)"
+
+        def call() -> Candidates:
+            return _candidates(name, generator.generate(cold, UserFeatures(stats={}), n))
+
+        result = self._isolated(key, generator, errors, call) or Candidates.empty()
+        [fallback] = self._in_catalog([result], [key], errors)
+        return [fallback if source == name else Candidates.empty() for source in self.source_names]
+
+    def _merge(self, results: list[Candidates]) -> tuple[IndexArray, np.ndarray]:
+        """Unique candidate ids (ascending) and a ``candidates × sources`` matrix of each source's
+        scores scaled to (0, 1] (0 = absent): one pass over all sources' arrays together. A
+        source that repeats an item keeps one of its scores for it."""
+        sizes = [len(c) for c in results]
+        if not any(sizes):
+            return np.empty(0, dtype=np.int32), np.zeros((0, len(results)), dtype=np.float32)
+        ids = np.concatenate([c.ids for c in results])
+        scaled = _scaled_per_source(np.concatenate([c.scores for c in results]), sizes)
+        unique = np.sort(ids)
+        unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
+        matrix = np.zeros((unique.size, len(results)), dtype=np.float32)
+        matrix[self._rows_of(ids, unique), np.repeat(self._source_columns, sizes)] = scaled
+        return unique.astype(np.int32, copy=False), matrix
+
+    def _rows_of(self, ids: IndexArray, rows: IndexArray) -> np.ndarray:
+        """Each of ``ids``' position in ``rows`` (unique catalogue indices, every id among them).
+
+        A table over the catalogue, one per thread, answers with one write and one read, where a
+        binary search costs a mispredicted branch per step. Every entry read was written just
+        before, so the table is never cleared."""
+        table = getattr(self._slots, "table", None)
+        if table is None:
+            table = self._slots.table = np.zeros(self.model.catalog.n_items, dtype=np.int32)
+        table[rows] = self._positions[: rows.size]
+        return table[ids]
+
+    def _kept(
+        self, query: Query, ids: IndexArray, source_scores: np.ndarray, errors: dict[str, str], purchased: IndexArray
+    ) -> tuple[IndexArray, np.ndarray]:
+        """The candidates (and their rows of source scores) that :meth:`_keep` keeps."""
+        keep = self._keep(query, ids, errors, purchased)
+        return (ids, source_scores) if keep.all() else (ids[keep], source_scores[keep])
+
+    def _keep(
+        self, query: Query, ids: IndexArray, errors: dict[str, str], purchased: IndexArray = EMPTY_INDEX
+    ) -> np.ndarray:
+        """Which candidates stay: not excluded by the caller, not among ``purchased`` (sorted),
+        and kept by every filter."""
+        keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)
+        if purchased.size and ids.size:
+            at = np.minimum(np.searchsorted(purchased, ids), purchased.size - 1)
+            keep &= purchased[at] != ids
+        for name, rule in self.model.components.filters.items():
+
+            def call(rule: Any = rule) -> np.ndarray:
+                mask = np.asarray(rule.keep(query, ids), dtype=bool)
+                if mask.shape != ids.shape:
+                    raise ValueError(f"mask shape {mask.shape} differs from candidates {ids.shape}")
+                return mask
+
+            mask = self._isolated(f"filter:{name}", rule, errors, call)
+            if mask is not None:
+                keep &= mask
+        return keep
+
+    def _boost(self, query: Query, ids: IndexArray, scores: np.ndarray, errors: dict[str, str]) -> np.ndarray:
+        for name, rule in self.model.components.filters.items():
+
+            def call(rule: Any = rule) -> np.ndarray | None:
+                amounts = rule.boost(query, ids)
+                if amounts is None:
+                    return None
+                amounts = np.asarray(amounts, dtype=np.float32)
+                if amounts.shape != ids.shape:
+                    raise ValueError(f"boost shape {amounts.shape} differs from candidates {ids.shape}")
+                return amounts
+
+            amounts = self._isolated(f"boost:{name}", rule, errors, call)
+            if amounts is not None:
+                scores = scores + amounts
+        return scores
+
+    def _features(self, ids: IndexArray, source_scores: np.ndarray, user: UserFeatures) -> FeatureMatrix:
+        """The feature matrix, written column block by column block into one array."""
+        n, sources = ids.size, source_scores.shape[1]
+        products = self.model.product_features
+        user_columns = sources + len(USER_FEATURE_NAMES)
+        product_columns = user_columns + products.shape[1]
+        values = np.empty((n, len(self.feature_names)), dtype=np.float32)
+        values[:, :sources] = source_scores
+        values[:, sources:user_columns] = [user.stats.get(name, 0.0) for name in USER_STAT_NAMES]
+        values[:, user_columns:product_columns] = products[ids]
+        times, share, since = values[:, product_columns], values[:, product_columns + 1], values[:, product_columns + 2]
+        orders = user.stats.get("orders", 0.0)
+        times[:] = 0.0
+        since[:] = orders
+        if user.items.size and n:
+            pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
+            found = np.flatnonzero(user.items[pos] == ids)
+            times[found] = user.item_stats["times_bought"][pos[found]]
+            since[found] = user.item_stats["orders_since_last_bought"][pos[found]]
+        np.divide(times, orders if orders > 0 else 1.0, out=share)
+        values.flags.writeable = False
+        ids = ids.copy()
+        ids.flags.writeable = False
+        return FeatureMatrix(ids=ids, names=self.feature_names, values=values)
+
+    def rank(
+        self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]
+    ) -> np.ndarray:
+        """The ranker's scores; the sources' own when it fails or overruns its budget."""
+        if features.ids.size == 0:
+            return np.empty(0, dtype=np.float32)
+        ranker = self.model.components.ranker
+
+        def call() -> np.ndarray:
+            scores = np.asarray(ranker.score(query, features), dtype=np.float32)
+            if scores.shape != features.ids.shape:
+                raise ValueError(f"returned {scores.shape} scores for {features.ids.shape[0]} candidates")
+            return scores
+
+        scores = self._isolated(f"ranker:{ranker.name}", ranker, errors, call)
+        return scores if scores is not None else source_scores.sum(axis=1)
+
+    # -- SimilarItems ------------------------------------------------------------------------
+
+    def similar(self, item_id: str, k: int, exclude_item_ids: Sequence[str] = ()) -> tuple[tuple[str, ...], np.ndarray]:
+        if not item_id or not item_id.strip():
+            raise InvalidArgument("item_id is required and must not be blank")
+        k = self.resolve_k(k)
+        index = int(self.model.item_indices([item_id])[0])
+        if index < 0:
+            raise NotFound(f"item {item_id!r} is not in the catalogue of model {self.model.version}")
+        name = self.serving.similar_items_source
+        generator = self.model.components.candidates.get(name)
+        exclude = self.model.item_indices(list(exclude_item_ids))
+        result = generator.similar(index, k + exclude.size) if generator is not None else None
+        if result is None:
+            raise FailedPrecondition(
+                f"serving.similar_items_source is {name!r}, which is not a configured candidate generator "
+                "with similar-item support; set it to 'als' or 'item2item' in endcap.yaml"
+            )
+        query = Query(user_id="", user_index=-1, k=k, exclude=np.unique(exclude[exclude >= 0]))
+        keep = self._keep(query, result.ids, {})
+        ids, scores = result.ids[keep][:k], result.scores[keep][:k]
+        return tuple(self.model.catalog.item_ids[ids].tolist()), scores

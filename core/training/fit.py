@@ -1,0 +1,125 @@
+"""``endcap train``: build the training data, fit every configured component, write a version."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib.metadata import version as distribution_version
+from pathlib import Path
+
+import numpy as np
+import structlog
+from endcap.data.ingest import load_interactions
+from endcap.data.training_data import build_training_data
+from endcap.feature_repo.definitions import USER_STATS
+from endcap.features import repeat_purchases
+from endcap.features.coverage import check_users_stored, missing_ids
+from endcap.features.store import existing_store
+from endcap.model_versions import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog
+from endcap.plugin_host import PluginHost
+from endcap.registry import kind_of
+from endcap.release.validation_record import HoldoutScores, model_configuration, save_holdout_scores
+from endcap.training.ranking_examples import build_ranking_examples
+from endcap.types import FeatureMatrix, ModelContext, Query, Ranker, TrainingData
+from endcap.workspace import Workspace
+
+log = structlog.get_logger("endcap.training")
+
+
+def reference_scores(ranker: Ranker, data: TrainingData, directory: Path) -> np.ndarray | None:
+    """The freshly trained ranker's scores on its own examples: the score distribution drift
+    monitors compare live traffic with. ``None`` when the ranker cannot score them."""
+    examples = data.ranking_examples
+    assert examples is not None
+    try:
+        ranker.load(ModelContext(data.catalog, data.user_items, directory))
+        features = FeatureMatrix(np.zeros(len(examples.labels), np.int32), examples.names, examples.values)
+        return np.asarray(ranker.score(Query("", -1, 10), features), dtype=np.float32)
+    except Exception as exc:
+        log.warning(
+            "reference_scores_unavailable", ranker=ranker.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc
+        )
+        return None
+
+
+def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate: bool = True) -> Manifest:
+    """Fit all components and commit a new model version; make it current when ``promote``.
+
+    With ``validate`` the same configuration is first trained without each user's newest basket
+    and scored on it, beside the popularity baseline (see
+    :func:`endcap.evaluation.evaluate.holdout_validation`); the figures go in the manifest, the per-user
+    values in ``validation.npz`` (:mod:`endcap.release.validation_record`): what ``endcap promote`` compares.
+    The log's repeat share decides, under
+    ``serving.exclude_purchased: auto``, whether answers leave out already-bought items (see
+    :mod:`endcap.features.repeat_purchases`); the manifest records both.
+
+    :raises FailedPrecondition: the online store lacks users of the log (run ``endcap features``).
+    """
+    purchases = load_interactions(workspace)
+    check_users_stored(
+        lambda ids: missing_ids(existing_store(workspace), USER_STATS, ids),
+        purchases["user_id"].unique(),
+        "model not written",
+        "run 'endcap features' (it materializes the log the model is trained on), then 'endcap train'",
+    )
+    setting = host.config.serving.exclude_purchased
+    profile = repeat_purchases.measure(purchases)
+    excluded = repeat_purchases.exclude_purchased(setting, profile)
+    log.info("repeat_purchases", summary=repeat_purchases.describe(setting, profile, excluded))
+    validated = None
+    if validate:
+        from endcap.evaluation.evaluate import holdout_split, holdout_validation
+
+        validated = holdout_validation(workspace, host.config, host, holdout_split(purchases))
+    data = build_training_data(purchases)
+    ingest = json.loads(workspace.ingest_manifest.read_text()) if workspace.ingest_manifest.exists() else {}
+    registry = ModelRegistry(workspace.models)
+    staging = registry.staging_dir()
+    try:
+        built = host.build_components()
+        if any(c.needs_ranking_examples for c in built.all()):
+            examples = build_ranking_examples(workspace, host, host.config, data, purchases, excluded)
+            data = replace(data, ranking_examples=examples)
+        save_catalog(staging, data.catalog, data.user_items)
+        if validated is not None:
+            scores = HoldoutScores(np.asarray(validated.user_ids), validated.pipeline, validated.popularity)
+            save_holdout_scores(staging, scores)
+        components: dict[str, ComponentManifest] = {}
+        for component in built.all():
+            kind = kind_of(type(component))
+            directory = component_dir(staging, kind, component.name)
+            directory.mkdir(parents=True)
+            params = host.manager.hook.endcap_train_component(component=component, data=data, directory=directory)
+            if component is built.ranker and data.ranking_examples is not None:
+                data = replace(data, reference_scores=reference_scores(component, data, directory))
+            registered = host.registry.find(type(component))
+            components[f"{kind}/{component.name}"] = ComponentManifest(
+                kind=kind,
+                type=registered.type_name if registered else type(component).__qualname__,
+                plugin=registered.plugin if registered else type(component).__module__,
+                params=dict(params or {}),
+            )
+        manifest = Manifest(
+            version=registry.new_version_name(),
+            trained_at=datetime.now(UTC).isoformat(),
+            data_fingerprint=ingest.get("fingerprint", ""),
+            data_source=ingest.get("source", str(workspace.interactions)),
+            training_rows=len(purchases),
+            users=data.catalog.n_users,
+            items=data.catalog.n_items,
+            components=components,
+            endcap_version=distribution_version("endcap"),
+            validation=validated.metrics if validated is not None else {},
+            holdout_fingerprint=validated.fingerprint if validated is not None else "",
+            configuration=model_configuration(host.config, host),
+            repeat_share=round(profile.share, 5),
+            exclude_purchased=excluded,
+        )
+        registry.commit(staging, manifest)
+    except BaseException:
+        registry.discard(staging)
+        raise
+    if promote:
+        registry.set_current(manifest.version)
+    return manifest

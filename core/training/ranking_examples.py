@@ -1,0 +1,103 @@
+"""Learning-to-rank examples for rankers that learn (see :class:`endcap.types.RankingExamples`).
+
+Training and serving see the same distribution: the candidates come from the configured
+candidate generators (trained on the history before each label basket), and the features from
+the same :meth:`Pipeline.prepare` used to serve, fed with point-in-time reads of Feast's
+offline store, so no feature sees the label basket or anything after it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import structlog
+from endcap.config import EndcapConfig
+from endcap.data.training_data import build_training_data
+from endcap.features.repeat_purchases import label_share
+from endcap.features.store import HistoricalFeatures
+from endcap.features.tables import add_basket_index, day_cutoffs, label_baskets
+from endcap.model_versions import Manifest, component_dir
+from endcap.plugin_host import PluginHost
+from endcap.registry import kind_of
+from endcap.serving.model import assemble, load_components
+from endcap.serving.pipeline import Pipeline
+from endcap.types import Query, RankingExamples, TrainingData
+from endcap.workspace import Workspace
+
+log = structlog.get_logger("endcap.training")
+
+
+def split_history(log_frame: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(history, label lines)``: the log without the ``labels`` baskets (see
+    :func:`label_baskets`), and those baskets' lines."""
+    log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
+    key = log_frame.set_index(["user_id", "basket_index"]).index
+    is_label = key.isin(labels.set_index(["user_id", "basket_index"]).index)
+    return log_frame[~is_label], log_frame[is_label]
+
+
+def build_ranking_examples(
+    workspace: Workspace,
+    host: PluginHost,
+    config: EndcapConfig,
+    data: TrainingData,
+    log_frame: pd.DataFrame,
+    exclude_purchased: bool = False,
+) -> RankingExamples:
+    """Examples from each user's label baskets (:func:`label_baskets`: the newest, or the newest
+    quarter of their lines in a no-repeat log); with ``exclude_purchased`` the candidates leave
+    out what the user bought before, as serving will, so the ranker learns among the rest."""
+    log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
+    label_rows = label_baskets(log_frame, label_share(log_frame))
+    history_log, label_lines = split_history(log_frame, label_rows)
+    labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
+    history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=data.catalog)
+    historical = HistoricalFeatures(workspace)
+    components = host.build_components()
+    with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
+        directory = Path(tmp)
+        serving_side = [*components.candidates.values(), *components.filters.values()]
+        for component in serving_side:
+            target = component_dir(directory, kind_of(type(component)), component.name)
+            target.mkdir(parents=True)
+            host.manager.hook.endcap_train_component(component=component, data=history, directory=target)
+        load_components(serving_side, directory, history.catalog, history.user_items)
+        user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
+        items_by_user = label_lines.groupby("user_id")["item_id"].agg(lambda s: set(s.astype(str)))
+        cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
+        stub = Manifest("history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased)
+        blocks: list[tuple[np.ndarray, np.ndarray, str]] = []
+        names: tuple[str, ...] = ()
+        cutoffs = day_cutoffs(labels["label_time"])
+        products_by_cutoff = historical.products(list(data.catalog.item_ids), cutoffs)
+        for cutoff in cutoffs:
+            model = assemble(stub, data.catalog, components, products_by_cutoff[cutoff])
+            pipeline = Pipeline(model, lambda user_id: {}, config.serving, budgets=False)
+            for row in np.flatnonzero(cutoff_of_user == cutoff):
+                user_id = str(labels["user_id"].iloc[row])
+                query = Query(user_id, model.user_index[user_id], config.serving.default_k)
+                prepared = pipeline.prepare(query, model.user_features(user_rows[row]), errors={})
+                positives = model.item_indices(sorted(items_by_user[user_id]))
+                blocks.append(
+                    (prepared.features.values, np.isin(prepared.features.ids, positives).astype(np.float32), user_id)
+                )
+                names = prepared.features.names
+    values = np.vstack([b[0] for b in blocks]) if blocks else np.zeros((0, len(names)), np.float32)
+    examples = RankingExamples(
+        names=names,
+        values=values.astype(np.float32),
+        labels=np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.float32),
+        groups=np.array([len(b[1]) for b in blocks], dtype=np.int32),
+        user_ids=tuple(b[2] for b in blocks),
+    )
+    log.info(
+        "ranking_examples",
+        users=len(blocks),
+        rows=int(values.shape[0]),
+        positives=int(examples.labels.sum()),
+        label_items=len(label_lines),
+    )
+    return examples
