@@ -13,6 +13,7 @@ from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
 from endcap.serving.model import load_serving_model
 from endcap.serving.pipeline import Pipeline
+from endcap.serving.similar_items import SimilarItems
 from endcap.workspace import Workspace
 
 
@@ -185,11 +186,12 @@ def test_blocklist_filter_from_config(synthetic_workspace: Path, online: OnlineF
 
 
 def test_similar_items(pipeline: Pipeline) -> None:
-    item_ids, scores = pipeline.similar("i0", 5, exclude_item_ids=["i1"])
+    similar = SimilarItems(pipeline.model, pipeline.serving, pipeline.calls)
+    item_ids, scores = similar.answer("i0", 5, exclude_item_ids=["i1"])
     assert len(item_ids) == 5 and "i0" not in item_ids and "i1" not in item_ids
     assert scores.shape == (5,)
     with pytest.raises(NotFound, match="item 'nope' is not in the catalogue"):
-        pipeline.similar("nope", 5)
+        similar.answer("nope", 5)
 
 
 def test_inputs_handed_to_components_are_read_only(pipeline: Pipeline) -> None:

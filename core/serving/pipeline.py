@@ -16,14 +16,19 @@ from itertools import accumulate
 from typing import Any
 
 import numpy as np
-import structlog
 from endcap.config import ServingConfig
-from endcap.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from endcap.errors import DeadlineExceeded
 from endcap.logs import deadline_var, new_request_id
 from endcap.monitoring.rate_limited import RateLimitedCount
-from endcap.serving.model import PRODUCT_FEATURE_NAMES, ServingModel
+from endcap.serving.business_rules import BusinessRules
+from endcap.serving.component_calls import ComponentCalls
+from endcap.serving.model import ServingModel
+from endcap.serving.ranking_layout import RankingLayout
+from endcap.serving.requests import RequestValidator, resolve_k
+from endcap.serving.stopwatch import Stopwatch, trace_request, tracer
 from endcap.types import (
     EMPTY_INDEX,
+    CandidateGenerator,
     Candidates,
     FeatureMatrix,
     IndexArray,
@@ -34,15 +39,7 @@ from endcap.types import (
     read_only,
 )
 
-log = structlog.get_logger("endcap.pipeline")
-
-USER_FEATURE_NAMES = ("user.orders", "user.avg_basket_size", "user.avg_days_between_orders", "user.distinct_items")
-USER_STAT_NAMES = tuple(name.split(".", 1)[1] for name in USER_FEATURE_NAMES)
-USER_PRODUCT_FEATURE_NAMES = (
-    "user_product.times_bought",
-    "user_product.bought_share",
-    "user_product.orders_since_last_bought",
-)
+__all__ = ["Pipeline", "Prepared", "Recommendation", "resolve_k"]
 
 
 @dataclass(frozen=True)
@@ -71,52 +68,6 @@ class Prepared:
     """Every source came back empty and the fallback source served."""
 
 
-class _Stopwatch:
-    """Stage timings of one request: each lap records its end; durations are worked out once."""
-
-    def __init__(self) -> None:
-        self.started_ns = time.time_ns()
-        self._origin = time.perf_counter_ns()
-        self._laps: list[tuple[str, int]] = []
-
-    def lap(self, stage: str) -> None:
-        self._laps.append((stage, time.perf_counter_ns()))
-
-    @property
-    def ms(self) -> dict[str, float]:
-        """Milliseconds per stage."""
-        ends = [self._origin] + [end for _, end in self._laps]
-        return {stage: (end - ends[i]) / 1e6 for i, (stage, end) in enumerate(self._laps)}
-
-    @property
-    def spans(self) -> list[tuple[str, int, int]]:
-        """(stage, start, end) in epoch nanoseconds, for tracing."""
-        shift = self.started_ns - self._origin
-        ends = [self._origin] + [end for _, end in self._laps]
-        return [(stage, ends[i] + shift, end + shift) for i, (stage, end) in enumerate(self._laps)]
-
-
-def _trace(tracer: Any, watch: _Stopwatch, request_id: str, query: Query, model_version: str) -> None:
-    """One ``endcap.recommend`` span with a child per stage, from the stopwatch's own times."""
-    from opentelemetry import trace
-
-    spans = watch.spans
-    end = spans[-1][2] if spans else time.time_ns()
-    root = tracer.start_span("endcap.recommend", start_time=watch.started_ns)
-    root.set_attributes(
-        {
-            "endcap.request_id": request_id,
-            "endcap.k": query.k,
-            "endcap.variant": query.variant,
-            "endcap.model_version": model_version,
-        }
-    )
-    context = trace.set_span_in_context(root)
-    for stage, start, stop in spans:
-        tracer.start_span(f"endcap.{stage}", context=context, start_time=start).end(end_time=stop)
-    root.end(end_time=end)
-
-
 def _scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
     """Each source's scores (consecutive runs of ``sizes``) mapped to (0, 1]: its best is 1, its
     worst just above 0; a source whose scores are all equal gets 1 throughout."""
@@ -135,7 +86,7 @@ def _scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
     return scaled.astype(np.float32, copy=False)
 
 
-def _candidates(name: str, result: Any) -> Candidates:
+def _candidates(name: str, result: object) -> Candidates:
     if not isinstance(result, Candidates):
         raise TypeError(f"{name}.generate returned {type(result).__name__}, expected Candidates")
     return result
@@ -148,21 +99,6 @@ def _check_deadline(stage: str) -> None:
         raise DeadlineExceeded(f"the call's deadline passed after {stage}; nothing was returned")
 
 
-def _tracer() -> Any:
-    from opentelemetry import trace
-
-    return trace.get_tracer("endcap")
-
-
-def resolve_k(serving: ServingConfig, k: int) -> int:
-    """``k`` as asked (0 means ``serving.default_k``); outside 1..``max_k`` is INVALID_ARGUMENT."""
-    if k == 0:
-        return serving.default_k
-    if not 1 <= k <= serving.max_k:
-        raise InvalidArgument(f"k must be between 1 and {serving.max_k} (0 means {serving.default_k}); got {k}")
-    return k
-
-
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` best scores, best first."""
     if scores.size > k:
@@ -172,7 +108,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class Pipeline:
-    """Answers Recommend and SimilarItems for one loaded model version."""
+    """Answers Recommend for one loaded model version (SimilarItems: :mod:`endcap.serving.similar_items`)."""
 
     def __init__(
         self,
@@ -188,22 +124,22 @@ class Pipeline:
         """``user_id → UserFeatures`` for a request: the server's memo of parsed rows (see
         :mod:`endcap.serving.user_memo`), else ``read_user`` and a parse every time."""
         self.serving = serving
-        self.tracer = _tracer() if serving.opentelemetry else None
-        self.sources = tuple(model.components.candidates.items())
+        self.requests = RequestValidator(serving)
+        self.tracer = tracer() if serving.opentelemetry else None
+        self.sources: tuple[tuple[str, CandidateGenerator], ...] = tuple(model.components.candidates.items())
         self.skip_sources = skip_sources
         """Sources this pipeline does not call (an experiment arm without them); their feature
         columns stay, at zero, so every arm shares one feature layout."""
-        self.budgets = budgets
-        """Whether a component that overruns its ``budget_ms`` is dropped: on for serving, off
-        for batch jobs, where an answer must not depend on how busy the machine was."""
+        self.calls = ComponentCalls(budgets)
+        """Every component call, isolated; ``budgets`` on for serving, off for batch jobs."""
+        self.rules = BusinessRules(model.components.filters, self.calls)
         self.exclude_purchased = model.manifest.exclude_purchased
         """Leave what the user already bought out of their answers (decided at training from the
         log's repeat share; see :mod:`endcap.features.repeat_purchases`)."""
         self.online_misses = RateLimitedCount("online_feature_miss", "users the model knows had no online row")
         """Requests for users the model knows that the online store holds no row for."""
-        self.failures: Counter[str] = Counter()
-        """Calls dropped per component (raised or overran its budget) since start."""
         self.source_names = tuple(name for name, _ in self.sources)
+        self.layout = RankingLayout(self.source_names, model.product_features)
         self._source_columns = np.arange(len(self.source_names))
         self._source_bits = 1 << np.arange(len(self.source_names), dtype=np.int64)
         self._positions = np.arange(model.catalog.n_items, dtype=np.int32)
@@ -211,17 +147,27 @@ class Pipeline:
         self._source_sets: dict[int, tuple[str, ...]] = {}
         """Source names by bit set, filled as sets occur: the sources behind an item are looked
         up, not rebuilt per item."""
-        self.feature_names = (
-            tuple(f"source.{name}" for name in self.source_names)
-            + USER_FEATURE_NAMES
-            + PRODUCT_FEATURE_NAMES
-            + USER_PRODUCT_FEATURE_NAMES
-        )
+
+    @property
+    def budgets(self) -> bool:
+        """Whether a component that overruns its ``budget_ms`` is dropped (see :class:`ComponentCalls`)."""
+        return self.calls.budgets
+
+    @property
+    def failures(self) -> Counter[str]:
+        """Calls dropped per component (raised or overran its budget) since start."""
+        return self.calls.failures
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The ranking feature layout's column names (see :mod:`endcap.serving.ranking_layout`)."""
+        return self.layout.names
 
     # -- validation ------------------------------------------------------------------------
 
     def resolve_k(self, k: int) -> int:
-        return resolve_k(self.serving, k)
+        """See :func:`endcap.serving.requests.resolve_k`."""
+        return self.requests.k(k)
 
     def make_query(
         self,
@@ -231,33 +177,20 @@ class Pipeline:
         context: Mapping[str, str] | None = None,
         variant: str = "",
     ) -> Query:
-        if not user_id or not user_id.strip():
-            raise InvalidArgument("user_id is required and must not be blank")
-        exclude = EMPTY_INDEX
-        if exclude_item_ids:
-            exclude = self.model.item_indices(list(exclude_item_ids))
-            exclude = np.unique(exclude[exclude >= 0])
-            exclude.flags.writeable = False
-        return Query(
-            user_id=user_id,
-            user_index=self.model.user_index.get(user_id, -1),
-            k=self.resolve_k(k),
-            exclude=exclude,
-            context=dict(context or {}),
-            variant=variant,
-        )
+        """The query for this pipeline's model (see :meth:`RequestValidator.query`)."""
+        return self.requests.query(self.model, user_id, k, exclude_item_ids, context, variant)
 
     # -- Recommend ---------------------------------------------------------------------------
 
     def prepare(
-        self, query: Query, user: UserFeatures, errors: dict[str, str], watch: _Stopwatch | None = None
+        self, query: Query, user: UserFeatures, errors: dict[str, str], watch: Stopwatch | None = None
     ) -> Prepared:
         """Candidates → merge → filters → features: everything before ranking.
 
         Serving and training both go through here, so the ranker learns from exactly the
         feature layout it is served with.
         """
-        watch = watch or _Stopwatch()
+        watch = watch or Stopwatch()
         purchased = user.items if self.exclude_purchased else EMPTY_INDEX
         wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size) + int(purchased.size)
         results = self._generate(query, user, wanted, errors)
@@ -276,14 +209,14 @@ class Pipeline:
             ids, source_scores = self._kept(query, *self._merge(results), errors, purchased)
         watch.lap("filter")
 
-        features = self._features(ids, source_scores, user)
+        features = self.layout.matrix(ids, source_scores, user)
         watch.lap("features")
         counts = {name: len(c) for name, c in zip(self.source_names, results, strict=True)}
         return Prepared(features=features, source_scores=source_scores, counts=counts, fallback=fallback)
 
     def recommend(self, query: Query, request_id: str | None = None) -> tuple[Recommendation, RequestRecord]:
         request_id = request_id or new_request_id()
-        watch = _Stopwatch()
+        watch = Stopwatch()
         _check_deadline("starting")
         user = self.users(query.user_id)
         online_miss = not user.known and query.user_index >= 0
@@ -301,8 +234,8 @@ class Pipeline:
             scores = self.rank(query, prepared.features, source_scores, errors)
         else:  # cold start: nothing personal to rank on, keep the sources' own order
             scores = source_scores.sum(axis=1)
-        if self.model.components.filters and ids.size:
-            scores = self._boost(query, ids, scores, errors)
+        if self.rules and ids.size:
+            scores = self.rules.boost(query, ids, scores, errors)
         watch.lap("rank")
 
         best = _top_k(scores, query.k)
@@ -323,23 +256,36 @@ class Pipeline:
         )
         top_scores.flags.writeable = False
         if self.tracer is not None:
-            _trace(self.tracer, watch, request_id, query, self.model.version)
-        record = RequestRecord(
-            request_id=request_id,
+            trace_request(self.tracer, watch, request_id, query, self.model.version)
+        record = self._record(answer, query, prepared, errors, scores, user.known, online_miss)
+        return answer, record
+
+    def _record(
+        self,
+        answer: Recommendation,
+        query: Query,
+        prepared: Prepared,
+        errors: dict[str, str],
+        scores: np.ndarray,
+        known: bool,
+        online_miss: bool,
+    ) -> RequestRecord:
+        """What monitors are told about one answered request."""
+        return RequestRecord(
+            request_id=answer.request_id,
             query=query,
-            model_version=self.model.version,
+            model_version=answer.model_version,
             candidates_per_source=prepared.counts,
-            item_ids=item_ids,
-            scores=top_scores,
-            timings=StageTimings(dict(timings)),
+            item_ids=answer.item_ids,
+            scores=answer.scores,
+            timings=StageTimings(dict(answer.timings)),
             errors=dict(errors),
-            cold_start=not user.known and not online_miss,
+            cold_start=not known and not online_miss,
             online_miss=online_miss,
             fallback=prepared.fallback,
             features=prepared.features,
             candidate_scores=read_only(scores.astype(np.float32, copy=False)),
         )
-        return answer, record
 
     def _generate(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
         results = []
@@ -348,10 +294,10 @@ class Pipeline:
                 results.append(Candidates.empty())
                 continue
 
-            def call(generator: Any = generator, name: str = name) -> Candidates:
+            def call(generator: CandidateGenerator = generator, name: str = name) -> Candidates:
                 return _candidates(name, generator.generate(query, user, n))
 
-            result = self._isolated(name, generator, errors, call)
+            result = self.calls.run(name, generator, errors, call)
             results.append(result if result is not None else Candidates.empty())
         return self._in_catalog(results, self.source_names, errors)
 
@@ -367,7 +313,7 @@ class Pipeline:
         checked = []
         for name, result in zip(names, results, strict=True):
             if len(result) and (result.ids.min() < 0 or result.ids.max() > last):
-                self._drop(name, errors, f"ValueError: {name}.generate returned item indices outside 0..{last}")
+                self.calls.drop(name, errors, f"ValueError: {name}.generate returned item indices outside 0..{last}")
                 result = Candidates.empty()
             checked.append(result)
         return checked
@@ -383,31 +329,6 @@ class Pipeline:
         self._source_sets[code] = names
         return names
 
-    def _isolated(self, key: str, component: Any, errors: dict[str, str], call: Callable[[], Any]) -> Any:
-        """Run one component call; a call that raises or overruns its budget counts as failed:
-        the failure is recorded under ``key``, counted, logged, and ``None`` returned."""
-        started = time.perf_counter()
-        try:
-            result = call()
-        except Exception as exc:  # one component never fails the request
-            self._drop(key, errors, f"{type(exc).__name__}: {exc}", exc)
-            return None
-        budget = getattr(component.config, "budget_ms", None) if self.budgets else None
-        if budget is None:
-            return result
-        elapsed = (time.perf_counter() - started) * 1000.0
-        if elapsed <= budget:
-            return result
-        self._drop(key, errors, f"over budget: {elapsed:.1f} ms > {budget:g} ms")
-        return None
-
-    def _drop(self, key: str, errors: dict[str, str], reason: str, error: BaseException | None = None) -> None:
-        """Record that component ``key`` was dropped from this request, and why (with the
-        traceback in the log when it raised ``error``)."""
-        errors[key] = reason
-        self.failures[key] += 1
-        log.warning("component_dropped", component=key, reason=reason, total=self.failures[key], exc_info=error)
-
     def _fallback(self, query: Query, user: UserFeatures, n: int, errors: dict[str, str]) -> list[Candidates]:
         name = self.serving.fallback_source
         generator = self.model.components.candidates.get(name)
@@ -419,7 +340,7 @@ class Pipeline:
         def call() -> Candidates:
             return _candidates(name, generator.generate(cold, UserFeatures(stats={}), n))
 
-        result = self._isolated(key, generator, errors, call) or Candidates.empty()
+        result = self.calls.run(key, generator, errors, call) or Candidates.empty()
         [fallback] = self._in_catalog([result], [key], errors)
         return [fallback if source == name else Candidates.empty() for source in self.source_names]
 
@@ -453,73 +374,9 @@ class Pipeline:
     def _kept(
         self, query: Query, ids: IndexArray, source_scores: np.ndarray, errors: dict[str, str], purchased: IndexArray
     ) -> tuple[IndexArray, np.ndarray]:
-        """The candidates (and their rows of source scores) that :meth:`_keep` keeps."""
-        keep = self._keep(query, ids, errors, purchased)
+        """The candidates (and their rows of source scores) that :meth:`BusinessRules.keep` keeps."""
+        keep = self.rules.keep(query, ids, errors, purchased)
         return (ids, source_scores) if keep.all() else (ids[keep], source_scores[keep])
-
-    def _keep(
-        self, query: Query, ids: IndexArray, errors: dict[str, str], purchased: IndexArray = EMPTY_INDEX
-    ) -> np.ndarray:
-        """Which candidates stay: not excluded by the caller, not among ``purchased`` (sorted),
-        and kept by every filter."""
-        keep = ~np.isin(ids, query.exclude) if query.exclude.size else np.ones(ids.size, dtype=bool)
-        if purchased.size and ids.size:
-            at = np.minimum(np.searchsorted(purchased, ids), purchased.size - 1)
-            keep &= purchased[at] != ids
-        for name, rule in self.model.components.filters.items():
-
-            def call(rule: Any = rule) -> np.ndarray:
-                mask = np.asarray(rule.keep(query, ids), dtype=bool)
-                if mask.shape != ids.shape:
-                    raise ValueError(f"mask shape {mask.shape} differs from candidates {ids.shape}")
-                return mask
-
-            mask = self._isolated(f"filter:{name}", rule, errors, call)
-            if mask is not None:
-                keep &= mask
-        return keep
-
-    def _boost(self, query: Query, ids: IndexArray, scores: np.ndarray, errors: dict[str, str]) -> np.ndarray:
-        for name, rule in self.model.components.filters.items():
-
-            def call(rule: Any = rule) -> np.ndarray | None:
-                amounts = rule.boost(query, ids)
-                if amounts is None:
-                    return None
-                amounts = np.asarray(amounts, dtype=np.float32)
-                if amounts.shape != ids.shape:
-                    raise ValueError(f"boost shape {amounts.shape} differs from candidates {ids.shape}")
-                return amounts
-
-            amounts = self._isolated(f"boost:{name}", rule, errors, call)
-            if amounts is not None:
-                scores = scores + amounts
-        return scores
-
-    def _features(self, ids: IndexArray, source_scores: np.ndarray, user: UserFeatures) -> FeatureMatrix:
-        """The feature matrix, written column block by column block into one array."""
-        n, sources = ids.size, source_scores.shape[1]
-        products = self.model.product_features
-        user_columns = sources + len(USER_FEATURE_NAMES)
-        product_columns = user_columns + products.shape[1]
-        values = np.empty((n, len(self.feature_names)), dtype=np.float32)
-        values[:, :sources] = source_scores
-        values[:, sources:user_columns] = [user.stats.get(name, 0.0) for name in USER_STAT_NAMES]
-        values[:, user_columns:product_columns] = products[ids]
-        times, share, since = values[:, product_columns], values[:, product_columns + 1], values[:, product_columns + 2]
-        orders = user.stats.get("orders", 0.0)
-        times[:] = 0.0
-        since[:] = orders
-        if user.items.size and n:
-            pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
-            found = np.flatnonzero(user.items[pos] == ids)
-            times[found] = user.item_stats["times_bought"][pos[found]]
-            since[found] = user.item_stats["orders_since_last_bought"][pos[found]]
-        np.divide(times, orders if orders > 0 else 1.0, out=share)
-        values.flags.writeable = False
-        ids = ids.copy()
-        ids.flags.writeable = False
-        return FeatureMatrix(ids=ids, names=self.feature_names, values=values)
 
     def rank(
         self, query: Query, features: FeatureMatrix, source_scores: np.ndarray, errors: dict[str, str]
@@ -535,28 +392,5 @@ class Pipeline:
                 raise ValueError(f"returned {scores.shape} scores for {features.ids.shape[0]} candidates")
             return scores
 
-        scores = self._isolated(f"ranker:{ranker.name}", ranker, errors, call)
+        scores = self.calls.run(f"ranker:{ranker.name}", ranker, errors, call)
         return scores if scores is not None else source_scores.sum(axis=1)
-
-    # -- SimilarItems ------------------------------------------------------------------------
-
-    def similar(self, item_id: str, k: int, exclude_item_ids: Sequence[str] = ()) -> tuple[tuple[str, ...], np.ndarray]:
-        if not item_id or not item_id.strip():
-            raise InvalidArgument("item_id is required and must not be blank")
-        k = self.resolve_k(k)
-        index = int(self.model.item_indices([item_id])[0])
-        if index < 0:
-            raise NotFound(f"item {item_id!r} is not in the catalogue of model {self.model.version}")
-        name = self.serving.similar_items_source
-        generator = self.model.components.candidates.get(name)
-        exclude = self.model.item_indices(list(exclude_item_ids))
-        result = generator.similar(index, k + exclude.size) if generator is not None else None
-        if result is None:
-            raise FailedPrecondition(
-                f"serving.similar_items_source is {name!r}, which is not a configured candidate generator "
-                "with similar-item support; set it to 'als' or 'item2item' in endcap.yaml"
-            )
-        query = Query(user_id="", user_index=-1, k=k, exclude=np.unique(exclude[exclude >= 0]))
-        keep = self._keep(query, result.ids, {})
-        ids, scores = result.ids[keep][:k], result.scores[keep][:k]
-        return tuple(self.model.catalog.item_ids[ids].tolist()), scores

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import grpc
 from endcap.errors import InvalidArgument
 from endcap.logs import request_id_var
-from endcap.serving.service import EventInput, RecommendationService
+from endcap.serving.requests import EventInput
+from endcap.serving.service import RecommendationService
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
