@@ -80,7 +80,7 @@ def _scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
     any_flat = bool(flat.any())
     if any_flat:
         span[flat] = 1.0
-    scaled = 0.05 + 0.95 * (scores - np.repeat(low, present)) / np.repeat(span, present)
+    scaled: np.ndarray = 0.05 + 0.95 * (scores - np.repeat(low, present)) / np.repeat(span, present)
     if any_flat:
         scaled[np.repeat(flat, present)] = 1.0
     return scaled.astype(np.float32, copy=False)
