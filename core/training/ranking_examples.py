@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import structlog
-from endcap.config import EndcapConfig
+from endcap.config import EndcapConfig, FeatureStoreConfig
 from endcap.data.training_data import build_training_data
 from endcap.features.repeat_purchases import label_share
 from endcap.features.store import HistoricalFeatures
@@ -46,6 +46,7 @@ def build_ranking_examples(
     data: TrainingData,
     log_frame: pd.DataFrame,
     exclude_purchased: bool = False,
+    feature_store: FeatureStoreConfig | None = None,
 ) -> RankingExamples:
     """Examples from each user's label baskets (:func:`label_baskets`: the newest, or the newest
     quarter of their lines in a no-repeat log); with ``exclude_purchased`` the candidates leave
@@ -55,7 +56,7 @@ def build_ranking_examples(
     history_log, label_lines = split_history(log_frame, label_rows)
     labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
     history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=data.catalog)
-    historical = HistoricalFeatures(workspace)
+    historical = HistoricalFeatures(workspace, feature_store or config.feature_store)
     components = host.build_components()
     with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
         directory = Path(tmp)
