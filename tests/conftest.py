@@ -60,7 +60,7 @@ def synthetic_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built through the Python API (the end-to-end test drives the CLI instead)."""
     from endcap.config import load_config
     from endcap.plugin_host import PluginHost
-    from endcap.training.fit import train
+    from endcap.release.validated_training import train
 
     workspace = prepared_workspace(tmp_path_factory.mktemp("synthetic"))
     train(workspace, PluginHost(load_config(workspace.root)), validate=False)

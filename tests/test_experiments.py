@@ -11,9 +11,9 @@ from endcap.config import ComponentBlock, EndcapConfig, ExperimentConfig, Varian
 from endcap.errors import ConfigError, InvalidArgument
 from endcap.features.store import OnlineFeatures
 from endcap.plugin_host import PluginHost
+from endcap.release.validated_training import train
 from endcap.serving.experiments import assign
 from endcap.serving.service import RecommendationService
-from endcap.training.fit import train
 from prometheus_client.parser import text_string_to_metric_families
 
 EXPERIMENT = ExperimentConfig(

@@ -190,7 +190,7 @@ def test_a_promoted_version_reaches_a_running_server_without_failed_or_mixed_ans
 
     import grpc
     from conftest import start_server, stop_server
-    from endcap.training.fit import train
+    from endcap.release.validated_training import train
     from endcap.v1 import recommendation_pb2 as pb
     from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 

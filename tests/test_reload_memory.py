@@ -13,7 +13,7 @@ from conftest import prepared_workspace, start_server, stop_server
 from endcap.config import load_config
 from endcap.model_versions import ModelRegistry
 from endcap.plugin_host import PluginHost
-from endcap.training.fit import train
+from endcap.release.validated_training import train
 from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 

@@ -11,7 +11,7 @@ from endcap.config import EndcapConfig
 from endcap.errors import FailedPrecondition, NotFound
 from endcap.model_versions import ModelRegistry
 from endcap.plugin_host import PluginHost
-from endcap.training.fit import train
+from endcap.release.validated_training import train
 from endcap.workspace import Workspace
 
 

@@ -221,8 +221,8 @@ def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_works
 def test_a_tampered_model_is_refused_and_the_previous_version_serves(tmp_path: Path) -> None:
     from conftest import prepared_workspace
     from endcap.model_versions import CorruptArtifact, ModelRegistry
+    from endcap.release.validated_training import train
     from endcap.serving.model import load_newest_sound_model, load_serving_model
-    from endcap.training.fit import train
 
     workspace = prepared_workspace(tmp_path, users=15, items=20, baskets=4)
     host = PluginHost(EndcapConfig())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from endcap.features.tables import add_basket_index
+from endcap.data.baskets import add_basket_index
 from endcap.types import Catalog, TrainingData
 
 

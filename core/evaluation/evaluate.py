@@ -20,12 +20,13 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import structlog
-from endcap.config import EndcapConfig
+from endcap.config import EndcapConfig, FeatureStoreConfig
 from endcap.data.training_data import build_training_data
 from endcap.evaluation.baselines import als_baseline, frequency_baselines
 from endcap.evaluation.holdout import (
@@ -38,8 +39,13 @@ from endcap.evaluation.holdout import (
 )
 from endcap.evaluation.metrics import pad_rankings, per_user_ndcg, ranking_metrics, recall_curve
 from endcap.plugin_host import PluginHost
-from endcap.types import Query
+from endcap.types import Query, TrainingData
 from endcap.workspace import Workspace
+
+if TYPE_CHECKING:
+    from endcap.features.store import OnlineFeatures
+    from endcap.serving.model import ServingModel
+    from endcap.serving.pipeline import Pipeline
 
 log = structlog.get_logger("endcap.evaluation")
 
@@ -85,12 +91,40 @@ def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return ids[order]
 
 
-def evaluate_target(
-    workspace: Workspace, config: EndcapConfig, host: PluginHost, split: TargetSplit, baselines: bool = True
-) -> TargetResult:
-    """Rebuild features and models from ``split.training`` and score every system on its target.
+@dataclass(frozen=True)
+class RebuiltModel:
+    """The whole stack rebuilt from a split's training lines, ready to answer its users."""
 
-    ``baselines=False`` scores the pipeline and G-TopFreq only (what the promotion gate needs)."""
+    model: ServingModel
+    pipeline: Pipeline
+    online: OnlineFeatures
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TargetMatrices:
+    """A split's target and its users' training items as users × items matrices (items unseen
+    in training get columns after the catalog's), rows in ``users`` order."""
+
+    users: list[str]
+    user_index: np.ndarray
+    truth: sp.csr_matrix
+    history: sp.csr_matrix
+    training: TrainingData
+    """The split's training lines in the model's catalog (what the baselines train on)."""
+
+
+@dataclass
+class Rankings:
+    """What each system recommended each user (rows in user order), and each source's candidates."""
+
+    systems: dict[str, list[np.ndarray]]
+    candidates: dict[str, list[np.ndarray]]
+
+
+def rebuild(workspace: Workspace, host: PluginHost, config: EndcapConfig, split: TargetSplit) -> RebuiltModel:
+    """Features (a workspace of its own under ``evaluation/``), every component and the ranker,
+    from ``split.training`` alone."""
     from endcap.features.store import OnlineFeatures, build_features
     from endcap.serving.model import load_serving_model
     from endcap.serving.pipeline import Pipeline
@@ -101,15 +135,18 @@ def evaluate_target(
     shutil.rmtree(sub.models, ignore_errors=True)  # versions of an earlier run are never read again
     sub.interactions.parent.mkdir(parents=True, exist_ok=True)
     split.training.to_parquet(sub.interactions, index=False)
-    build_features(sub, split.training)
-    manifest = train(sub, host, validate=False)
-    online = OnlineFeatures(sub)
+    own_store = FeatureStoreConfig()  # local SQLite inside ``sub``, whatever store the workspace serves from
+    build_features(sub, split.training, feature_store=own_store)
+    train(sub, host, feature_store=own_store)
+    online = OnlineFeatures(sub, own_store)
     model = load_serving_model(sub, host, online)
     pipeline = Pipeline(model, online.user, config.serving, budgets=False)
-    trained = time.perf_counter()
+    return RebuiltModel(model, pipeline, online, time.perf_counter() - started)
 
+
+def target_matrices(split: TargetSplit, model: ServingModel) -> TargetMatrices:
+    """The target and the evaluated users' training items, in the model's item columns."""
     catalog = model.catalog
-    exclude = bool(model.manifest.exclude_purchased)
     users = sorted(split.target["user_id"].unique())
     user_rows = {u: i for i, u in enumerate(users)}
     unseen = sorted(set(split.target["item_id"]) - set(catalog.item_ids.tolist()))
@@ -128,56 +165,63 @@ def evaluate_target(
     training_data = build_training_data(split.training, catalog=catalog)
     history = sp.csr_matrix(training_data.user_items[user_index])
     history.resize((len(users), width))
+    return TargetMatrices(users, user_index, truth, history, training_data)
 
-    rankings: dict[str, list[np.ndarray]] = {"pipeline": [], "merged candidates": []}
+
+def rank_users(rebuilt: RebuiltModel, matrices: TargetMatrices, exclude: bool, baselines: bool) -> Rankings:
+    """Each evaluated user answered through the serving pipeline: the pipeline's ranking, the
+    merged candidates by summed source score, and (with ``baselines``) each source alone."""
+    model, pipeline, history = rebuilt.model, rebuilt.pipeline, matrices.history
+    rankings = Rankings({"pipeline": [], "merged candidates": []}, {name: [] for name in pipeline.source_names})
     if baselines:
-        rankings.update({f"{name} alone": [] for name in pipeline.source_names})
-    candidate_sets: dict[str, list[np.ndarray]] = {name: [] for name in pipeline.source_names}
-    candidate_sets["all sources"] = []
-    for row, (user_id, index) in enumerate(zip(users, user_index, strict=True)):
+        rankings.systems.update({f"{name} alone": [] for name in pipeline.source_names})
+    rankings.candidates["all sources"] = []
+    for row, (user_id, index) in enumerate(zip(matrices.users, matrices.user_index, strict=True)):
         query = Query(user_id=user_id, user_index=int(index), k=MAX_K)
-        user = model.user_features(online.user(user_id))
+        user = model.user_features(rebuilt.online.user(user_id))
         prepared = pipeline.prepare(query, user, errors={})
         ids, source_scores = prepared.features.ids, prepared.source_scores
         ranker_scores = pipeline.rank(query, prepared.features, source_scores, {})
         if exclude:  # what the serving pipeline leaves out in a no-repeat domain, whatever stage does it
             keep = ~np.isin(ids, history.indices[history.indptr[row] : history.indptr[row + 1]])
             ids, source_scores, ranker_scores = ids[keep], source_scores[keep], ranker_scores[keep]
-        rankings["pipeline"].append(_top(ranker_scores, ids, MAX_K))
-        rankings["merged candidates"].append(_top(source_scores.sum(axis=1), ids, MAX_K))
+        rankings.systems["pipeline"].append(_top(ranker_scores, ids, MAX_K))
+        rankings.systems["merged candidates"].append(_top(source_scores.sum(axis=1), ids, MAX_K))
         for column, name in enumerate(pipeline.source_names):
             proposed = source_scores[:, column] > 0
             if baselines:
-                rankings[f"{name} alone"].append(_top(source_scores[proposed, column], ids[proposed], MAX_K))
-            candidate_sets[name].append(ids[proposed])
-        candidate_sets["all sources"].append(ids)
+                rankings.systems[f"{name} alone"].append(_top(source_scores[proposed, column], ids[proposed], MAX_K))
+            rankings.candidates[name].append(ids[proposed])
+        rankings.candidates["all sources"].append(ids)
+    return rankings
 
-    g_top, p_top = frequency_baselines(training_data, users, MAX_K, exclude_purchased=exclude)
-    if baselines:
-        als = als_baseline(training_data, users, MAX_K, exclude_purchased=exclude)
-        rankings = {"G-TopFreq": g_top, "P-TopFreq": p_top, "ALS": als, **rankings}
-    else:
-        rankings = {"G-TopFreq": g_top, "pipeline": rankings["pipeline"]}
 
-    result = TargetResult(
-        split.name,
-        len(users),
-        model_version=manifest.version,
-        protocol=split.protocol,
-        seed=split.seed,
-        repeat_share=model.manifest.repeat_share,
-        exclude_purchased=exclude,
-        fingerprint=holdout_fingerprint(split),
-        user_ids=[str(u) for u in users],
-    )
-    for system, rows in rankings.items():
+def with_baselines(
+    rankings: dict[str, list[np.ndarray]], matrices: TargetMatrices, exclude: bool, baselines: bool
+) -> dict[str, list[np.ndarray]]:
+    """The systems to score: G-TopFreq first, then (with ``baselines``) P-TopFreq, ALS and every
+    pipeline variant; without, the pipeline alone beside G-TopFreq."""
+    training_data = matrices.training
+    g_top, p_top = frequency_baselines(training_data, matrices.users, MAX_K, exclude_purchased=exclude)
+    if not baselines:
+        return {"G-TopFreq": g_top, "pipeline": rankings["pipeline"]}
+    als = als_baseline(training_data, matrices.users, MAX_K, exclude_purchased=exclude)
+    return {"G-TopFreq": g_top, "P-TopFreq": p_top, "ALS": als, **rankings}
+
+
+def score_systems(
+    result: TargetResult, systems: dict[str, list[np.ndarray]], rankings: Rankings, matrices: TargetMatrices
+) -> None:
+    """Fill ``result``'s metrics, recall curves, per-user NDCG and candidate recall."""
+    truth, history = matrices.truth, matrices.history
+    for system, rows in systems.items():
         recommended = pad_rankings(rows, MAX_K)
         result.systems[system] = SystemResult(
             ranking_metrics(recommended, truth, history, KS), recall_curve(recommended, truth, MAX_K)
         )
         result.per_user[system] = per_user_ndcg(recommended, truth, GATE_K).tolist()
     sizes = truth.getnnz(axis=1)
-    for name, rows in candidate_sets.items():
+    for name, rows in rankings.candidates.items():
         width_needed = max((r.size for r in rows), default=1)
         recommended = pad_rankings(rows, max(width_needed, 1))
         result.candidate_recall[name] = (
@@ -185,9 +229,36 @@ def evaluate_target(
             if sizes.sum()
             else 0.0
         )
-    result.train_seconds = trained - started
-    result.evaluate_seconds = time.perf_counter() - trained
-    log.info("evaluated", target=split.name, users=len(users), seconds=round(time.perf_counter() - started, 1))
+
+
+def evaluate_target(
+    workspace: Workspace, config: EndcapConfig, host: PluginHost, split: TargetSplit, baselines: bool = True
+) -> TargetResult:
+    """Rebuild features and models from ``split.training`` and score every system on its target.
+
+    ``baselines=False`` scores the pipeline and G-TopFreq only (what the promotion gate needs)."""
+    started = time.perf_counter()
+    rebuilt = rebuild(workspace, host, config, split)
+    model = rebuilt.model
+    exclude = bool(model.manifest.exclude_purchased)
+    matrices = target_matrices(split, model)
+    rankings = rank_users(rebuilt, matrices, exclude, baselines)
+    systems = with_baselines(rankings.systems, matrices, exclude, baselines)
+    result = TargetResult(
+        split.name,
+        len(matrices.users),
+        model_version=model.manifest.version,
+        protocol=split.protocol,
+        seed=split.seed,
+        repeat_share=model.manifest.repeat_share,
+        exclude_purchased=exclude,
+        fingerprint=holdout_fingerprint(split),
+        user_ids=[str(u) for u in matrices.users],
+    )
+    score_systems(result, systems, rankings, matrices)
+    result.train_seconds = rebuilt.seconds
+    result.evaluate_seconds = time.perf_counter() - started - rebuilt.seconds
+    log.info("evaluated", target=split.name, users=len(matrices.users), seconds=round(time.perf_counter() - started, 1))
     return result
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from endcap.data.ingest import CANONICAL_COLUMNS
+from endcap.data.canonical_log import CANONICAL_COLUMNS
 from endcap.errors import InvalidArgument
 from endcap.features.tables import add_basket_index
 

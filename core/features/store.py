@@ -28,6 +28,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 if TYPE_CHECKING:
+    from endcap.config import FeatureStoreConfig
     from endcap.features.row_locks import RowLock
     from endcap.features.sqlite_rows import SqliteRows
 
@@ -42,13 +43,22 @@ PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_CO
 PROFILE_FILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
 
 
-def repo_config(workspace: Workspace) -> RepoConfig:
-    """The Feast configuration of ``feature_store.profile`` in the workspace's ``endcap.yaml``:
-    ``feature_repo/feature_store.yaml`` (local) or ``feature_store.redis.yaml``, with the
-    workspace, the Redis connection string and the registry path filled in."""
+def feature_store_settings(workspace: Workspace, feature_store: FeatureStoreConfig | None) -> FeatureStoreConfig:
+    """``feature_store`` as given (the ``feature_store`` section of the configuration the caller
+    loaded); ``None`` reads it from the workspace's ``endcap.yaml``, for callers that do not
+    hold the configuration."""
+    if feature_store is not None:
+        return feature_store
     from endcap.config import load_config
 
-    settings = load_config(workspace.root).feature_store
+    return load_config(workspace.root).feature_store
+
+
+def repo_config(workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> RepoConfig:
+    """The Feast configuration of ``feature_store.profile``: ``feature_repo/feature_store.yaml``
+    (local) or ``feature_store.redis.yaml``, with the workspace, the Redis connection string and
+    the registry path filled in (``feature_store``: see :func:`feature_store_settings`)."""
+    settings = feature_store_settings(workspace, feature_store)
     registry = settings.registry or workspace.feast / "registry.db"
     text = files("endcap.feature_repo").joinpath(PROFILE_FILES[settings.profile]).read_text()
     for name, value in (
@@ -64,9 +74,10 @@ def repo_config(workspace: Workspace) -> RepoConfig:
     return config
 
 
-def open_store(workspace: Workspace) -> FeatureStore:
+def open_store(workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> FeatureStore:
+    """The workspace's Feast store, created when missing (``feature_store``: see :func:`feature_store_settings`)."""
     workspace.feast.mkdir(parents=True, exist_ok=True)
-    config = repo_config(workspace)
+    config = repo_config(workspace, feature_store)
     Path(config.registry.path).parent.mkdir(parents=True, exist_ok=True)
     return FeatureStore(config=config)
 
@@ -133,6 +144,7 @@ def write_and_materialize(
     extra_objects: Sequence[Any] = (),
     full: bool = False,
     expected: Mapping[str, Sequence[str]] | None = None,
+    feature_store: FeatureStoreConfig | None = None,
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
     plugins), and materialize to the online store.
@@ -151,7 +163,7 @@ def write_and_materialize(
     from endcap.features.coverage import IncompleteMaterialization, missing_ids
 
     rows, oldest, as_of = write_tables(workspace, snapshots)
-    store = open_store(workspace)
+    store = open_store(workspace, feature_store)
     endcap_views = definitions.build(workspace.root)
     store.apply([*endcap_views.all(), *extra_objects])
     end = as_of + pd.Timedelta(seconds=1)
@@ -179,12 +191,18 @@ ALL_TIME = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 """The materialization window of plugins' views: their rows keep timestamps of their own."""
 
 
-def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, full: bool = False) -> MaterializeSummary:
+def build_features(
+    workspace: Workspace,
+    log: pd.DataFrame,
+    host: Any = None,
+    full: bool = False,
+    feature_store: FeatureStoreConfig | None = None,
+) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
     ``apply`` (with the plugins' own definitions when ``host`` is given), materialization of
     the newest snapshot into the online store, keeping the rows real-time purchases pushed
     (:mod:`endcap.features.pushed_rows`), and a check that the store now holds every user and product of
-    ``log``."""
+    ``log``. ``feature_store``: see :func:`feature_store_settings`."""
     from endcap.features.pushed_rows import keeping_pushed_rows
     from endcap.features.tables import feature_cutoffs, iter_snapshots
 
@@ -195,7 +213,8 @@ def build_features(workspace: Workspace, log: pd.DataFrame, host: Any = None, fu
     }
     cutoffs = _after_previous_run(workspace, feature_cutoffs(log))
     with keeping_pushed_rows(workspace):  # real-time purchases not yet in the log stay in the online rows
-        return write_and_materialize(workspace, iter_snapshots(log, cutoffs=cutoffs), extra, full, expected)
+        snapshots = iter_snapshots(log, cutoffs=cutoffs)
+        return write_and_materialize(workspace, snapshots, extra, full, expected, feature_store)
 
 
 def _after_previous_run(workspace: Workspace, cutoffs: list[pd.Timestamp]) -> list[pd.Timestamp]:
@@ -212,10 +231,11 @@ def _after_previous_run(workspace: Workspace, cutoffs: list[pd.Timestamp]) -> li
     return [*cutoffs[:-1], previous + pd.Timedelta(microseconds=1)]
 
 
-def existing_store(workspace: Workspace) -> FeatureStore:
+def existing_store(workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> FeatureStore:
     """The workspace's feature store; :class:`FailedPrecondition` naming ``endcap features`` when
-    it was never built (opening it does not create an empty registry)."""
-    store = open_store(workspace)
+    it was never built (opening it does not create an empty registry). ``feature_store``: see
+    :func:`feature_store_settings`."""
+    store = open_store(workspace, feature_store)
     if not Path(store.config.registry.path).exists():
         raise FailedPrecondition(
             f"no feature store in {workspace.root} (registry {store.config.registry.path}); run 'endcap features' first"
@@ -233,8 +253,8 @@ class OnlineFeatures:
     materialization and push sources wrote.
     """
 
-    def __init__(self, workspace: Workspace) -> None:
-        self.store = existing_store(workspace)
+    def __init__(self, workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> None:
+        self.store = existing_store(workspace, feature_store)
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
         self._rows: SqliteRows | None = None
@@ -356,8 +376,8 @@ class OnlineFeatures:
 class HistoricalFeatures:
     """Point-in-time reads from the offline store (``get_historical_features``), for training."""
 
-    def __init__(self, workspace: Workspace) -> None:
-        self.store = existing_store(workspace)
+    def __init__(self, workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> None:
+        self.store = existing_store(workspace, feature_store)
 
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
         """For each (user, time) pair, the newest snapshot at or before that time, in input order;

@@ -61,7 +61,7 @@ def retrain(
     say: Callable[[str], None] = print,
 ) -> RetrainResult:
     from endcap.features.store import build_features
-    from endcap.training.fit import train
+    from endcap.release.validated_training import train
 
     state_path = workspace.root / "data" / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {"event_offset": 0}
@@ -87,7 +87,7 @@ def retrain(
         return RetrainResult(len(events), len(files), None, None, skipped=True)
 
     say("step 2/4: computing and materializing features")
-    build_features(workspace, merged, host)
+    build_features(workspace, merged, host, feature_store=host.config.feature_store)
     say("step 3/4: training (with validation on each user's newest basket)")
     manifest = train(workspace, host, promote=False)
     ndcg = manifest.validation.get("ndcg@10", float("nan"))

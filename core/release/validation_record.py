@@ -1,24 +1,26 @@
 """What a model version keeps of its validation, so the promotion gate can compare on the same holdout.
 
 ``endcap train`` scores the configuration on a holdout (each user's newest basket, trained on
-everything before it) and writes, beside the model:
-
-* ``validation.npz`` (an artifact, under the version's checksums): the evaluated user ids and each
-  user's NDCG@10 for the pipeline and for the popularity baseline (G-TopFreq), same order;
-* in the manifest: ``holdout_fingerprint`` (:func:`endcap.evaluation.holdout.holdout_fingerprint`) and
-  ``configuration``, the resolved model configuration (plugins with their versions, serving,
-  candidates, ranker, filters; no monitors, TLS or credentials), from which
-  :func:`rescore_configuration` rebuilds that configuration on another version's holdout.
+everything before it; see :mod:`endcap.release.validated_training`) and writes, beside the model,
+what :mod:`endcap.training.version_record` describes: ``validation.npz`` with per-user values, and
+in the manifest ``holdout_fingerprint`` and ``configuration``, from which
+:func:`rescore_configuration` rebuilds that configuration on another version's holdout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from endcap.errors import FailedPrecondition
+from endcap.training.version_record import (
+    CONFIGURATION_KEYS,
+    VALIDATION_FILE,
+    HoldoutScores,
+    load_holdout_scores,
+    model_configuration,
+    save_holdout_scores,
+)
 
 if TYPE_CHECKING:
     from endcap.config import EndcapConfig
@@ -26,45 +28,16 @@ if TYPE_CHECKING:
     from endcap.plugin_host import PluginHost
     from endcap.workspace import Workspace
 
-VALIDATION_FILE = "validation.npz"
-CONFIGURATION_KEYS = ("plugins", "serving", "candidates", "ranker", "filters")
-"""The parts of ``endcap.yaml`` that decide a model's answers."""
-
-
-@dataclass(frozen=True)
-class HoldoutScores:
-    """Per-user NDCG@10 on one holdout, in ``user_ids`` order."""
-
-    user_ids: np.ndarray
-    pipeline: np.ndarray
-    popularity: np.ndarray
-
-
-def save_holdout_scores(directory: Path, scores: HoldoutScores) -> None:
-    np.savez(
-        directory / VALIDATION_FILE,
-        user_ids=np.asarray(scores.user_ids, dtype=str),
-        pipeline=np.asarray(scores.pipeline, dtype=np.float64),
-        popularity=np.asarray(scores.popularity, dtype=np.float64),
-    )
-
-
-def load_holdout_scores(directory: Path) -> HoldoutScores | None:
-    """The version's per-user validation values; ``None`` when it has none (trained without
-    validation, or by an Endcap before per-user values were recorded)."""
-    path = directory / VALIDATION_FILE
-    if not path.exists():
-        return None
-    with np.load(path) as arrays:
-        return HoldoutScores(arrays["user_ids"], arrays["pipeline"], arrays["popularity"])
-
-
-def model_configuration(config: EndcapConfig, host: PluginHost) -> dict[str, Any]:
-    """The configuration a model was trained with, as JSON values, with the loaded plugins' versions."""
-    dumped = config.model_dump(mode="json")
-    resolved = {key: dumped[key] for key in CONFIGURATION_KEYS}
-    resolved["plugin_versions"] = {info.name: info.version for info in host.plugins}
-    return resolved
+__all__ = [
+    "CONFIGURATION_KEYS",
+    "VALIDATION_FILE",
+    "HoldoutScores",
+    "configuration_host",
+    "load_holdout_scores",
+    "model_configuration",
+    "rescore_configuration",
+    "save_holdout_scores",
+]
 
 
 def configuration_host(configuration: dict[str, Any], version: str) -> tuple[EndcapConfig, PluginHost]:

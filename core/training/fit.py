@@ -1,4 +1,8 @@
-"""``endcap train``: build the training data, fit every configured component, write a version."""
+"""Fitting a model version: every configured component trained on the log, written as one version.
+
+Validation is not done here: :mod:`endcap.release.validated_training` measures it and passes the
+figures in (``endcap train`` runs that); this module only writes what it is given.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from importlib.metadata import version as distribution_version
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import structlog
+from endcap.config import FeatureStoreConfig
 from endcap.data.ingest import load_interactions
 from endcap.data.training_data import build_training_data
 from endcap.feature_repo.definitions import USER_STATS
@@ -17,10 +23,10 @@ from endcap.features import repeat_purchases
 from endcap.features.coverage import check_users_stored, missing_ids
 from endcap.features.store import existing_store
 from endcap.model_versions import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog
-from endcap.plugin_host import PluginHost
+from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.release.validation_record import HoldoutScores, model_configuration, save_holdout_scores
 from endcap.training.ranking_examples import build_ranking_examples
+from endcap.training.version_record import Validation, model_configuration, save_holdout_scores
 from endcap.types import FeatureMatrix, ModelContext, Query, Ranker, TrainingData
 from endcap.workspace import Workspace
 
@@ -43,35 +49,52 @@ def reference_scores(ranker: Ranker, data: TrainingData, directory: Path) -> np.
         return None
 
 
-def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate: bool = True) -> Manifest:
-    """Fit all components and commit a new model version; make it current when ``promote``.
-
-    With ``validate`` the same configuration is first trained without each user's newest basket
-    and scored on it, beside the popularity baseline (see
-    :func:`endcap.evaluation.evaluate.holdout_validation`); the figures go in the manifest, the per-user
-    values in ``validation.npz`` (:mod:`endcap.release.validation_record`): what ``endcap promote`` compares.
-    The log's repeat share decides, under
-    ``serving.exclude_purchased: auto``, whether answers leave out already-bought items (see
-    :mod:`endcap.features.repeat_purchases`); the manifest records both.
+def load_training_log(workspace: Workspace, feature_store: FeatureStoreConfig) -> pd.DataFrame:
+    """The workspace's purchase log, once its online store (``feature_store``) is known to hold
+    every user of it.
 
     :raises FailedPrecondition: the online store lacks users of the log (run ``endcap features``).
     """
     purchases = load_interactions(workspace)
     check_users_stored(
-        lambda ids: missing_ids(existing_store(workspace), USER_STATS, ids),
+        lambda ids: missing_ids(existing_store(workspace, feature_store), USER_STATS, ids),
         purchases["user_id"].unique(),
         "model not written",
         "run 'endcap features' (it materializes the log the model is trained on), then 'endcap train'",
     )
+    return purchases
+
+
+def train(
+    workspace: Workspace, host: PluginHost, promote: bool = True, feature_store: FeatureStoreConfig | None = None
+) -> Manifest:
+    """Fit all components on the workspace's log, without validation, and commit a new version
+    (current when ``promote``): what an evaluation rebuilds on each holdout's training lines.
+    ``feature_store`` is the workspace's store (default: the one ``host``'s configuration names)."""
+    feature_store = feature_store or host.config.feature_store
+    purchases = load_training_log(workspace, feature_store)
+    return fit_version(workspace, host, purchases, promote, feature_store=feature_store)
+
+
+def fit_version(
+    workspace: Workspace,
+    host: PluginHost,
+    purchases: pd.DataFrame,
+    promote: bool = True,
+    validation: Validation | None = None,
+    feature_store: FeatureStoreConfig | None = None,
+) -> Manifest:
+    """Fit all components on ``purchases`` and commit a new model version; make it current when
+    ``promote``. ``validation`` (figures, holdout fingerprint, per-user values) is written with it.
+
+    The log's repeat share decides, under ``serving.exclude_purchased: auto``, whether answers
+    leave out already-bought items (see :mod:`endcap.features.repeat_purchases`); the manifest
+    records both. ``feature_store`` is the workspace's store (default: the one ``host``'s
+    configuration names), read for the ranker's point-in-time examples."""
     setting = host.config.serving.exclude_purchased
     profile = repeat_purchases.measure(purchases)
     excluded = repeat_purchases.exclude_purchased(setting, profile)
     log.info("repeat_purchases", summary=repeat_purchases.describe(setting, profile, excluded))
-    validated = None
-    if validate:
-        from endcap.evaluation.evaluate import holdout_split, holdout_validation
-
-        validated = holdout_validation(workspace, host.config, host, holdout_split(purchases))
     data = build_training_data(purchases)
     ingest = json.loads(workspace.ingest_manifest.read_text()) if workspace.ingest_manifest.exists() else {}
     registry = ModelRegistry(workspace.models)
@@ -79,27 +102,14 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     try:
         built = host.build_components()
         if any(c.needs_ranking_examples for c in built.all()):
-            examples = build_ranking_examples(workspace, host, host.config, data, purchases, excluded)
+            examples = build_ranking_examples(
+                workspace, host, host.config, data, purchases, excluded, feature_store or host.config.feature_store
+            )
             data = replace(data, ranking_examples=examples)
         save_catalog(staging, data.catalog, data.user_items)
-        if validated is not None:
-            scores = HoldoutScores(np.asarray(validated.user_ids), validated.pipeline, validated.popularity)
-            save_holdout_scores(staging, scores)
-        components: dict[str, ComponentManifest] = {}
-        for component in built.all():
-            kind = kind_of(type(component))
-            directory = component_dir(staging, kind, component.name)
-            directory.mkdir(parents=True)
-            params = host.manager.hook.endcap_train_component(component=component, data=data, directory=directory)
-            if component is built.ranker and data.ranking_examples is not None:
-                data = replace(data, reference_scores=reference_scores(component, data, directory))
-            registered = host.registry.find(type(component))
-            components[f"{kind}/{component.name}"] = ComponentManifest(
-                kind=kind,
-                type=registered.type_name if registered else type(component).__qualname__,
-                plugin=registered.plugin if registered else type(component).__module__,
-                params=dict(params or {}),
-            )
+        if validation is not None:
+            save_holdout_scores(staging, validation.scores)
+        components = fit_components(host, built, data, staging)
         manifest = Manifest(
             version=registry.new_version_name(),
             trained_at=datetime.now(UTC).isoformat(),
@@ -110,8 +120,8 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
             items=data.catalog.n_items,
             components=components,
             endcap_version=distribution_version("endcap"),
-            validation=validated.metrics if validated is not None else {},
-            holdout_fingerprint=validated.fingerprint if validated is not None else "",
+            validation=validation.metrics if validation is not None else {},
+            holdout_fingerprint=validation.fingerprint if validation is not None else "",
             configuration=model_configuration(host.config, host),
             repeat_share=round(profile.share, 5),
             exclude_purchased=excluded,
@@ -123,3 +133,26 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     if promote:
         registry.set_current(manifest.version)
     return manifest
+
+
+def fit_components(
+    host: PluginHost, built: Components, data: TrainingData, staging: Path
+) -> dict[str, ComponentManifest]:
+    """Train each component into its directory under ``staging`` through the training hook; the
+    ranker's reference scores (:func:`reference_scores`) go to the components trained after it."""
+    components: dict[str, ComponentManifest] = {}
+    for component in built.all():
+        kind = kind_of(type(component))
+        directory = component_dir(staging, kind, component.name)
+        directory.mkdir(parents=True)
+        params = host.manager.hook.endcap_train_component(component=component, data=data, directory=directory)
+        if component is built.ranker and data.ranking_examples is not None:
+            data = replace(data, reference_scores=reference_scores(component, data, directory))
+        registered = host.registry.find(type(component))
+        components[f"{kind}/{component.name}"] = ComponentManifest(
+            kind=kind,
+            type=registered.type_name if registered else type(component).__qualname__,
+            plugin=registered.plugin if registered else type(component).__module__,
+            params=dict(params or {}),
+        )
+    return components

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import structlog
-from endcap.config import EndcapConfig
+from endcap.config import EndcapConfig, FeatureStoreConfig
 from endcap.data.training_data import build_training_data
 from endcap.features.repeat_purchases import label_share
 from endcap.features.store import HistoricalFeatures
 from endcap.features.tables import add_basket_index, day_cutoffs, label_baskets
 from endcap.model_versions import Manifest, component_dir
-from endcap.plugin_host import PluginHost
+from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.serving.model import assemble, load_components
+from endcap.serving.model import ServingModel, assemble, load_components
 from endcap.serving.pipeline import Pipeline
 from endcap.types import Query, RankingExamples, TrainingData
 from endcap.workspace import Workspace
@@ -46,6 +47,7 @@ def build_ranking_examples(
     data: TrainingData,
     log_frame: pd.DataFrame,
     exclude_purchased: bool = False,
+    feature_store: FeatureStoreConfig | None = None,
 ) -> RankingExamples:
     """Examples from each user's label baskets (:func:`label_baskets`: the newest, or the newest
     quarter of their lines in a no-repeat log); with ``exclude_purchased`` the candidates leave
@@ -55,22 +57,16 @@ def build_ranking_examples(
     history_log, label_lines = split_history(log_frame, label_rows)
     labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
     history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=data.catalog)
-    historical = HistoricalFeatures(workspace)
+    historical = HistoricalFeatures(workspace, feature_store or config.feature_store)
     components = host.build_components()
+    blocks: list[Block] = []
+    names: tuple[str, ...] = ()
     with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
-        directory = Path(tmp)
-        serving_side = [*components.candidates.values(), *components.filters.values()]
-        for component in serving_side:
-            target = component_dir(directory, kind_of(type(component)), component.name)
-            target.mkdir(parents=True)
-            host.manager.hook.endcap_train_component(component=component, data=history, directory=target)
-        load_components(serving_side, directory, history.catalog, history.user_items)
+        train_serving_side(host, components, history, Path(tmp))
         user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
         items_by_user = label_lines.groupby("user_id")["item_id"].agg(lambda s: set(s.astype(str)))
         cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
         stub = Manifest("history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased)
-        blocks: list[tuple[np.ndarray, np.ndarray, str]] = []
-        names: tuple[str, ...] = ()
         cutoffs = day_cutoffs(labels["label_time"])
         products_by_cutoff = historical.products(list(data.catalog.item_ids), cutoffs)
         for cutoff in cutoffs:
@@ -78,26 +74,56 @@ def build_ranking_examples(
             pipeline = Pipeline(model, lambda user_id: {}, config.serving, budgets=False)
             for row in np.flatnonzero(cutoff_of_user == cutoff):
                 user_id = str(labels["user_id"].iloc[row])
-                query = Query(user_id, model.user_index[user_id], config.serving.default_k)
-                prepared = pipeline.prepare(query, model.user_features(user_rows[row]), errors={})
-                positives = model.item_indices(sorted(items_by_user[user_id]))
-                blocks.append(
-                    (prepared.features.values, np.isin(prepared.features.ids, positives).astype(np.float32), user_id)
-                )
-                names = prepared.features.names
+                block, names = user_block(pipeline, model, config, user_id, user_rows[row], items_by_user[user_id])
+                blocks.append(block)
+    examples = stack_blocks(blocks, names)
+    log.info(
+        "ranking_examples",
+        users=len(blocks),
+        rows=int(examples.values.shape[0]),
+        positives=int(examples.labels.sum()),
+        label_items=len(label_lines),
+    )
+    return examples
+
+
+Block = tuple[np.ndarray, np.ndarray, str]
+"""One user's examples: feature rows, labels (1.0 for an item of the label basket), user id."""
+
+
+def train_serving_side(host: PluginHost, components: Components, history: TrainingData, directory: Path) -> None:
+    """Train the candidate generators and filters on ``history`` into ``directory`` and load them."""
+    serving_side = [*components.candidates.values(), *components.filters.values()]
+    for component in serving_side:
+        target = component_dir(directory, kind_of(type(component)), component.name)
+        target.mkdir(parents=True)
+        host.manager.hook.endcap_train_component(component=component, data=history, directory=target)
+    load_components(serving_side, directory, history.catalog, history.user_items)
+
+
+def user_block(
+    pipeline: Pipeline,
+    model: ServingModel,
+    config: EndcapConfig,
+    user_id: str,
+    user_row: dict[str, Any],
+    label_items: set[str],
+) -> tuple[Block, tuple[str, ...]]:
+    """The user's candidates and features as serving prepares them, labelled by ``label_items``;
+    and the feature names."""
+    query = Query(user_id, model.user_index[user_id], config.serving.default_k)
+    prepared = pipeline.prepare(query, model.user_features(user_row), errors={})
+    positives = model.item_indices(sorted(label_items))
+    labels = np.isin(prepared.features.ids, positives).astype(np.float32)
+    return (prepared.features.values, labels, user_id), prepared.features.names
+
+
+def stack_blocks(blocks: list[Block], names: tuple[str, ...]) -> RankingExamples:
     values = np.vstack([b[0] for b in blocks]) if blocks else np.zeros((0, len(names)), np.float32)
-    examples = RankingExamples(
+    return RankingExamples(
         names=names,
         values=values.astype(np.float32),
         labels=np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, np.float32),
         groups=np.array([len(b[1]) for b in blocks], dtype=np.int32),
         user_ids=tuple(b[2] for b in blocks),
     )
-    log.info(
-        "ranking_examples",
-        users=len(blocks),
-        rows=int(values.shape[0]),
-        positives=int(examples.labels.sum()),
-        label_items=len(label_lines),
-    )
-    return examples

@@ -1,0 +1,117 @@
+"""The canonical purchase log: ``user_id, item_id, basket_id`` (strings), ``timestamp`` (UTC) and
+``quantity`` (int32), one row per basket line, sorted by user and time; written atomically to the
+workspace with its description in ``data/ingest.json``, and read back with ids in Arrow buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from endcap.data.integer_codes import run_starts, sorted_codes, utc_microseconds
+from endcap.errors import FailedPrecondition
+from endcap.workspace import Workspace
+
+CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
+ID_COLUMNS = ("user_id", "item_id", "basket_id")
+ID_DTYPE = pd.StringDtype("pyarrow")
+"""Strings held in Arrow buffers: the input's cells and the canonical log's ids."""
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    source: str
+    format: str
+    rows: int
+    users: int
+    items: int
+    baskets: int
+    fingerprint: str
+    """sha256 of the canonical log (see :func:`data_fingerprint`)."""
+    ignored_columns: tuple[str, ...] = ()
+    """Input columns the format does not use."""
+    quarantined: int = 0
+    """Rows set aside by ``--on-error quarantine``."""
+    quarantine_file: str = ""
+
+
+def canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, basket, item) — repeated lines add their quantities — sorted by user,
+    time, basket and item, with the canonical column types.
+
+    Works on integer codes: each id column is numbered in string order, so sorting the codes
+    sorts the strings, and the strings are only taken back (in Arrow) for the final rows."""
+    ids = {column: sorted_codes(_strings(frame[column])) for column in ID_COLUMNS}
+    times = utc_microseconds(frame["timestamp"])
+    quantity = frame["quantity"].to_numpy(dtype=np.int64)
+    user, basket, item = (ids[column][0] for column in ("user_id", "basket_id", "item_id"))
+    order = np.lexsort((item, basket, user))
+    user, basket, item = user[order], basket[order], item[order]
+    first = run_starts(user, basket, item)
+    times = np.minimum.reduceat(times[order], first) if first.size else times
+    quantity = np.add.reduceat(quantity[order], first) if first.size else quantity
+    user, basket, item = user[first], basket[first], item[first]
+    final = np.lexsort((item, basket, times, user))
+    return pd.DataFrame(
+        {
+            "user_id": ids["user_id"][1].take(user[final]),
+            "item_id": ids["item_id"][1].take(item[final]),
+            "basket_id": ids["basket_id"][1].take(basket[final]),
+            "timestamp": pd.DatetimeIndex(times[final].astype("datetime64[us]")).tz_localize("UTC"),
+            "quantity": quantity[final].astype(np.int32),
+        }
+    )
+
+
+def _strings(values: pd.Series) -> pd.Series:
+    """``values`` as Arrow-backed strings (ids from other sources may be objects or numbers)."""
+    return values if values.dtype == ID_DTYPE else values.astype(str).astype(ID_DTYPE)
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the canonical log's content (independent of the files it came from).
+
+    The id columns are hashed as categoricals, which pandas hashes exactly like their strings
+    but with each distinct string hashed once."""
+    hashed_columns = frame[list(CANONICAL_COLUMNS)].astype({column: "category" for column in ID_COLUMNS})
+    hashed = pd.util.hash_pandas_object(hashed_columns, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def store_log(
+    frame: pd.DataFrame, workspace: Workspace, source: str, fmt: str, ignored: tuple[str, ...] = ()
+) -> IngestSummary:
+    """Write the canonical log atomically and describe it in ``data/ingest.json``."""
+    summary = IngestSummary(
+        source=source,
+        format=fmt,
+        rows=len(frame),
+        users=int(frame["user_id"].nunique()),
+        items=int(frame["item_id"].nunique()),
+        baskets=int(frame["basket_id"].nunique()),
+        fingerprint=data_fingerprint(frame),
+        ignored_columns=ignored,
+    )
+    target = workspace.interactions
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".parquet.partial")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, target)
+    workspace.ingest_manifest.write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def load_interactions(workspace: Workspace) -> pd.DataFrame:
+    """The canonical log; a clear error when ``endcap ingest`` has not run."""
+    if not workspace.interactions.exists():
+        raise FailedPrecondition(
+            f"no purchase log in {workspace.root}; run 'endcap ingest PATH' (or 'endcap ingest --demo') first"
+        )
+    table = pq.read_table(workspace.interactions)
+    return table.to_pandas(types_mapper={pa.string(): ID_DTYPE, pa.large_string(): ID_DTYPE}.get)
