@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines on stderr (written in batches), with the request id of the call being served."""
+"""structlog set-up: lines on stderr (written in batches), with the request id of the call being served.
+
+``ENDCAP_LOG_FORMAT`` picks the format: ``json`` (one JSON object per line, for log collectors)
+or ``console`` (aligned, readable text). Unset, it is ``console`` when stderr is a terminal and
+``json`` otherwise. An error line logged while an exception is being handled carries that
+exception and its traceback in either format.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -40,7 +46,7 @@ def new_request_id() -> str:
     return f"{prefix}{next(counter):016x}"
 
 
-def _add_request_id(logger: object, method: str, event: dict[str, object]) -> dict[str, object]:
+def _add_request_id(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     request_id = request_id_var.get()
     if request_id and "request_id" not in event:
         event["request_id"] = request_id
@@ -182,32 +188,81 @@ def exception_fields(logger: object, method: str, event: dict[str, Any]) -> dict
     return event
 
 
+_ERROR_METHODS = frozenset({"error", "err", "exception", "critical", "fatal", "failure"})
+
+
+def errors_carry_their_exception(
+    logger: object, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """An error line logged inside an ``except`` block carries the exception being handled, as if
+    ``exc_info=True`` had been passed; ``exc_info=False`` still leaves it out."""
+    if method in _ERROR_METHODS and "exc_info" not in event and sys.exc_info()[1] is not None:
+        event["exc_info"] = True
+    return event
+
+
+LOG_FORMAT_VARIABLE = "ENDCAP_LOG_FORMAT"
+LOG_FORMATS = ("console", "json")
+
+
+def log_format() -> str:
+    """``console`` or ``json``: ``$ENDCAP_LOG_FORMAT`` when set to one of them, else ``console``
+    when stderr is a terminal and ``json`` otherwise (a file, a pipe, a log collector)."""
+    chosen = os.environ.get(LOG_FORMAT_VARIABLE, "").strip().lower()
+    if chosen in LOG_FORMATS:
+        return chosen
+    return "console" if _stderr_is_a_terminal() else "json"
+
+
+def _stderr_is_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without one, or closed
+        return False
+
+
 _json_renderer = structlog.processors.JSONRenderer(serializer=_json_line)
 _timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
 _info_lines_direct = False
 """Whether :func:`info_line` renders JSON lines itself (set by :func:`configure_logging`)."""
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    """JSON lines (``json_lines``) or a console renderer, at ``level``. A line logged with
-    ``exc_info`` (``log.exception``, or ``exc_info=error``) carries the exception's type, message
-    and traceback: as the ``exception`` field of a JSON line (see :func:`exception_fields`), or
-    printed below the line by the console renderer."""
+def configure_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
+    """Lines at ``level`` and above, as JSON (``json_lines=True``) or for a console
+    (``json_lines=False``); by default as :func:`log_format` says. A line logged with
+    ``exc_info`` (``log.exception``, ``exc_info=error``, or any error line inside an ``except``
+    block) carries the exception's type, message and traceback: as the ``exception`` field of a
+    JSON line (see :func:`exception_fields`), or printed below the line by the console renderer."""
     global _info_lines_direct
+    unknown = os.environ.get(LOG_FORMAT_VARIABLE, "").strip().lower()
+    unknown = unknown if unknown and unknown not in LOG_FORMATS else ""
+    if json_lines is None:
+        json_lines = log_format() == "json"
     threshold = getattr(logging, level.upper())
     _info_lines_direct = json_lines and threshold <= logging.INFO
+    # the console's traceback as Python prints it: rich's would add local variables, which may
+    # hold user ids or tokens
+    console = structlog.dev.ConsoleRenderer(
+        colors=_stderr_is_a_terminal(), exception_formatter=structlog.dev.plain_traceback
+    )
+    renderer: list[Any] = [exception_fields, _json_renderer] if json_lines else [console]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             _add_request_id,
             structlog.processors.add_log_level,
             _timestamper,
-            *([exception_fields, _json_renderer] if json_lines else [structlog.dev.ConsoleRenderer()]),
+            errors_carry_their_exception,
+            *renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda *args: BatchedLogger(stderr_lines),
         cache_logger_on_first_use=True,
     )
+    if unknown:
+        structlog.get_logger("endcap.logs").warning(
+            "unknown_log_format", variable=LOG_FORMAT_VARIABLE, value=unknown, allowed=list(LOG_FORMATS)
+        )
 
 
 def info_line(logger: Any, event: str, fields: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit runs its own threads
+os.environ["ENDCAP_LOG_FORMAT"] = "json"  # servers and commands the tests start write lines the tests parse
 
 import shutil
 import signal

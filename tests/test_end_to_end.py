@@ -179,11 +179,20 @@ def test_request_log_has_one_json_line_per_request(
     assert set(logged[0]["stage_ms"]) >= {"candidates", "rank"}
 
 
-def test_cli_recommend_prints_k_rows(server: RunningServer) -> None:
+def test_cli_recommend_prints_the_servers_answer(
+    server: RunningServer, stub: pb_grpc.RecommendationServiceStub
+) -> None:
     result = run_cli("recommend", "--user-id", "1", "--target", server.target)
-    rows = [line for line in result.stdout.splitlines()[2:] if line.strip()]
-    assert len(rows) == 10
-    assert rows[0].split()[0] == "1"
+    reply = stub.Recommend(pb.RecommendRequest(user_id="1", k=10), timeout=5)
+    header, columns, *rows = [line for line in result.stdout.splitlines() if line.strip()]
+    assert header.startswith(f"model {reply.model_version}, request ")
+    assert columns.split() == ["rank", "item_id", "score", "sources"]
+    printed = [row.split() for row in rows]
+    expected = [
+        [str(rank), item.item_id, f"{item.score:.4f}", ",".join(item.sources)]
+        for rank, item in enumerate(reply.items, start=1)
+    ]
+    assert len(expected) == 10 and printed == expected
 
 
 def test_cli_batch_covers_every_user(workspace: Path, tmp_path: Path) -> None:
