@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS := 1
 export ENDCAP_WORKSPACE := $(abspath $(WORKSPACE))
 
-.PHONY: venv serve demo test lint protos check-protos docs lock clean-demo
+.PHONY: venv serve demo test lint typecheck protos check-protos docs lock clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,13 @@ serve: $(STAMP) demo
 test: $(STAMP)
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check core plugins feature_repo tests tools
+
+# mypy --strict over the installed endcap package (core/, plugins/, feature_repo/).
+typecheck: $(STAMP)
+	$(BIN)/python tools/typecheck.py
 
 # Regenerate the committed gRPC stubs from protos/.
 protos: $(STAMP)

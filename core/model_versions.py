@@ -11,6 +11,7 @@ Layout under ``<workspace>/models``::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -91,7 +92,8 @@ def save_catalog(directory: Path, catalog: Catalog, user_items: sp.csr_matrix) -
 def load_catalog(directory: Path) -> tuple[Catalog, sp.csr_matrix]:
     with np.load(directory / "catalog.npz") as arrays:
         catalog = Catalog(user_ids=arrays["user_ids"], item_ids=arrays["item_ids"])
-    return catalog, sp.load_npz(directory / "user_items.npz").tocsr()
+    # load_npz is typed for any sparse container; save_catalog wrote a CSR matrix, which loads as one.
+    return catalog, cast(sp.csr_matrix, sp.load_npz(directory / "user_items.npz")).tocsr()
 
 
 class CorruptArtifact(FailedPrecondition):
@@ -103,7 +105,7 @@ def artifact_checksums(directory: Path) -> dict[str, str]:
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         digest = hashlib.sha256()
         with path.open("rb") as handle:
-            for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+            for block in iter(functools.partial(handle.read, 1 << 20), b""):
                 digest.update(block)
         checksums[str(path.relative_to(directory))] = digest.hexdigest()
     return checksums

@@ -18,7 +18,7 @@ class BlocklistFilter(endcap.Filter):
     config: BlocklistFilterConfig
 
     def load(self, context: endcap.ModelContext) -> None:
-        indices = pd.Index(context.catalog.item_ids).get_indexer(self.config.item_ids)
+        indices = pd.Index(context.catalog.item_ids).get_indexer(pd.Index(self.config.item_ids))
         self.blocked = np.sort(indices[indices >= 0]).astype(np.int32)
 
     def keep(self, query: endcap.Query, ids: np.ndarray) -> np.ndarray:

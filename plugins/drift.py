@@ -19,6 +19,7 @@ from typing import Any
 
 import endcap
 import numpy as np
+import numpy.typing as npt
 import structlog
 from endcap.types import TrainingData
 from prometheus_client.core import GaugeMetricFamily
@@ -38,9 +39,9 @@ def reference_histogram(values: np.ndarray, bins: int) -> tuple[list[float], lis
     return edges.tolist(), shares(finite, edges).tolist()
 
 
-def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def shares(values: np.ndarray, edges: np.ndarray) -> npt.NDArray[np.float64]:
     counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=edges.size + 1)
-    return counts / max(counts.sum(), 1)
+    return counts / max(int(counts.sum()), 1)
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

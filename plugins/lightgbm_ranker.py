@@ -16,8 +16,9 @@ from typing import Any, Literal
 import endcap
 import lightgbm as lgb
 import numpy as np
+import numpy.typing as npt
 from endcap.errors import FailedPrecondition
-from endcap.types import TrainingData
+from endcap.types import ScoreArray, TrainingData
 from pydantic import Field
 
 
@@ -37,6 +38,12 @@ class LightGbmRankerConfig(endcap.ComponentConfig):
     about half a second per model load). ``false`` scores with LightGBM itself."""
 
 
+Rows = npt.NDArray[np.float64]
+Predict = Callable[[Rows], object]
+"""Scores a C-ordered float64 feature matrix: one score per row (LightGBM types its result as any
+of its output kinds; :meth:`LightGbmRanker.score` reads it as an array)."""
+
+
 class LightGbmRanker(endcap.Ranker):
     Config = LightGbmRankerConfig
     config: LightGbmRankerConfig
@@ -44,7 +51,7 @@ class LightGbmRanker(endcap.Ranker):
 
     def __init__(self, name: str, config: LightGbmRankerConfig) -> None:
         super().__init__(name, config)
-        self._columns_by_layout: dict[tuple[str, ...], slice | np.ndarray] = {}
+        self._columns_by_layout: dict[tuple[str, ...], slice | npt.NDArray[np.int64]] = {}
 
     def _params(self) -> dict[str, Any]:
         return {
@@ -74,9 +81,9 @@ class LightGbmRanker(endcap.Ranker):
             held_out[:] = False
         datasets = {}
         for part, users in (("train", positive & ~held_out), ("valid", positive & held_out)):
-            rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(users)] or [[]]).astype(
-                np.int64
-            )
+            rows = np.concatenate(
+                [np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(users)] or [np.zeros(0, np.int64)]
+            ).astype(np.int64)
             if rows.size:
                 datasets[part] = lgb.Dataset(
                     examples.values[rows],
@@ -85,7 +92,7 @@ class LightGbmRanker(endcap.Ranker):
                     feature_name=[n.replace(".", "__") for n in examples.names],
                     free_raw_data=False,
                 )
-        callbacks = []
+        callbacks: list[Callable[..., Any]] = []
         valid_sets = []
         if "valid" in datasets:
             datasets["valid"].reference = datasets["train"]
@@ -108,7 +115,7 @@ class LightGbmRanker(endcap.Ranker):
     def load(self, context: endcap.ModelContext) -> None:
         model_file = str(context.directory / "model.txt")
         self.booster = lgb.Booster(model_file=model_file)
-        self._predict = functools.partial(self.booster.predict, num_threads=1)  # no cycle through self
+        self._predict: Predict = functools.partial(self.booster.predict, num_threads=1)  # no cycle through self
         if self.config.compiled:
             import lleaves
 
@@ -117,7 +124,7 @@ class LightGbmRanker(endcap.Ranker):
             self._predict = _entry_point(compiled)
         self.names = tuple(json.loads((context.directory / "features.json").read_text()))
 
-    def _columns(self, names: tuple[str, ...]) -> slice | np.ndarray:
+    def _columns(self, names: tuple[str, ...]) -> slice | npt.NDArray[np.int64]:
         """Where the model's features sit in a served layout: a slice when they are all of it in
         order (no copy needed), else their positions."""
         columns = self._columns_by_layout.get(names)
@@ -131,12 +138,12 @@ class LightGbmRanker(endcap.Ranker):
             self._columns_by_layout[names] = columns
         return columns
 
-    def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> np.ndarray:
+    def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> ScoreArray:
         values = np.ascontiguousarray(features.values[:, self._columns(features.names)], dtype=np.float64)
         return np.asarray(self._predict(values), dtype=np.float32)
 
 
-def _entry_point(compiled: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _entry_point(compiled: Any) -> Callable[[Rows], Rows]:
     """The compiled trees' entry point, called straight with the array's address.
 
     ``lleaves.Model.predict`` converts and checks its input and builds two ctypes pointers on
@@ -146,10 +153,12 @@ def _entry_point(compiled: Any) -> Callable[[np.ndarray], np.ndarray]:
     if not compiled.use_fp64 or compiled.num_model_per_iteration() != 1:
         return lambda values: compiled.predict(values, n_jobs=1)
     address = ctypes.cast(compiled._c_entry_func, ctypes.c_void_p).value
+    if address is None:
+        raise ValueError("the compiled model has no entry point")
     entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)(address)
     columns = compiled.num_feature()
 
-    def predict(values: np.ndarray, compiled: Any = compiled) -> np.ndarray:  # the model owns the machine code
+    def predict(values: Rows, compiled: Any = compiled) -> Rows:  # the model owns the machine code
         if values.shape[1:] != (columns,) or values.dtype != np.float64 or not values.flags.c_contiguous:
             raise ValueError(f"expected C-ordered float64 rows of {columns} features; got {values.dtype}{values.shape}")
         scores = np.empty(values.shape[0], dtype=np.float64)

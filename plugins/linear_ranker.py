@@ -12,6 +12,8 @@ from typing import Any
 
 import endcap
 import numpy as np
+import numpy.typing as npt
+from endcap.types import ScoreArray
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "source.repurchase": 2.0,
@@ -36,17 +38,17 @@ class LinearRanker(endcap.Ranker):
 
     def __init__(self, name: str, config: LinearRankerConfig) -> None:
         super().__init__(name, config)
-        self._weights_by_layout: dict[tuple[str, ...], np.ndarray] = {}
+        self._weights_by_layout: dict[tuple[str, ...], ScoreArray] = {}
 
-    def _weights(self, names: tuple[str, ...]) -> np.ndarray:
+    def _weights(self, names: tuple[str, ...]) -> ScoreArray:
         weights = self._weights_by_layout.get(names)
         if weights is None:
             weights = np.array([self.config.weights.get(n, 0.0) for n in names], dtype=np.float32)
             self._weights_by_layout[names] = weights
         return weights
 
-    def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> np.ndarray:
-        values = np.log1p(np.maximum(np.nan_to_num(features.values), 0.0))
+    def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> ScoreArray:
+        values: npt.NDArray[np.float32] = np.log1p(np.maximum(np.nan_to_num(features.values), 0.0))
         return (values @ self._weights(features.names)).astype(np.float32)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import endcap
 import numpy as np
@@ -42,7 +42,8 @@ class RepurchaseCandidates(endcap.CandidateGenerator):
         return {"half_life_orders": self.config.half_life_orders}
 
     def load(self, context: endcap.ModelContext) -> None:
-        self._ranked = BestFirstRows(sp.load_npz(context.directory / "scores.npz").tocsr())
+        # load_npz is typed for any sparse container; fit saved a CSR matrix, which loads as one.
+        self._ranked = BestFirstRows(cast(sp.csr_matrix, sp.load_npz(context.directory / "scores.npz")).tocsr())
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         return self._ranked.top(query.user_index, n)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import endcap
 import numpy as np
@@ -119,6 +119,12 @@ def _blended_top(
     return sp.csr_matrix((values[keep], (np.nonzero(keep)[0], out[keep])), shape=(n, items))
 
 
+class _Parameters(TypedDict):
+    group_decay: float
+    neighbours: int
+    alpha: float
+
+
 class TifuKnnCandidates(endcap.CandidateGenerator):
     Config = TifuKnnCandidatesConfig
     config: TifuKnnCandidatesConfig
@@ -145,7 +151,7 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         return {**best[1], "tuning_ndcg@10": round(best[0], 4)}
 
     def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
-        chosen = {
+        chosen: _Parameters = {
             "group_decay": self.config.group_decay,
             "neighbours": self.config.neighbours,
             "alpha": self.config.alpha,
@@ -153,7 +159,11 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         tuning: dict[str, Any] = {}
         if self.config.tune:
             tuning = self._tune(data)
-            chosen = {name: tuning[name] for name in chosen}
+            chosen = {
+                "group_decay": tuning["group_decay"],
+                "neighbours": tuning["neighbours"],
+                "alpha": tuning["alpha"],
+            }
         vectors = personal_vectors(data.interactions, data.user_items.shape, self.config, chosen["group_decay"])
         neighbour_mean = _averaging(nearest_neighbours(vectors, chosen["neighbours"])) @ vectors
         best = _blended_top(vectors, neighbour_mean, chosen["alpha"], KEEP_PER_USER, with_scores=True)
@@ -165,7 +175,8 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         }
 
     def load(self, context: endcap.ModelContext) -> None:
-        self._ranked = BestFirstRows(sp.load_npz(context.directory / "scores.npz").tocsr())
+        # load_npz is typed for any sparse container; fit saved a CSR matrix, which loads as one.
+        self._ranked = BestFirstRows(cast(sp.csr_matrix, sp.load_npz(context.directory / "scores.npz")).tocsr())
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         return self._ranked.top(query.user_index, n)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from endcap.serving.pipeline import Pipeline
+from endcap.serving.pipeline import Pipeline, Recommendation
 
 BLOCK_USERS = 512
 
@@ -24,7 +24,7 @@ def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.D
 
     Prefetching goes block by block: a block's scores are users × catalogue, so a whole Spark
     batch at once would need gigabytes."""
-    answers = []
+    answers: list[Recommendation] = []
     wanted = max(pipeline.serving.candidates_per_source, k)
     for start in range(0, len(user_ids), BLOCK_USERS):
         block = user_ids[start : start + BLOCK_USERS]
@@ -37,8 +37,8 @@ def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.D
     counts = np.array([len(a.item_ids) for a in answers], dtype=np.int64)
     return pd.DataFrame(
         {
-            "user_id": np.repeat(np.array(list(user_ids), dtype=object), counts),
-            "item_id": np.array([i for a in answers for i in a.item_ids], dtype=object),
+            "user_id": np.repeat(np.array(list(user_ids), dtype=np.object_), counts),
+            "item_id": np.array([i for a in answers for i in a.item_ids], dtype=np.object_),
             "rank": np.concatenate([np.arange(1, c + 1) for c in counts]).astype(np.int32) if counts.size else [],
             "score": np.concatenate([a.scores for a in answers]).astype(np.float32) if answers else [],
         }

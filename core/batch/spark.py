@@ -17,15 +17,26 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import pandas as pd
 from endcap.batch.output import BUCKETS, publish, user_buckets
 from endcap.errors import FailedPrecondition
 
+if TYPE_CHECKING:
+    from endcap.serving.pipeline import Pipeline
+
 OUTPUT_SCHEMA = "user_id string, item_id string, rank int, score float, user_bucket int"
-_PIPELINES: dict[tuple[str, str], Any] = {}
+_PIPELINES: dict[tuple[str, str], Pipeline] = {}
 """Loaded pipelines per (workspace, version) in this Python worker: one load per worker."""
+
+
+class _JobSettings(TypedDict):
+    """What every worker needs besides the model files."""
+
+    workspace: str
+    version: str
+    k: int
 
 
 def pack_version(directory: Path) -> dict[str, bytes]:
@@ -43,7 +54,7 @@ def unpack_version(files: Mapping[str, bytes], version: str, root: Path) -> Path
     return root
 
 
-def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str, bytes]]) -> Any:
+def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str, bytes]]) -> Pipeline:
     """This worker's pipeline for ``version``; the first call unpacks ``files()`` (the broadcast)."""
     key = (workspace_root, version)
     if key not in _PIPELINES:
@@ -90,7 +101,8 @@ def run(workspace_root: Path, version_dir: Path, user_ids: list[str], k: int, ou
         ) from exc
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        job = spark.sparkContext.broadcast({"workspace": str(workspace_root), "version": version_dir.name, "k": k})
+        job_settings: _JobSettings = {"workspace": str(workspace_root), "version": version_dir.name, "k": k}
+        job = spark.sparkContext.broadcast(job_settings)
         model = spark.sparkContext.broadcast(pack_version(version_dir))
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -19,8 +19,8 @@ def build_training_data(log: pd.DataFrame, catalog: Catalog | None = None) -> Tr
             user_ids=np.sort(log["user_id"].unique().astype(str)),
             item_ids=np.sort(log["item_id"].unique().astype(str)),
         )
-    user_index = pd.Index(catalog.user_ids).get_indexer(log["user_id"]).astype(np.int32)
-    item_index = pd.Index(catalog.item_ids).get_indexer(log["item_id"]).astype(np.int32)
+    user_index = pd.Index(catalog.user_ids).get_indexer(pd.Index(log["user_id"])).astype(np.int32)
+    item_index = pd.Index(catalog.item_ids).get_indexer(pd.Index(log["item_id"])).astype(np.int32)
     interactions = pd.DataFrame(
         {
             "user_index": user_index,

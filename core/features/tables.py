@@ -29,7 +29,8 @@ def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> p
 
 def serving_cutoff(log: pd.DataFrame) -> pd.Timestamp:
     """The snapshot time that includes the whole log: just after its newest line."""
-    return log["timestamp"].max() + pd.Timedelta(microseconds=1)
+    newest: pd.Timestamp = log["timestamp"].max()
+    return newest + pd.Timedelta(microseconds=1)
 
 
 def day_cutoffs(times: pd.Series) -> list[pd.Timestamp]:

@@ -81,7 +81,8 @@ def _chart(path: Path, title: str, unit: str, series: Series, threshold: float |
     for name, points in sorted(series.items()):
         if points:
             times = [datetime.fromtimestamp(t, UTC) for t, _ in points]
-            axes.plot(times, [v for _, v in points], label=name, linewidth=1.6)
+            # matplotlib plots datetimes through its registered date units; its stubs list numbers only.
+            axes.plot(times, [v for _, v in points], label=name, linewidth=1.6)  # type: ignore[arg-type]
     if threshold is not None:
         axes.axhline(threshold, color="crimson", linestyle="--", linewidth=1, label=f"alarm at {threshold}")
     axes.set_title(title)
