@@ -36,7 +36,7 @@ demo: $(WORKSPACE)/models/CURRENT
 serve: $(STAMP) demo
 	$(BIN)/endcap serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/pytest
 
 lint: $(STAMP) typecheck

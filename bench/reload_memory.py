@@ -40,8 +40,8 @@ def build(directory: Path, users: int, items: int, factors: int) -> tuple[Path, 
     from endcap.features.store import build_features
     from endcap.model_versions import ModelRegistry
     from endcap.plugin_host import PluginHost
-    from endcap.testing import purchase_log
     from endcap.release.validated_training import train
+    from endcap.testing import purchase_log
     from endcap.workspace import Workspace
 
     shape = f"{users}x{items}x{factors}"

@@ -29,11 +29,12 @@ deadline_var: ContextVar[float | None] = ContextVar("endcap_deadline", default=N
 """The caller's deadline on ``time.monotonic()``'s clock, for the call being served."""
 
 
-_ids = [os.urandom(8).hex(), itertools.count()]
+_ids: tuple[str, itertools.count[int]] = (os.urandom(8).hex(), itertools.count())
 
 
 def _new_id_prefix() -> None:
-    _ids[:] = [os.urandom(8).hex(), itertools.count()]
+    global _ids
+    _ids = (os.urandom(8).hex(), itertools.count())
 
 
 os.register_at_fork(after_in_child=_new_id_prefix)

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -164,7 +165,7 @@ def wait_until_serving(target: str, process: subprocess.Popen[Any], timeout: flo
 
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)  # grpc_health ships no type stubs
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise AssertionError(f"endcap serve exited with {process.returncode} before serving")
@@ -302,9 +303,7 @@ class RankerContract(ComponentContract):
         ranker = self.build(endcap_training_data, tmp_path)
         for ids in (np.arange(10), np.array([3, 3, 5]), np.arange(0)):  # normal, duplicate ids, empty
             features = _features(endcap_training_data, ids)
-            scores = np.asarray(
-                self.timed(lambda features=features: ranker.score(_query(endcap_training_data, 0), features))
-            )
+            scores = np.asarray(self.timed(partial(ranker.score, _query(endcap_training_data, 0), features)))
             assert scores.shape == (ids.size,) and np.isfinite(scores).all()
 
     def test_deterministic(self, endcap_training_data: TrainingData, tmp_path: Path) -> None:
@@ -321,7 +320,7 @@ class FilterContract(ComponentContract):
         rule = self.build(endcap_training_data, tmp_path)
         for ids in (np.arange(12, dtype=np.int32), np.array([4, 4, 7], dtype=np.int32), np.empty(0, np.int32)):
             ids.flags.writeable = False
-            mask = np.asarray(self.timed(lambda ids=ids: rule.keep(_query(endcap_training_data, 0), ids)))
+            mask = np.asarray(self.timed(partial(rule.keep, _query(endcap_training_data, 0), ids)))
             assert mask.dtype == bool and mask.shape == ids.shape
             boost = rule.boost(_query(endcap_training_data, 0), ids)
             assert boost is None or np.asarray(boost).shape == ids.shape

@@ -33,7 +33,7 @@ class Definitions:
     user_stats: FeatureView
     product_stats: FeatureView
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Entity | FeatureView]:
         return [self.user, self.product, *self.views()]
 
     def views(self) -> list[FeatureView]:

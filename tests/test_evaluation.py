@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from conftest import make_generic_log
 from endcap.config import EndcapConfig
+from endcap.data.baskets import add_basket_index
 from endcap.data.ingest import ingest, load_interactions
 from endcap.evaluation.evaluate import evaluate, temporal_split
 from endcap.evaluation.report import write_report
-from endcap.features.tables import add_basket_index
 from endcap.plugin_host import PluginHost
 from endcap.workspace import Workspace
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from endcap.config import EndcapConfig
+from endcap.data.baskets import add_basket_index
 from endcap.data.ingest import load_interactions
 from endcap.data.training_data import build_training_data
-from endcap.features.tables import add_basket_index, label_baskets
+from endcap.features.tables import label_baskets
 from endcap.plugin_host import PluginHost
 from endcap.training.ranking_examples import build_ranking_examples
 from endcap.workspace import Workspace

@@ -114,4 +114,5 @@ def load_interactions(workspace: Workspace) -> pd.DataFrame:
             f"no purchase log in {workspace.root}; run 'endcap ingest PATH' (or 'endcap ingest --demo') first"
         )
     table = pq.read_table(workspace.interactions)
-    return table.to_pandas(types_mapper={pa.string(): ID_DTYPE, pa.large_string(): ID_DTYPE}.get)
+    frame: pd.DataFrame = table.to_pandas(types_mapper={pa.string(): ID_DTYPE, pa.large_string(): ID_DTYPE}.get)
+    return frame

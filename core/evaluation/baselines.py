@@ -31,7 +31,7 @@ implicit feedback; it damps very popular items and very long histories)."""
 
 
 def _user_rows(data: TrainingData, users: list[str]) -> np.ndarray:
-    rows = pd.Index(data.catalog.user_ids).get_indexer(users)
+    rows = pd.Index(data.catalog.user_ids).get_indexer(pd.Index(users))
     if (rows < 0).any():
         missing = [u for u, r in zip(users, rows, strict=True) if r < 0][:5]
         raise ValueError(f"users not in the training rows: {missing}; every evaluated user must have training lines")

@@ -164,7 +164,7 @@ def target_matrices(split: TargetSplit, model: ServingModel) -> TargetMatrices:
     user_index = np.array([model.user_index[u] for u in users])
     training_data = build_training_data(split.training, catalog=catalog)
     history = sp.csr_matrix(training_data.user_items[user_index])
-    history.resize((len(users), width))
+    history.resize((len(users), width))  # type: ignore[arg-type]  # scipy-stubs types shape as Never
     return TargetMatrices(users, user_index, truth, history, training_data)
 
 

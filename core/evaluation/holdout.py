@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from endcap.data.baskets import add_basket_index
 from endcap.data.canonical_log import CANONICAL_COLUMNS
 from endcap.errors import InvalidArgument
-from endcap.features.tables import add_basket_index
 
 PROTOCOLS = ("last-basket", "random-holdout")
 TARGETS = ("validation", "test")

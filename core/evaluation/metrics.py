@@ -98,4 +98,5 @@ def per_user_ndcg(recommended: np.ndarray, truth: sp.csr_matrix, k: int = 10) ->
     sizes = sizes[evaluated]
     discounts = 1.0 / np.log2(np.arange(max(k, int(sizes.max(initial=1)))) + 2.0)
     ideal = np.cumsum(discounts)[np.maximum(sizes, 1) - 1]
-    return (hits * discounts[: hits.shape[1]]).sum(axis=1) / ideal
+    ndcg: np.ndarray = (hits * discounts[: hits.shape[1]]).sum(axis=1) / ideal
+    return ndcg

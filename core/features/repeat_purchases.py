@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from endcap.data.baskets import add_basket_index
 from endcap.data.integer_codes import sorted_codes
-from endcap.features.tables import add_basket_index
 
 REPEAT_THRESHOLD = 0.05
 """Below this share of repeat purchases a domain counts as no-repeat (ratings, films, furniture):

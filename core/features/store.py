@@ -143,7 +143,7 @@ def write_and_materialize(
     snapshots: Iterable[Mapping[str, pd.DataFrame]],
     extra_objects: Sequence[Any] = (),
     full: bool = False,
-    expected: Mapping[str, Sequence[str]] | None = None,
+    expected: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     feature_store: FeatureStoreConfig | None = None,
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
@@ -363,14 +363,16 @@ class OnlineFeatures:
     def products(self, item_ids: Sequence[str]) -> pd.DataFrame:
         """Product statistics for ``item_ids`` in that order; missing products are NaN."""
         frame = self.product_features(PRODUCT_FEATURES, item_ids)
-        return frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+        numeric: pd.DataFrame = frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+        return numeric.astype(np.float32)
 
     def product_features(self, references: Sequence[str], item_ids: Sequence[str]) -> pd.DataFrame:
         """Any product-keyed features (``"view:feature"`` references) for ``item_ids``, in that
         order, one column per feature (named without the view); missing values are NaN/None."""
         rows = [{"item_id": item_id} for item_id in item_ids]
         frame = self.store.get_online_features(features=list(references), entity_rows=rows).to_df()
-        return frame[[r.split(":", 1)[1] for r in references]]
+        columns: pd.DataFrame = frame[[r.split(":", 1)[1] for r in references]]
+        return columns
 
 
 class HistoricalFeatures:
@@ -386,8 +388,9 @@ class HistoricalFeatures:
         frame = self.store.get_historical_features(entity_df=entities, features=USER_FEATURES).to_df()
         frame = entities.merge(frame, on=["user_id", "event_timestamp"], how="left")
         names = [f.split(":", 1)[1] for f in USER_FEATURES]
-        frame = frame.astype(object).where(frame.notna(), None)
-        return [dict(zip(names, row, strict=True)) for row in frame[names].itertuples(index=False)]
+        values = frame[names].to_numpy(dtype=object)
+        values[pd.isna(values)] = None
+        return [dict(zip(names, row, strict=True)) for row in values]
 
     def products(self, item_ids: Sequence[str], cutoffs: Sequence[pd.Timestamp]) -> dict[pd.Timestamp, pd.DataFrame]:
         """Product statistics as of each cutoff, for ``item_ids`` in that order (NaN when unseen),

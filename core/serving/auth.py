@@ -49,12 +49,13 @@ def load_callers(config: AuthConfig) -> list[Caller]:
     callers = []
     for position, entry in enumerate(entries):
         where = f"auth token #{position + 1} ({entry.get('name', '?')})"
-        token, roles = str(entry.get("token") or ""), set(entry.get("roles") or ())
+        token = str(entry.get("token") or "")
+        granted = {str(role) for role in entry.get("roles") or ()}
         if len(token) < 16:
             raise ConfigError(f"{where}: tokens must be at least 16 characters")
-        if not roles or not roles <= set(ROLES):
-            raise ConfigError(f"{where}: roles must be a non-empty subset of {', '.join(ROLES)}; got {sorted(roles)}")
-        callers.append(Caller(str(entry.get("name") or f"caller{position + 1}"), token.encode(), frozenset(roles)))
+        if not granted or not granted <= set(ROLES):
+            raise ConfigError(f"{where}: roles must be a non-empty subset of {', '.join(ROLES)}; got {sorted(granted)}")
+        callers.append(Caller(str(entry.get("name") or f"caller{position + 1}"), token.encode(), frozenset(granted)))
     if not callers:
         raise ConfigError("auth is configured but no tokens were found; add tokens or remove the auth section")
     return callers
@@ -72,7 +73,7 @@ def check_token_transport(auth: AuthConfig | None, tls: object | None, allow_ins
     )
 
 
-def _denied(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _denied(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     def deny(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 

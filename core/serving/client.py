@@ -37,8 +37,8 @@ class Connection:
         )
         return grpc.secure_channel(self.target, credentials)
 
-    def metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")] if self.token else []
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 def recommend(

@@ -17,7 +17,6 @@ from endcap.logs import request_id_var
 from endcap.serving.requests import EventInput
 from endcap.serving.service import RecommendationService
 from endcap.v1 import recommendation_pb2 as pb
-from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -31,7 +30,9 @@ EVENT_TYPE_NAMES = {
 }
 
 
-class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
+class RecommendationServicer:
+    """The generated service's methods, each taking the request's bytes (see the module docstring)."""
+
     def __init__(self, current: Callable[[], RecommendationService]) -> None:
         self._current = current
 
@@ -140,7 +141,7 @@ RESPONSES: dict[str, type[Message]] = {
 def add_to_server(servicer: RecommendationServicer, server: Any) -> None:
     """Register every method of the service with an identity request deserializer (see the module
     docstring) and the response message's serializer."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name), request_deserializer=None, response_serializer=response.SerializeToString
         )

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 import structlog
 from endcap.config import EndcapConfig, FeatureStoreConfig
+from endcap.data.baskets import add_basket_index
 from endcap.data.training_data import build_training_data
 from endcap.features.repeat_purchases import label_share
 from endcap.features.store import HistoricalFeatures
-from endcap.features.tables import add_basket_index, day_cutoffs, label_baskets
+from endcap.features.tables import day_cutoffs, label_baskets
 from endcap.model_versions import Manifest, component_dir
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
@@ -64,7 +65,7 @@ def build_ranking_examples(
     with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
         train_serving_side(host, components, history, Path(tmp))
         user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
-        items_by_user = label_lines.groupby("user_id")["item_id"].agg(lambda s: set(s.astype(str)))
+        items_by_user = label_lines.groupby("user_id")["item_id"].agg(_as_str_set)
         cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
         stub = Manifest("history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased)
         cutoffs = day_cutoffs(labels["label_time"])
@@ -89,6 +90,10 @@ def build_ranking_examples(
 
 Block = tuple[np.ndarray, np.ndarray, str]
 """One user's examples: feature rows, labels (1.0 for an item of the label basket), user id."""
+
+
+def _as_str_set(items: pd.Series) -> set[str]:
+    return set(items.astype(str))
 
 
 def train_serving_side(host: PluginHost, components: Components, history: TrainingData, directory: Path) -> None:
