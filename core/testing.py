@@ -44,6 +44,8 @@ import yaml
 from endcap.config import EndcapConfig
 from endcap.plugin_host import PluginHost
 from endcap.types import Candidates, Component, FeatureMatrix, ModelContext, Query, StageTimings, TrainingData
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 # -- data -------------------------------------------------------------------------------------
 
@@ -128,7 +130,8 @@ def endcap_workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]], str]]:
     """``endcap_server(config)`` writes ``config`` as ``endcap.yaml``, trains, serves on a free port
-    and returns the address; every server is stopped (SIGTERM) after the test. The model is
+    and returns the address; every server is stopped (SIGTERM) after the test. The server's log
+    is ``serve-PORT.log`` in the workspace, and its end is shown when the server fails to start. The model is
     trained without validation and made current with ``promote --force``: a server for contract
     tests, whatever the plugin's quality (the promotion gate judges that in a real workspace)."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -142,14 +145,16 @@ def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]],
             if done.returncode != 0:
                 raise AssertionError(f"endcap {step[0]} failed:\n{done.stderr}")
         port = free_port()
-        process = subprocess.Popen(
-            [executable, "serve", "--port", str(port), *workspace],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ},
-        )
+        log = endcap_workspace / f"serve-{port}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [executable, "serve", "--port", str(port), *workspace], stdout=sink, stderr=subprocess.STDOUT
+            )
         processes.append(process)
-        wait_until_serving(f"127.0.0.1:{port}", process)
+        try:
+            wait_until_serving(f"127.0.0.1:{port}", process)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ({log}) ends:\n{log.read_text(errors='replace')[-4000:]}") from None
         return f"127.0.0.1:{port}"
 
     yield start
@@ -348,7 +353,13 @@ class MonitorContract(ComponentContract):
             scores=scores,
             timings=StageTimings({"rank": 0.1}),
         )
-        self.timed(lambda: monitor.on_request(record))
-        self.timed(lambda: monitor.on_error("r2", None, ValueError("bad input")))
-        self.timed(lambda: monitor.on_events((endcap.Event("u0", "i1", "purchase", 1, 0.0),)))
-        assert record.item_ids == ("i1", "i2")
+        registry = CollectorRegistry()
+        monitor.register_metrics(registry)
+        self.timed(partial(monitor.on_request, record))
+        self.timed(partial(monitor.on_error, "r2", None, ValueError("bad input")))
+        self.timed(partial(monitor.on_events, (endcap.Event("u0", "i1", "purchase", 1, 0.0),)))
+        self.timed(partial(monitor.on_call, "Recommend", "OK", 0.002))
+        # what it registered still scrapes, as /metrics would, after it observed every kind of call
+        exposition = generate_latest(registry).decode()
+        names = [family.name for family in text_string_to_metric_families(exposition)]  # raises if malformed
+        assert len(names) == len(set(names)), f"metric families exposed twice: {sorted(names)}"

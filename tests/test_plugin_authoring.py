@@ -48,7 +48,7 @@ def pip_install(package: Path, target: Path) -> None:
 def run_pytest(directory: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     return subprocess.run(
-        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(directory / "tests")],
+        [PYTHON, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rs", str(directory / "tests")],
         cwd=directory,
         env=env,
         capture_output=True,
@@ -74,15 +74,16 @@ def test_scaffold_refuses_bad_names_and_existing_directories(tmp_path: Path) -> 
         scaffold("fine", "filter", tmp_path)
 
 
-def test_installed_scaffold_is_discovered_and_served(tmp_path: Path) -> None:
-    root = scaffold("trending", "candidates", tmp_path / "src")
+@pytest.mark.parametrize("kind", KINDS)
+def test_installed_scaffold_is_discovered_and_takes_part_in_live_answers(kind: str, tmp_path: Path) -> None:
+    root = scaffold(f"my_{kind}", kind, tmp_path / "src")
     site = tmp_path / "site"
     pip_install(root, site)
     listing = run_cli("plugins", "--all", workspace=tmp_path / "ws", env={"PYTHONPATH": str(site)}).stdout
-    assert "trending 0.1.0  (endcap_trending)  [installed, not enabled" in listing
+    assert f"my_{kind} 0.1.0  (endcap_my_{kind})  [installed, not enabled" in listing
     result = run_pytest(root, pythonpath=site)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "skipped" not in result.stdout  # the live-server test ran
+    assert "skipped" not in result.stdout and "test_served_by_a_live_endcap PASSED" in result.stdout
 
 
 def test_incompatible_hook_api_version_is_refused() -> None:

@@ -80,13 +80,16 @@ class {cls}(endcap.Filter):
         return np.where(np.isin(ids, self.boosted), self.config.boost, 0.0).astype(np.float32)
 ''',
     "monitor": '''class {cls}Config(endcap.ComponentConfig):
-    pass
+    path: str = ""
+    """Append each answered request's id to this file (empty: keep counts only)."""
 
 
 class {cls}(endcap.Monitor):
-    """Counts requests and events. Replace with your own (send them to your metrics system)."""
+    """Counts requests and events and logs answered request ids to a file. Replace with your own
+    (send them to your metrics system)."""
 
     Config = {cls}Config
+    config: {cls}Config
 
     def __init__(self, name: str, config: {cls}Config) -> None:
         super().__init__(name, config)
@@ -95,6 +98,9 @@ class {cls}(endcap.Monitor):
 
     def on_request(self, record: endcap.RequestRecord) -> None:
         self.requests += 1
+        if self.config.path:
+            with open(self.config.path, "a", encoding="utf-8") as log:
+                log.write(f"{{record.request_id}}\\t{{len(record.item_ids)}}\\n")
 
     def on_events(self, events: tuple[endcap.Event, ...]) -> None:
         self.events += len(events)
@@ -113,11 +119,7 @@ _MODULE = '''"""endcap-{name}: {kind} plugin for Endcap."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
+{imports}
 import endcap
 
 {component}
@@ -155,15 +157,11 @@ _TEST = '''"""Endcap's contract for {kind} plugins, and the plugin inside a runn
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
-import grpc
-import pytest
-
+{test_imports}
 import endcap_{name}
 from endcap.config import BUILTIN_PLUGINS
 from endcap.testing import {contract}
-from endcap.v1 import recommendation_pb2 as pb
+{workspace_import}from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
 
@@ -179,23 +177,62 @@ installed = any(ep.name == "{name}" for ep in entry_points(group="endcap"))
 
 
 @pytest.mark.skipif(not installed, reason="install the package first: pip install -e .")
-def test_served_by_a_live_endcap(endcap_server) -> None:
-    config = {{
+def test_served_by_a_live_endcap(endcap_server, endcap_workspace, tmp_path) -> None:
+{setup}    config = {{
         "plugins": [*BUILTIN_PLUGINS, "{name}"],
         "candidates": {{"popularity": {{"type": "popularity"}}, "repurchase": {{"type": "repurchase"}}}},
         "ranker": {{"type": "linear"}},
     }}
     config{placement}
     with grpc.insecure_channel(endcap_server(config)) as channel:
-        reply = pb_grpc.RecommendationServiceStub(channel).Recommend(pb.RecommendRequest(user_id="u1", k=5), timeout=10)
-    assert len(reply.items) == 5
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        reply = stub.Recommend(pb.RecommendRequest(user_id="u1", k=5), timeout=10)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert "{component_entry}" in info.components  # the plugin is loaded
+    items = [item.item_id for item in reply.items]
+{check}
 '''
 
 _PLACEMENT = {
     "candidates": '["candidates"]["{name}"] = {{"type": "{name}"}}',
     "ranker": '["ranker"] = {{"type": "{name}"}}',
-    "filter": '["filters"] = {{"{name}": {{"type": "{name}"}}}}',
-    "monitor": '["monitors"] = {{"{name}": {{"type": "{name}"}}}}',
+    "filter": '["filters"] = {{"{name}": {{"type": "{name}", "item_ids": catalogue[3:]}}}}',
+    "monitor": '["monitors"] = {{"{name}": {{"type": "{name}", "path": str(tmp_path / "requests.log")}}}}',
+}
+
+_MODULE_IMPORTS = {
+    "candidates": "from pathlib import Path\nfrom typing import Any\n\nimport numpy as np\n",
+    "ranker": "from typing import Any\n\nimport numpy as np\n",
+    "filter": "from typing import Any\n\nimport numpy as np\n",
+    "monitor": "from typing import Any\n",
+}
+
+_TEST_IMPORTS = {
+    "filter": "from importlib.metadata import entry_points\n\nimport grpc\nimport pandas as pd\nimport pytest\n",
+    "monitor": "import time\nfrom importlib.metadata import entry_points\n\nimport grpc\nimport pytest\n",
+}
+_TEST_IMPORTS_DEFAULT = "from importlib.metadata import entry_points\n\nimport grpc\nimport pytest\n"
+
+_SETUP = {
+    "filter": """    workspace = Workspace(endcap_workspace)
+    catalogue = sorted(pd.read_parquet(workspace.interactions)["item_id"].astype(str).unique())
+""",
+}
+
+_CHECK = {
+    "candidates": """    assert len(items) == 5
+    assert any("{name}" in item.sources for item in reply.items), "no answer came from the plugin\"""",
+    "ranker": """    assert len(items) == 5
+    scores = [item.score for item in reply.items]
+    assert scores == sorted(scores, reverse=True)""",
+    "filter": """    assert items and set(items) <= set(catalogue[:3])  # everything else was dropped by the filter""",
+    "monitor": """    assert len(items) == 5
+    log = tmp_path / "requests.log"
+    for _ in range(100):  # monitors run after the answer is sent
+        if log.exists() and reply.request_id in log.read_text():
+            break
+        time.sleep(0.05)
+    assert f"{{reply.request_id}}\\t5" in log.read_text().splitlines()""",
 }
 
 _README = """# endcap-{dist}
@@ -253,8 +290,18 @@ def scaffold(name: str, kind: str, directory: Path) -> Path:
     files = {
         root / "pyproject.toml": _PYPROJECT.format(**values),
         root / "README.md": _README.format(**values),
-        root / f"endcap_{name}" / "__init__.py": _MODULE.format(component=component, **values),
-        root / "tests" / f"test_{name}.py": _TEST.format(placement=_PLACEMENT[kind].format(**values), **values),
+        root / f"endcap_{name}" / "__init__.py": _MODULE.format(
+            component=component, imports=_MODULE_IMPORTS[kind], **values
+        ),
+        root / "tests" / f"test_{name}.py": _TEST.format(
+            placement=_PLACEMENT[kind].format(**values),
+            check=_CHECK[kind].format(**values),
+            test_imports=_TEST_IMPORTS.get(kind, _TEST_IMPORTS_DEFAULT),
+            setup=_SETUP.get(kind, ""),
+            component_entry=f"ranker/ranker ({name})" if kind == "ranker" else f"{_SECTION[kind]}/{name} ({name})",
+            workspace_import="from endcap.workspace import Workspace\n" if kind == "filter" else "",
+            **values,
+        ),
     }
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
