@@ -58,6 +58,7 @@ def build(directory: Path, users: int, items: int, factors: int) -> tuple[Path, 
     build_features(workspace, load_interactions(workspace))
     config = {
         "candidates": {
+            "replace_defaults": True,
             "popularity": {"type": "popularity"},
             "repurchase": {"type": "repurchase"},
             "als": {"type": "als", "factors": factors, "iterations": 3},

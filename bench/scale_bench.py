@@ -31,9 +31,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ENDCAP = str(Path(sys.executable).parent / "endcap")
 CONFIG = {
-    "candidates": {name: {"type": name} for name in ("popularity", "repurchase", "als", "item2item")},
+    "candidates": {
+        "replace_defaults": True,
+        **{name: {"type": name} for name in ("popularity", "repurchase", "als", "item2item")},
+    },
     "ranker": {"type": "linear"},
-    "monitors": {},
+    "monitors": {"replace_defaults": True},
 }
 
 

@@ -16,9 +16,6 @@ of the workspace with that ``endcap.yaml``, e.g. to measure without the memos::
     serving:
       user_memo_users: 0
     candidates:
-      popularity: {type: popularity}
-      repurchase: {type: repurchase}
-      tifuknn: {type: tifuknn}
       als: {type: als, memo_users: 0}
       item2item: {type: item2item, memo_users: 0}
 """

@@ -3,6 +3,11 @@
 Values may reference environment variables as ``${NAME}``. Every section rejects unknown keys;
 each component block is ``{type: <registered type name>, ...settings}`` and its settings are
 validated against the component's own ``Config`` model when the plugin host builds it.
+
+The file adds to the defaults, it does not replace them (see :func:`layer_on_defaults`):
+``plugins:`` names plugins loaded beside the built-in ones, and a component named under
+``candidates:``, ``filters:`` or ``monitors:`` joins that section's defaults. ``name: null``
+removes one default; ``replace_defaults: true`` in a section starts it empty.
 """
 
 from __future__ import annotations
@@ -227,6 +232,44 @@ class EndcapConfig(BaseModel):
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+COMPONENT_SECTIONS = ("candidates", "filters", "monitors")
+REPLACE_DEFAULTS = "replace_defaults"
+
+
+def layer_on_defaults(raw: dict[str, Any], where: str = CONFIG_FILE) -> dict[str, Any]:
+    """``raw`` (a parsed ``endcap.yaml``) over the defaults, as :class:`EndcapConfig` input.
+
+    ``plugins``: the built-in plugins, then the ones listed. ``candidates``, ``filters`` and
+    ``monitors``: the defaults, then the file's components by name (a name the defaults use is
+    replaced); ``name: null`` drops a default, and ``replace_defaults: true`` drops them all."""
+    layered = dict(raw)
+    if "plugins" in raw:
+        listed = raw["plugins"]
+        if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+            raise ConfigError(f"{where}: plugins: expected a list of plugin names, like [my_plugin]")
+        layered["plugins"] = list(dict.fromkeys([*BUILTIN_PLUGINS, *listed]))
+    defaults = EndcapConfig()
+    for section in COMPONENT_SECTIONS:
+        if section not in raw:
+            continue
+        named = raw[section] or {}
+        if not isinstance(named, dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping of name: {{type: ..., settings}}")
+        replace = named.get(REPLACE_DEFAULTS, False)
+        if not isinstance(replace, bool):
+            raise ConfigError(f"{where}: {section}.{REPLACE_DEFAULTS}: expected true or false")
+        merged: dict[str, Any] = {} if replace else {n: b.model_dump() for n, b in getattr(defaults, section).items()}
+        for name, block in named.items():
+            if name == REPLACE_DEFAULTS:
+                continue
+            if block is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = block
+        layered[section] = merged
+    return layered
+
+
 def _expand_env(text: str, path: Path) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -239,10 +282,19 @@ def _expand_env(text: str, path: Path) -> str:
 
 
 def load_config(workspace: Path) -> EndcapConfig:
-    """Read ``<workspace>/endcap.yaml``; defaults when the file is absent."""
+    """Read ``<workspace>/endcap.yaml`` over the defaults; the defaults when the file is absent."""
     path = workspace / CONFIG_FILE
     if not path.exists():
         return EndcapConfig()
+    raw = read_config_file(path)
+    try:
+        return EndcapConfig.model_validate({**layer_on_defaults(raw, str(path)), "source": str(path)})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping ``path`` holds, environment references expanded; a clear error when it is not one."""
     try:
         raw = yaml.safe_load(_expand_env(path.read_text(), path)) or {}
     except yaml.YAMLError as exc:
@@ -251,10 +303,7 @@ def load_config(workspace: Path) -> EndcapConfig:
         raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    try:
-        return EndcapConfig.model_validate({**raw, "source": str(path)})
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from exc
+    return raw
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -51,7 +51,11 @@ def test_a_plugin_that_raises_is_logged_with_type_message_and_traceback(
     shutil.copytree(synthetic_workspace, workspace)
     (tmp_path / "broken_source.py").write_text(BROKEN_SOURCE)
     config = {
-        "candidates": {"popularity": {"type": "popularity"}, "broken": {"type": "broken_source.BrokenCandidates"}},
+        "candidates": {
+            "replace_defaults": True,
+            "popularity": {"type": "popularity"},
+            "broken": {"type": "broken_source.BrokenCandidates"},
+        },
         "serving": {"similar_items_source": "broken"},
     }
     (workspace / "endcap.yaml").write_text(yaml.safe_dump(config))

@@ -11,12 +11,12 @@ from conftest import make_generic_log, run_cli
 from endcap.model_versions import ModelRegistry
 
 BAD_RANKER = """\
-candidates: {popularity: {type: popularity}}
+candidates: {replace_defaults: true, popularity: {type: popularity}}
 ranker: {type: linear, weights: {source.popularity: -1.0}}   # the least popular first
 serving: {similar_items_source: popularity}
 """
 ITEM_TO_ITEM_ONLY = """\
-candidates: {popularity: {type: popularity}, item2item: {type: item2item}}
+candidates: {replace_defaults: true, popularity: {type: popularity}, item2item: {type: item2item}}
 ranker: {type: linear, weights: {source.item2item: 1.0}}
 serving: {similar_items_source: item2item}
 """

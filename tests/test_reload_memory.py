@@ -22,6 +22,7 @@ SHAPE = {"users": 3000, "items": 5000, "baskets": 6}
 """Big enough that a model left behind (factors, similarity matrices, memos) shows in the RSS."""
 CONFIG = {
     "candidates": {
+        "replace_defaults": True,
         "popularity": {"type": "popularity"},
         "repurchase": {"type": "repurchase"},
         "als": {"type": "als", "factors": 256, "iterations": 3},

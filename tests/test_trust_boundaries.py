@@ -304,7 +304,11 @@ def stuck_workspace(synthetic_workspace: Path, tmp_path: Path, source_type: str)
     shutil.copytree(synthetic_workspace, workspace)
     (tmp_path / "stuck_source.py").write_text(STUCK_SOURCE)
     config = {
-        "candidates": {"popularity": {"type": "popularity"}, "stuck": {"type": f"stuck_source.{source_type}"}},
+        "candidates": {
+            "replace_defaults": True,
+            "popularity": {"type": "popularity"},
+            "stuck": {"type": f"stuck_source.{source_type}"},
+        },
         "serving": {"shutdown_grace_seconds": 0.5, "shutdown_timeout_seconds": 3},
     }
     (workspace / "endcap.yaml").write_text(yaml.safe_dump(config))

@@ -32,10 +32,13 @@ deals = "endcap_deals"
 * **Start from the scaffold:** `endcap plugins new deals --kind candidates|ranker|filter|monitor
   [--dir DIR]` writes `endcap-deals/` with the entry point, a working component, a README and
   tests that pass (`pip install -e . && pytest`).
-* **Enable it:** only plugins listed under `plugins:` in the workspace's `endcap.yaml` are loaded
-  (`endcap plugins --all` also shows the installed ones that are not); then configure a
-  component of its type, e.g. `candidates: {deals: {type: deals}}`. Each component's settings
-  are validated by its `Config` model; unknown keys are refused at start-up.
+* **Enable it:** a third-party plugin is loaded only when listed under `plugins:` in the
+  workspace's `endcap.yaml` (`plugins: [deals]`; the built-in ones are always loaded, and
+  `endcap plugins --all` also shows what is installed but not enabled); then configure a
+  component of its type, e.g. `candidates: {deals: {type: deals}}`. It joins the default
+  components (see [Defaults](#defaults)); `endcap config show` prints the effective configuration
+  and where each value came from. Each component's settings are validated by its `Config`
+  model; unknown keys are refused at start-up.
 * **Test it:** `endcap.testing` is a pytest plugin (installed with Endcap). Subclass
   `CandidateGeneratorContract`, `RankerContract`, `FilterContract` or `MonitorContract`, set
   `type_name` (and `config`), return your module from `make_plugin()`. Fixtures:
@@ -123,10 +126,40 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def render_defaults() -> list[str]:
+    """The built-in plugins and the default components, read from the configuration's code."""
+    from endcap.config import BUILTIN_PLUGINS, COMPONENT_SECTIONS, REPLACE_DEFAULTS, EndcapConfig
+
+    defaults = EndcapConfig()
+    parts = [
+        "## Defaults\n",
+        "Built-in plugins (always loaded): " + ", ".join(f"`{name}`" for name in BUILTIN_PLUGINS) + ".\n",
+        "Components configured when `endcap.yaml` does not say otherwise:\n",
+        "| Section | Name | Type |",
+        "|---|---|---|",
+    ]
+    for section in COMPONENT_SECTIONS:
+        for name, block in getattr(defaults, section).items():
+            parts.append(f"| `{section}` | `{name}` | `{block.type}` |")
+    parts.append(f"| `ranker` | | `{defaults.ranker.type}` |")
+    parts.append(
+        f"\nA component named in `endcap.yaml` joins its section's defaults (a default's name replaces "
+        f"that default); `name: null` drops one default and `{REPLACE_DEFAULTS}: true` drops them all:\n"
+    )
+    parts.append(
+        "```yaml\nplugins: [deals]                  # loaded beside the built-in plugins\ncandidates:\n"
+        "  deals: {type: deals}            # added to the five default sources\n"
+        "  tifuknn: null                   # one default left out\nmonitors:\n"
+        f"  {REPLACE_DEFAULTS}: true          # only the monitors named here\n"
+        "  request_log: {type: structlog}\n```\n"
+    )
+    return parts
+
+
 def render() -> str:
     from endcap import hookspecs, types
 
-    parts = [INTRO, f"Hook API version: **{hookspecs.HOOK_API_VERSION}**.\n", "## Hooks\n"]
+    parts = [INTRO, *render_defaults(), f"Hook API version: **{hookspecs.HOOK_API_VERSION}**.\n", "## Hooks\n"]
     for name, function in vars(hookspecs).items():
         if not (name.startswith("endcap_") and callable(function)):
             continue

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from endcap.cli import (
+    config_command,
     data_commands,
     evaluate_command,
     model_commands,
@@ -30,6 +31,7 @@ COMMAND_MODULES = (
     evaluate_command,
     monitor_command,
     plugin_commands,
+    config_command,
 )
 """Each adds its commands to the parser, in the order ``endcap --help`` lists them."""
 

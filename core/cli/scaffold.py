@@ -179,8 +179,12 @@ installed = any(ep.name == "{name}" for ep in entry_points(group="endcap"))
 @pytest.mark.skipif(not installed, reason="install the package first: pip install -e .")
 def test_served_by_a_live_endcap(endcap_server, endcap_workspace, tmp_path) -> None:
 {setup}    config = {{
-        "plugins": [*BUILTIN_PLUGINS, "{name}"],
-        "candidates": {{"popularity": {{"type": "popularity"}}, "repurchase": {{"type": "repurchase"}}}},
+        "plugins": ["{name}"],  # loaded beside the built-in plugins
+        "candidates": {{  # two quick sources for the test; without replace_defaults they join the defaults
+            "replace_defaults": True,
+            "popularity": {{"type": "popularity"}},
+            "repurchase": {{"type": "repurchase"}},
+        }},
         "ranker": {{"type": "linear"}},
     }}
     config{placement}
@@ -247,10 +251,9 @@ pytest                    # Endcap's contract tests, then the plugin inside a li
 Enable it in the workspace's `endcap.yaml`:
 
 ```yaml
-plugins: [popularity, repurchase, tifuknn, als, item2item, lightgbm_ranker,
-          linear_ranker, blocklist, structlog_monitor, {name}]
+plugins: [{name}]      # loaded beside the built-in plugins
 {section}:
-  {name}: {{type: {name}}}
+  {name}: {{type: {name}}}   # joins the default components; `endcap config show` prints the result
 ```
 
 A plugin is trusted code: it runs inside the Endcap server process.
