@@ -154,6 +154,9 @@ class RequestRecord:
     """The final score of every ranked candidate, aligned with ``features``."""
     fallback: bool = False
     """Every candidate source came back empty and the fallback source served."""
+    item_sources: tuple[tuple[str, ...], ...] = ()
+    """For each of ``item_ids``, the names of the candidate sources that proposed it (as the
+    response's ``sources``)."""
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,13 @@ def test_k_unique_items_best_first(pipeline: Pipeline) -> None:
     assert record.candidates_per_source["repurchase"] > 0
 
 
+def test_monitors_see_which_sources_proposed_each_item(pipeline: Pipeline) -> None:
+    answer, record = pipeline.recommend(pipeline.make_query("u1", 10))
+    assert record.item_sources == answer.sources and len(record.item_sources) == len(record.item_ids)
+    named = {name for sources in record.item_sources for name in sources}
+    assert named and all(record.candidates_per_source[name] > 0 for name in named)
+
+
 def test_users_own_staples_come_back(pipeline: Pipeline, online: OnlineFeatures) -> None:
     history = online.user("u2")
     most_bought = max(zip(history["times_bought"], history["item_ids"], strict=True))[1]

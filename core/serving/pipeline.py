@@ -278,6 +278,7 @@ class Pipeline:
             candidates_per_source=prepared.counts,
             item_ids=answer.item_ids,
             scores=answer.scores,
+            item_sources=answer.sources,
             timings=StageTimings(dict(answer.timings)),
             errors=dict(errors),
             cold_start=not known and not online_miss,
