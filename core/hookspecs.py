@@ -87,15 +87,21 @@ def endcap_feast_objects(features_dir: Path) -> list[Any] | None:
     back through :attr:`endcap.ModelContext.product_features`. Keep data files under
     ``features_dir`` (``<workspace>/features``) so a workspace stays self-contained.
 
+    Join on Endcap's own entities rather than declaring new ones: ``product`` (join key
+    ``item_id``) and ``user`` (join key ``user_id``), imported from
+    ``endcap.feature_repo.definitions``. Their ids are the purchase log's, as strings.
+
     :param features_dir: The workspace's offline-store directory.
     :return: Feast objects to apply, or ``None``.
 
     Example::
 
+        from endcap.feature_repo.definitions import product
+
         @endcap.hookimpl
         def endcap_feast_objects(features_dir):
             source = FileSource(path=str(features_dir / "stock.parquet"), timestamp_field="event_timestamp")
-            return [FeatureView(name="stock", entities=[Entity(name="product", join_keys=["item_id"])],
+            return [FeatureView(name="stock", entities=[product],
                                 schema=[Field(name="in_stock", dtype=Bool)], source=source)]
 
     .. versionadded:: 0.1

@@ -47,17 +47,22 @@ class ComponentConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Catalog:
-    """The id ↔ index mapping of one model version."""
+    """The id ↔ index mapping of one model version: components speak in indices, and
+    ``item_ids[i]`` is the log's id of item index ``i`` (``user_ids`` likewise)."""
 
     user_ids: npt.NDArray[np.str_]
+    """Every user's id, by user index."""
     item_ids: npt.NDArray[np.str_]
+    """Every item's id, by item index."""
 
     @property
     def n_users(self) -> int:
+        """How many users the model knows (user indices are ``0 .. n_users - 1``)."""
         return int(self.user_ids.shape[0])
 
     @property
     def n_items(self) -> int:
+        """How many items the catalogue holds (item indices are ``0 .. n_items - 1``; size arrays by it)."""
         return int(self.item_ids.shape[0])
 
 
@@ -226,7 +231,13 @@ class ModelContext:
 
 
 class Component(ABC):  # noqa: B024 - a marker base; each kind adds its abstract methods
-    """Base of all components: built from its typed config by the plugin host."""
+    """Base of all components: built from its typed config by the plugin host.
+
+    The host constructs each configured instance as ``cls(name, config)``: ``name`` is its key in
+    ``endcap.yaml`` (``candidates: {deals: ...}`` → ``"deals"``; the ranker is ``"ranker"``) and
+    ``config`` an instance of ``cls.Config`` validated from its settings. Override ``__init__``
+    to set up in-memory state, calling ``super().__init__(name, config)`` first; learned state
+    belongs in ``fit`` and ``load``, since serving builds fresh instances for every model version."""
 
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     needs_ranking_examples: ClassVar[bool] = False

@@ -66,6 +66,22 @@ def test_scaffolded_plugins_pass_their_own_tests(kind: str, tmp_path: Path) -> N
     assert "passed" in result.stdout and "1 skipped" in result.stdout
 
 
+def test_one_scaffolded_package_holds_several_kinds(tmp_path: Path) -> None:
+    root = scaffold("deals", "candidates,filter,monitor", tmp_path)
+    assert sorted(p.name for p in (root / "tests").glob("test_*.py")) == [
+        "test_deals_candidates.py",
+        "test_deals_filter.py",
+        "test_deals_monitor.py",
+    ]
+    result = run_pytest(root, pythonpath=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for contract in ("TestDealsCandidates", "TestDealsFilter", "TestDealsMonitor"):
+        assert f"{contract}::test_hooks_are_valid_and_the_type_is_registered PASSED" in result.stdout
+    assert "3 skipped" in result.stdout  # the live-server tests wait for an install
+    with pytest.raises(endcap.errors.InvalidArgument, match="comma-separated, each once"):
+        scaffold("twice", "filter,filter", tmp_path)
+
+
 def test_scaffold_refuses_bad_names_and_existing_directories(tmp_path: Path) -> None:
     with pytest.raises(endcap.errors.InvalidArgument, match="must start with a lowercase letter"):
         scaffold("Bad-Name", "candidates", tmp_path)

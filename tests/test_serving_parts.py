@@ -60,9 +60,9 @@ def test_lifecycle_switches_to_a_promoted_version_and_keeps_serving_through_a_br
     workspace = prepared_workspace(tmp_path, users=15, items=20, baskets=4)
     config = EndcapConfig()
     host = PluginHost(config)
-    first = train(workspace, host, validate=False)
-    second = train(workspace, host, promote=False, validate=False)
-    broken = train(workspace, host, promote=False, validate=False)
+    first = train(workspace, host)
+    second = train(workspace, host, promote=False)
+    broken = train(workspace, host, promote=False)
     registry = ModelRegistry(workspace.models)
     lifecycle = ModelLifecycle(workspace, config, host, OnlineFeatures(workspace))
     assert lifecycle.model.version == first.version

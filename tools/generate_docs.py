@@ -29,9 +29,10 @@ group. Endcap's own built-in plugins (`plugins/`) register exactly the same way.
 deals = "endcap_deals"
 ```
 
-* **Start from the scaffold:** `endcap plugins new deals --kind candidates|ranker|filter|monitor
-  [--dir DIR]` writes `endcap-deals/` with the entry point, a working component, a README and
-  tests that pass (`pip install -e . && pytest`).
+* **Start from the scaffold:** `endcap plugins new deals --kind candidates,filter,monitor
+  [--dir DIR]` (one or more of candidates, ranker, filter, monitor) writes `endcap-deals/` with
+  the entry point, a working component of each kind, a README and tests that pass
+  (`pip install -e . && pytest`); installed, each kind's live test shows it took part in an answer.
 * **Enable it:** a third-party plugin is loaded only when listed under `plugins:` in the
   workspace's `endcap.yaml` (`plugins: [deals]`; the built-in ones are always loaded, and
   `endcap plugins --all` also shows what is installed but not enabled); then configure a
@@ -213,6 +214,10 @@ def render() -> str:
         else:
             for attr, doc in docs.items():
                 parts.append(f"- `{attr}` — {doc}")
+        for attr, value in vars(cls).items():
+            if isinstance(value, property) and not attr.startswith("_"):
+                doc = " ".join(render_docstring(value.__doc__ or "").split())
+                parts.append(f"- `{attr}` (property) — {doc}".rstrip(" —"))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 

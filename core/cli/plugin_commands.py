@@ -37,5 +37,9 @@ def add_commands(commands: CommandTable) -> None:
     plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="new")
     new = plugin_commands.add_parser("new", help="write a new plugin package with passing tests")
     new.add_argument("name", help="plugin name: the entry point, endcap-NAME and endcap_NAME")
-    new.add_argument("--kind", choices=("candidates", "ranker", "filter", "monitor"), default="candidates")
+    new.add_argument(
+        "--kind",
+        default="candidates",
+        help="one or more of candidates, ranker, filter, monitor, comma-separated (default: candidates)",
+    )
     new.add_argument("--dir", default=".", help="where to create endcap-NAME (default: here)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from endcap.errors import InvalidArgument
@@ -107,6 +108,8 @@ class {cls}(endcap.Monitor):
 ''',
 }
 
+_CLASS_SUFFIX = {"candidates": "Candidates", "ranker": "Ranker", "filter": "Filter", "monitor": "Monitor"}
+
 _CONTRACT = {
     "candidates": "CandidateGeneratorContract",
     "ranker": "RankerContract",
@@ -115,15 +118,14 @@ _CONTRACT = {
 }
 _SECTION = {"candidates": "candidates", "ranker": "ranker", "filter": "filters", "monitor": "monitors"}
 
-_MODULE = '''"""endcap-{name}: {kind} plugin for Endcap."""
+_MODULE = '''"""endcap-{name}: {kinds} plugin for Endcap."""
 
 from __future__ import annotations
 
 {imports}
 import endcap
 
-{component}
-
+{components}
 @endcap.hookimpl
 def endcap_api_version() -> int:
     return 1
@@ -131,8 +133,7 @@ def endcap_api_version() -> int:
 
 @endcap.hookimpl
 def endcap_register_components(registry: Any) -> None:
-    registry.add({cls}, type_name="{name}")
-'''
+{registrations}'''
 
 _PYPROJECT = """[build-system]
 requires = ["setuptools>=68"]
@@ -141,7 +142,7 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "endcap-{dist}"
 version = "0.1.0"
-description = "{kind} plugin for Endcap"
+description = "{kinds} plugin for Endcap"
 readme = "README.md"
 requires-python = ">=3.11"
 dependencies = ["endcap"]
@@ -159,14 +160,13 @@ from __future__ import annotations
 
 {test_imports}
 import endcap_{name}
-from endcap.config import BUILTIN_PLUGINS
 from endcap.testing import {contract}
 {workspace_import}from endcap.v1 import recommendation_pb2 as pb
 from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
 
 class Test{cls}({contract}):
-    type_name = "{name}"
+    type_name = "{type_name}"
     config: dict = {{}}
 
     def make_plugin(self) -> object:
@@ -198,10 +198,10 @@ def test_served_by_a_live_endcap(endcap_server, endcap_workspace, tmp_path) -> N
 '''
 
 _PLACEMENT = {
-    "candidates": '["candidates"]["{name}"] = {{"type": "{name}"}}',
-    "ranker": '["ranker"] = {{"type": "{name}"}}',
-    "filter": '["filters"] = {{"{name}": {{"type": "{name}", "item_ids": catalogue[3:]}}}}',
-    "monitor": '["monitors"] = {{"{name}": {{"type": "{name}", "path": str(tmp_path / "requests.log")}}}}',
+    "candidates": '["candidates"]["{type_name}"] = {{"type": "{type_name}"}}',
+    "ranker": '["ranker"] = {{"type": "{type_name}"}}',
+    "filter": '["filters"] = {{"{type_name}": {{"type": "{type_name}", "item_ids": catalogue[3:]}}}}',
+    "monitor": '["monitors"] = {{"{type_name}": {{"type": "{type_name}", "path": str(tmp_path / "requests.log")}}}}',
 }
 
 _MODULE_IMPORTS = {
@@ -225,7 +225,7 @@ _SETUP = {
 
 _CHECK = {
     "candidates": """    assert len(items) == 5
-    assert any("{name}" in item.sources for item in reply.items), "no answer came from the plugin\"""",
+    assert any("{type_name}" in item.sources for item in reply.items), "no answer came from the plugin\"""",
     "ranker": """    assert len(items) == 5
     scores = [item.score for item in reply.items]
     assert scores == sorted(scores, reverse=True)""",
@@ -241,7 +241,7 @@ _CHECK = {
 
 _README = """# endcap-{dist}
 
-A {kind} plugin for [Endcap](https://pypi.org/project/endcap/).
+A {kinds} plugin for [Endcap](https://pypi.org/project/endcap/).
 
 ```sh
 pip install -e .          # registers the `{name}` entry point in the `endcap` group
@@ -252,60 +252,95 @@ Enable it in the workspace's `endcap.yaml`:
 
 ```yaml
 plugins: [{name}]      # loaded beside the built-in plugins
-{section}:
-  {name}: {{type: {name}}}   # joins the default components; `endcap config show` prints the result
-```
+{sections}```
+
+Each component joins its section's defaults; `endcap config show` prints the result.
 
 A plugin is trusted code: it runs inside the Endcap server process.
 """
 
 
-def scaffold(name: str, kind: str, directory: Path) -> Path:
-    """Write ``endcap-<name>`` under ``directory``; returns the package root."""
+def parse_kinds(kinds: str | Sequence[str]) -> tuple[str, ...]:
+    """``"candidates,filter"`` (or a sequence) as kinds, each known and named once."""
+    names = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
+    unknown = [k for k in names if k not in KINDS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise InvalidArgument(
+            f"--kind takes one or more of {', '.join(KINDS)}, comma-separated, each once; got {kinds!r}"
+        )
+    return tuple(names)
+
+
+def _class_name(name: str, kind: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_")) + _CLASS_SUFFIX[kind]
+
+
+def _test_file(values: dict[str, str], kind: str) -> str:
+    type_name = values["type_name"]
+    entry = f"ranker/ranker ({type_name})" if kind == "ranker" else f"{_SECTION[kind]}/{type_name} ({type_name})"
+    return _TEST.format(
+        placement=_PLACEMENT[kind].format(**values),
+        check=_CHECK[kind].format(**values),
+        test_imports=_TEST_IMPORTS.get(kind, _TEST_IMPORTS_DEFAULT),
+        setup=_SETUP.get(kind, ""),
+        component_entry=entry,
+        workspace_import="from endcap.workspace import Workspace\n" if kind == "filter" else "",
+        **values,
+    )
+
+
+def scaffold(name: str, kinds: str | Sequence[str], directory: Path) -> Path:
+    """Write ``endcap-<name>`` under ``directory`` with one component of each of ``kinds``
+    (registered as type ``name``, or ``name_<kind>`` when there are several); returns the root."""
     if not NAME.match(name):
         raise InvalidArgument(
             f"plugin name {name!r} must start with a lowercase letter and use only a-z, 0-9 and _ (at most 41)"
         )
-    if kind not in KINDS:
-        raise InvalidArgument(f"--kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    chosen = parse_kinds(kinds)
     dist = name.replace("_", "-")
     root = directory / f"endcap-{dist}"
     if root.exists():
         raise InvalidArgument(f"{root} already exists; choose another --dir or name")
-    cls = (
-        "".join(part.capitalize() for part in name.split("_"))
-        + {
-            "candidates": "Candidates",
-            "ranker": "Ranker",
-            "filter": "Filter",
-            "monitor": "Monitor",
-        }[kind]
+    common = {"name": name, "dist": dist, "kinds": ", ".join(chosen)}
+    each = {
+        kind: {
+            **common,
+            "kind": kind,
+            "cls": _class_name(name, kind),
+            "type_name": name if len(chosen) == 1 else f"{name}_{kind}",
+            "contract": _CONTRACT[kind],
+            "section": _SECTION[kind],
+        }
+        for kind in chosen
+    }
+    imports = sorted({line for kind in chosen for line in _MODULE_IMPORTS[kind].splitlines() if line})
+    module = _MODULE.format(
+        imports="\n\n".join(
+            block
+            for block in (
+                "\n".join(i for i in imports if i.startswith("from")),
+                "\n".join(i for i in imports if i.startswith("import")),
+            )
+            if block
+        )
+        + "\n",
+        components="\n\n".join(_COMPONENTS[kind].format(**values) for kind, values in each.items()) + "\n",
+        registrations="".join(
+            f'    registry.add({values["cls"]}, type_name="{values["type_name"]}")\n' for values in each.values()
+        ),
+        **common,
     )
-    component = _COMPONENTS[kind].format(cls=cls)
-    values = {
-        "name": name,
-        "dist": dist,
-        "kind": kind,
-        "cls": cls,
-        "contract": _CONTRACT[kind],
-        "section": _SECTION[kind],
-    }
+    sections = "".join(
+        f"{values['section']}:\n  {values['type_name']}: {{type: {values['type_name']}}}\n" for values in each.values()
+    )
     files = {
-        root / "pyproject.toml": _PYPROJECT.format(**values),
-        root / "README.md": _README.format(**values),
-        root / f"endcap_{name}" / "__init__.py": _MODULE.format(
-            component=component, imports=_MODULE_IMPORTS[kind], **values
-        ),
-        root / "tests" / f"test_{name}.py": _TEST.format(
-            placement=_PLACEMENT[kind].format(**values),
-            check=_CHECK[kind].format(**values),
-            test_imports=_TEST_IMPORTS.get(kind, _TEST_IMPORTS_DEFAULT),
-            setup=_SETUP.get(kind, ""),
-            component_entry=f"ranker/ranker ({name})" if kind == "ranker" else f"{_SECTION[kind]}/{name} ({name})",
-            workspace_import="from endcap.workspace import Workspace\n" if kind == "filter" else "",
-            **values,
-        ),
+        root / "pyproject.toml": _PYPROJECT.format(**common),
+        root / "README.md": _README.format(sections=sections, **common),
+        root / f"endcap_{name}" / "__init__.py": module,
     }
+    for kind, values in each.items():
+        test_name = f"test_{name}.py" if len(chosen) == 1 else f"test_{name}_{kind}.py"
+        files[root / "tests" / test_name] = _test_file(values, kind)
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
