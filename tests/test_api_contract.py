@@ -101,7 +101,7 @@ def test_every_hook_is_called_when_endcap_builds_features_and_trains(tmp_path: P
     workspace = Workspace.resolve(tmp_path / "ws")
     ingest(tmp_path / "log.csv", workspace)
     build_features(workspace, load_interactions(workspace), host)
-    manifest = train(workspace, host, validate=False)
+    manifest = train(workspace, host)
 
     missing = {name for name, _ in hooks()} - set(recorder.calls)
     assert not missing, f"never called: {sorted(missing)} (a new hook? implement it in HookRecorder, drive it)"

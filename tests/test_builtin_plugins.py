@@ -92,6 +92,7 @@ def test_als_recommends_and_folds_in_users_it_has_not_seen(data: endcap.Training
     assert len(folded) == 10
     assert len(generator.generate(query_for(data, "newcomer"), NO_USER, 10)) == 0
     similar = generator.similar(0, 5)
+    assert len(similar) == 5 and (np.diff(similar.scores) <= 0).all()  # five neighbours, best first
     assert 0 not in similar.ids and len(similar) == 5
 
 
@@ -111,11 +112,11 @@ def test_linear_ranker_weighs_named_features_and_ignores_others() -> None:
     features = endcap.FeatureMatrix(
         ids=np.array([5, 6, 7], dtype=np.int32),
         names=("source.a", "product.purchases", "unweighted"),
-        values=np.array([[1.0, 0.0, 100.0], [0.5, 0.0, 0.0], [1.0, 9.0, 0.0]], dtype=np.float32),
+        values=np.array([[1.0, 0.0, 0.0], [0.5, 0.0, 100.0], [1.0, 9.0, 0.0]], dtype=np.float32),
     )
     scores = ranker.score(Query("u", 0, 3), features)
     assert scores.shape == (3,)
-    assert scores[0] > max(scores[1], scores[2])
+    assert scores[0] > max(scores[1], scores[2])  # row 1's large unweighted value does not count
 
 
 def test_blocklist_drops_listed_items_only(data: endcap.TrainingData, tmp_path: Path) -> None:

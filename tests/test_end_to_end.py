@@ -245,6 +245,8 @@ def test_several_processes_share_the_port_and_stop_together(workspace: Path, tmp
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
                     time.sleep(0.1)
+            else:
+                pytest.fail(f"user {user}: no worker answered in 100 tries")
             answered += len(reply.items) == 5
     assert answered == 20
     pinned = []  # --pin-cpus: every thread of a worker on the one core the worker was given

@@ -78,15 +78,23 @@ def test_a_request_can_force_a_variant(service: RecommendationService) -> None:
         service.recommend("r", "u1", 5, [], {}, "nope")
 
 
-def test_metrics_are_split_by_variant(service: RecommendationService) -> None:
-    for variant in ("control", "simple"):
-        service.recommend("r", "u2", 5, [], {}, variant)
+def _rank_counts(service: RecommendationService) -> dict[str, float]:
     from prometheus_client import generate_latest
 
+    assert service.monitor_feed.flush()
     samples = [s for f in text_string_to_metric_families(generate_latest(service.metrics).decode()) for s in f.samples]
-    counts = {
+    return {
         s.labels["variant"]: s.value
         for s in samples
         if s.name == "endcap_stage_duration_seconds_count" and s.labels.get("stage") == "rank"
     }
-    assert counts["control"] >= 1 and counts["simple"] >= 1
+
+
+def test_metrics_are_split_by_variant(service: RecommendationService) -> None:
+    before = _rank_counts(service)
+    service.recommend("r", "u2", 5, [], {}, "simple")
+    service.recommend("r", "u2", 5, [], {}, "simple")
+    service.recommend("r", "u2", 5, [], {}, "control")
+    after = _rank_counts(service)
+    assert after["simple"] - before.get("simple", 0) == 2
+    assert after["control"] - before.get("control", 0) == 1

@@ -213,7 +213,8 @@ def test_a_promoted_version_reaches_a_running_server_without_failed_or_mixed_ans
                 except grpc.RpcError as exc:
                     failures.append(f"{exc.code()}: {exc.details()}")
                     continue
-                assert len(reply.items) == 5 and len(similar.items) == 3
+                if len(reply.items) != 5 or len(similar.items) != 3:
+                    failures.append(f"short answer: {len(reply.items)} items, {len(similar.items)} similar")
                 seen.append(reply.model_version)
                 seen.append(similar.model_version)
 

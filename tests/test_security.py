@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from endcap.config import AuthConfig, EndcapConfig, ServingConfig, TlsConfig
 from endcap.errors import ConfigError
 from endcap.features.store import OnlineFeatures
+from endcap.logs import flush_logs
 from endcap.plugin_host import PluginHost
 from endcap.serving.auth import load_callers
 from endcap.serving.client import ClientError, Connection, recommend
@@ -187,7 +188,9 @@ def test_health_stays_open_and_tokens_are_never_logged(authed: Server, capfd: py
     call(authed, "Recommend", pb.RecommendRequest(user_id="u1"), READER)
     call(authed, "Recommend", pb.RecommendRequest(user_id="u1"), "wrong-token-0123456789")
     assert authed.service is not None and authed.service.monitor_feed.flush()  # the request lines are out
+    flush_logs()
     logged = capfd.readouterr()
+    assert "recommend" in logged.out + logged.err and "user_key" in logged.out + logged.err, "no request line"
     assert READER not in logged.out + logged.err and "wrong-token" not in logged.out + logged.err
 
 

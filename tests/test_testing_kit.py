@@ -128,3 +128,73 @@ def test_the_contract_names_a_type_the_plugin_does_not_register(
 
     with pytest.raises(AssertionError, match=r"registers no candidates type 'popular'; it registers \['popularity'\]"):
         Misnamed().test_known_user(endcap_training_data, tmp_path)
+
+
+class _SingleComponentPlugin:
+    def __init__(self, cls: type[endcap.Component], type_name: str) -> None:
+        self.cls, self.type_name = cls, type_name
+
+    @endcap.hookimpl
+    def endcap_register_components(self, registry: Any) -> None:
+        registry.add(self.cls, type_name=self.type_name)
+
+
+def _contract(cls: type[endcap.Component]) -> CandidateGeneratorContract:
+    class Contract(CandidateGeneratorContract):
+        type_name = "under_check"
+
+        def make_plugin(self) -> object:
+            return _SingleComponentPlugin(cls, "under_check")
+
+    return Contract()
+
+
+class ScribblingCandidates(endcap.CandidateGenerator):
+    """Writes to the user's statistics, which serving hands over read-only."""
+
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        if "times_bought" in user.item_stats:
+            user.item_stats["times_bought"][:] = 0
+        return endcap.Candidates(np.arange(min(n, 3), dtype=np.int32), np.ones(min(n, 3), dtype=np.float32))
+
+
+class NumpyParamsCandidates(endcap.CandidateGenerator):
+    """Returns numpy values from fit, which the model manifest (JSON) cannot hold."""
+
+    def fit(self, data: endcap.TrainingData, directory: Path) -> dict[str, Any]:
+        return {"items": np.int64(data.catalog.n_items), "weights": np.ones(2)}
+
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        return endcap.Candidates.empty()
+
+
+class MemoryOnlyCandidates(endcap.CandidateGenerator):
+    """Keeps what it learned in memory instead of saving it under ``directory``."""
+
+    def fit(self, data: endcap.TrainingData, directory: Path) -> dict[str, Any]:
+        self.top = np.arange(3, dtype=np.int32)
+        return {}
+
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        return endcap.Candidates(self.top[:n], np.ones(self.top[:n].size, dtype=np.float32))
+
+
+def test_the_contract_catches_a_generator_that_writes_to_its_inputs(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="read-only"):
+        _contract(ScribblingCandidates).test_deterministic_on_read_only_inputs(endcap_training_data, tmp_path)
+
+
+def test_the_contract_catches_parameters_the_manifest_cannot_record(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    with pytest.raises(AssertionError, match="model manifest cannot record"):
+        _contract(NumpyParamsCandidates).test_known_user(endcap_training_data, tmp_path)
+
+
+def test_the_contract_serves_from_what_fit_saved_not_from_memory(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    with pytest.raises(AttributeError, match="top"):
+        _contract(MemoryOnlyCandidates).test_known_user(endcap_training_data, tmp_path)
