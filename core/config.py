@@ -6,7 +6,7 @@ validated against the component's own ``Config`` model when the plugin host buil
 
 The file adds to the defaults, it does not replace them (see :func:`layer_on_defaults`):
 ``plugins:`` names plugins loaded beside the built-in ones, and a component named under
-``candidates:``, ``filters:`` or ``monitors:`` joins that section's defaults. ``name: null``
+``candidates:``, ``filters:``, ``features:`` or ``monitors:`` joins that section's defaults. ``name: null``
 removes one default; ``replace_defaults: true`` in a section starts it empty.
 """
 
@@ -37,6 +37,7 @@ BUILTIN_PLUGINS = (
     "online_quality",
     "drift",
     "metrics_recorder",
+    "ranking_features",
 )
 
 
@@ -199,6 +200,14 @@ def _default_candidates() -> dict[str, ComponentBlock]:
     return {name: ComponentBlock(type=name) for name in ("popularity", "repurchase", "tifuknn", "als", "item2item")}
 
 
+def _default_features() -> dict[str, ComponentBlock]:
+    return {
+        "user": ComponentBlock(type="user_stats"),
+        "product": ComponentBlock(type="product_stats"),
+        "user_product": ComponentBlock(type="user_product"),
+    }
+
+
 class EndcapConfig(BaseModel):
     """The whole ``endcap.yaml``. Every key has a default, so the file is optional."""
 
@@ -215,6 +224,8 @@ class EndcapConfig(BaseModel):
     candidates: dict[str, ComponentBlock] = Field(default_factory=_default_candidates)
     ranker: ComponentBlock = ComponentBlock(type="lightgbm")
     filters: dict[str, ComponentBlock] = Field(default_factory=dict)
+    features: dict[str, ComponentBlock] = Field(default_factory=_default_features)
+    """Feature providers: the ranker's columns after the candidate sources', in this order."""
     monitors: dict[str, ComponentBlock] = Field(
         default_factory=lambda: {
             "request_log": ComponentBlock(type="structlog"),
@@ -232,15 +243,15 @@ class EndcapConfig(BaseModel):
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-COMPONENT_SECTIONS = ("candidates", "filters", "monitors")
+COMPONENT_SECTIONS = ("candidates", "filters", "features", "monitors")
 REPLACE_DEFAULTS = "replace_defaults"
 
 
 def layer_on_defaults(raw: dict[str, Any], where: str = CONFIG_FILE) -> dict[str, Any]:
     """``raw`` (a parsed ``endcap.yaml``) over the defaults, as :class:`EndcapConfig` input.
 
-    ``plugins``: the built-in plugins, then the ones listed. ``candidates``, ``filters`` and
-    ``monitors``: the defaults, then the file's components by name (a name the defaults use is
+    ``plugins``: the built-in plugins, then the ones listed. ``candidates``, ``filters``,
+    ``features`` and ``monitors``: the defaults, then the file's components by name (a name the defaults use is
     replaced); ``name: null`` drops a default, and ``replace_defaults: true`` drops them all."""
     layered = dict(raw)
     if "plugins" in raw:

@@ -18,7 +18,7 @@ from endcap.config import ComponentBlock, EndcapConfig, describe_validation_erro
 from endcap.errors import ConfigError, PluginError
 from endcap.hookspecs import HOOK_API_VERSION
 from endcap.registry import KINDS, ComponentRegistry, RegisteredType
-from endcap.types import CandidateGenerator, Component, Filter, Monitor, Ranker
+from endcap.types import CandidateGenerator, Component, FeatureProvider, Filter, Monitor, Ranker
 from pydantic import ValidationError
 
 PROJECT = "endcap"
@@ -46,6 +46,8 @@ class Components:
     monitors: Mapping[str, Monitor]
     variant_rankers: Mapping[str, Ranker] = field(default_factory=dict)
     """Rankers of experiment arms that bring their own, by variant name."""
+    features: Mapping[str, FeatureProvider] = field(default_factory=dict)
+    """Feature providers, in layout order."""
 
     def all(self) -> list[Component]:
         return [
@@ -53,6 +55,7 @@ class Components:
             self.ranker,
             *self.variant_rankers.values(),
             *self.filters.values(),
+            *self.features.values(),
             *self.monitors.values(),
         ]
 
@@ -207,6 +210,7 @@ class PluginHost:
             ranker=self._build("ranker", "ranker", "ranker", config.ranker),
             filters={n: self._build("filters", f"filters.{n}", n, b) for n, b in config.filters.items()},
             monitors={n: self._build("monitors", f"monitors.{n}", n, b) for n, b in config.monitors.items()},
+            features={n: self._build("features", f"features.{n}", n, b) for n, b in config.features.items()},
             variant_rankers={
                 variant: self._build("ranker", f"experiment.variants.{variant}.ranker", f"ranker@{variant}", arm.ranker)
                 for variant, arm in (config.experiment.variants.items() if config.experiment else ())

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from endcap.errors import PluginError
-from endcap.types import CandidateGenerator, Component, Filter, Monitor, Ranker
+from endcap.types import CandidateGenerator, Component, FeatureProvider, Filter, Monitor, Ranker
 
 KINDS: dict[str, type[Component]] = {
     "candidates": CandidateGenerator,
     "ranker": Ranker,
     "filters": Filter,
     "monitors": Monitor,
+    "features": FeatureProvider,
 }
 
 
@@ -26,7 +27,7 @@ class RegisteredType:
 
 
 def kind_of(cls: type) -> str:
-    """The component kind of ``cls`` (``candidates``, ``ranker``, ``filters`` or ``monitors``)."""
+    """The component kind of ``cls`` (``candidates``, ``ranker``, ``filters``, ``monitors`` or ``features``)."""
     for kind, base in KINDS.items():
         if isinstance(cls, type) and issubclass(cls, base):
             return kind

@@ -298,6 +298,36 @@ class Filter(Component):
         return None
 
 
+class FeatureProvider(Component):
+    """Gives the ranker named feature columns for a request's candidates, as one array block.
+
+    The ranker's feature matrix is one column per candidate source, then each configured
+    provider's :meth:`names`, in the order of ``features:`` in ``endcap.yaml``. The same
+    :meth:`compute` builds the training examples a learned ranker fits on, so a column means the
+    same thing offline and online. Product data from Feast comes in as ``products``: the
+    features :meth:`product_references` names, read from the online store when a model version
+    loads, and point-in-time (as of the day before each label basket) for training examples.
+    """
+
+    def product_references(self) -> tuple[str, ...]:
+        """Feast features keyed on Endcap's ``product`` entity (``"view:feature"``, numeric)
+        that :meth:`compute` receives as ``products``; none by default."""
+        return ()
+
+    @abstractmethod
+    def names(self) -> tuple[str, ...]:
+        """The columns this provider writes, in order; prefix them with the provider's own
+        name (``deals.discount``) so they cannot clash with another provider's."""
+
+    @abstractmethod
+    def compute(self, query: Query, user: UserFeatures, ids: IndexArray, products: ScoreArray) -> ScoreArray:
+        """The ``len(ids) × len(names())`` float32 block for candidates ``ids``.
+
+        :param products: ``n_items × len(product_references())`` float32 in catalogue order
+            (index it with ``ids``); NaN where the store holds no value for a product.
+        """
+
+
 class Monitor(Component):
     """Observes the service. Return values are ignored and exceptions are logged and dropped.
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from endcap.features import feast_env  # noqa: F401  (before Feast: keeps Endcap's metrics in memory)
+from endcap.features.tables import PRODUCT_STATS_VIEW
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
 
@@ -23,7 +24,7 @@ TTL = timedelta(0)
 event, so its age on the machine's clock says nothing about it (Feast reads ``0`` as "never
 expires", both online and in point-in-time joins)."""
 USER_STATS = "user_stats"
-PRODUCT_STATS = "product_stats"
+PRODUCT_STATS = PRODUCT_STATS_VIEW
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ from endcap.serving.metrics_endpoint import MetricsEndpoint
 from endcap.serving.model import ServingModel, load_serving_model
 from endcap.serving.model_lifecycle import ModelLifecycle
 from endcap.serving.monitor_hooks import MonitorHooks
-from endcap.serving.ranking_layout import USER_FEATURE_NAMES, USER_PRODUCT_FEATURE_NAMES, RankingLayout
+from endcap.serving.ranking_layout import RankingLayout
 from endcap.serving.requests import EventInput, RequestValidator
 from endcap.serving.similar_items import SimilarItems
 from endcap.training.fit import train
-from endcap.types import Event, Monitor
+from endcap.types import Event, Monitor, Query
 from endcap.workspace import Workspace
 
 
@@ -284,15 +284,28 @@ def test_similar_items_apply_the_models_filters_and_name_a_source_without_suppor
 
 
 def test_ranking_layout_columns_and_the_users_purchase_counts(model: ServingModel, online: OnlineFeatures) -> None:
-    layout = RankingLayout(("als", "popularity"), model.product_features)
+    layout = RankingLayout(("als", "popularity"), model.components.features, model.provider_products)
     assert layout.names[:2] == ("source.als", "source.popularity")
-    assert layout.names[2:6] == USER_FEATURE_NAMES and layout.names[-3:] == USER_PRODUCT_FEATURE_NAMES
+    assert layout.names[2:6] == (
+        "user.orders",
+        "user.avg_basket_size",
+        "user.avg_days_between_orders",
+        "user.distinct_items",
+    )
+    assert layout.names[6:9] == ("product.purchases", "product.distinct_buyers", "product.reorder_rate")
+    assert layout.names[9:] == (
+        "user_product.times_bought",
+        "user_product.bought_share",
+        "user_product.orders_since_last_bought",
+    )
     user = model.user_features(online.user("u2"))
     bought = user.items[:2]
     never = np.setdiff1d(np.arange(model.catalog.n_items, dtype=np.int32), user.items)[:1]
     ids = np.sort(np.concatenate([bought, never])).astype(np.int32)
     scores = np.full((ids.size, 2), 0.5, dtype=np.float32)
-    matrix = layout.matrix(ids, scores, user)
+    errors: dict[str, str] = {}
+    matrix = layout.matrix(Query("u2", model.user_index["u2"], 3), ids, scores, user, ComponentCalls(), errors)
+    assert errors == {}
     assert matrix.values.shape == (3, len(layout.names)) and matrix.ids.tolist() == ids.tolist()
     orders = user.stats["orders"]
     times = matrix.column("user_product.times_bought")
@@ -301,7 +314,7 @@ def test_ranking_layout_columns_and_the_users_purchase_counts(model: ServingMode
         assert times[row] == pytest.approx(expected)
     np.testing.assert_allclose(matrix.column("user_product.bought_share"), times / orders, rtol=1e-6)
     assert matrix.column("user.orders").tolist() == [orders] * 3
-    np.testing.assert_array_equal(matrix.values[:, 6:-3], model.product_features[ids])
+    np.testing.assert_array_equal(matrix.values[:, 6:-3], np.nan_to_num(model.provider_products["product"][ids]))
     with pytest.raises(ValueError, match="read-only"):
         matrix.values[0, 0] = 1.0
 

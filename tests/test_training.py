@@ -50,7 +50,17 @@ def test_train_writes_a_complete_version_and_makes_it_current(workspace: Workspa
     assert saved["components"]["candidates/popularity"]["params"] == {"trained_by": "hook"}
     assert (directory / "components/candidates/popularity/extra.txt").exists()
     monitors = {"request_log", "metrics", "health", "online_quality", "drift", "recorder"}
-    assert set(plugin.seen) == {"popularity", "repurchase", "tifuknn", "als", "item2item", "ranker", *monitors}
+    providers = {"user", "product", "user_product"}  # feature providers are components too
+    assert set(plugin.seen) == {
+        "popularity",
+        "repurchase",
+        "tifuknn",
+        "als",
+        "item2item",
+        "ranker",
+        *monitors,
+        *providers,
+    }
     # the validation model, then the model itself; candidates also once more each for the ranker's examples
     assert plugin.seen.count("ranker") == 2 and plugin.seen.count("als") == 4
     assert saved["validation"]["users"] == 12 and 0 < saved["validation"]["ndcg@10"] <= 1

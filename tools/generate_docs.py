@@ -55,8 +55,11 @@ deals = "endcap_deals"
   permissions; install only plugins you would deploy as your own code.
 
 Hooks *register* things; they are not called per request. The objects they register — candidate
-generators, rankers, filters, monitors — are called by the request pipeline with the typed
-dataclasses below (numpy arrays of catalogue indices and scores, never protobuf messages).
+generators, rankers, filters, feature providers, monitors — are called by the request pipeline
+with the typed dataclasses below (numpy arrays of catalogue indices and scores, never protobuf
+messages). A feature provider gives the learned ranker columns of its own, computed by the same
+code for training examples (point-in-time) and for requests; the ranker trains on whatever
+providers are configured, and a model version records them.
 """
 
 
@@ -178,7 +181,14 @@ def render() -> str:
         parts.append(render_docstring(function.__doc__ or "") + "\n")
 
     parts.append("## Component base classes\n")
-    for cls in (types.Component, types.CandidateGenerator, types.Ranker, types.Filter, types.Monitor):
+    for cls in (
+        types.Component,
+        types.CandidateGenerator,
+        types.Ranker,
+        types.Filter,
+        types.FeatureProvider,
+        types.Monitor,
+    ):
         parts.append(f"### `endcap.{cls.__name__}`\n")
         parts.append(render_docstring(cls.__doc__ or "") + "\n")
         for attr, doc in attribute_docs(cls).items():

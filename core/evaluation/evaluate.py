@@ -136,7 +136,9 @@ def rebuild(workspace: Workspace, host: PluginHost, config: EndcapConfig, split:
     sub.interactions.parent.mkdir(parents=True, exist_ok=True)
     split.training.to_parquet(sub.interactions, index=False)
     own_store = FeatureStoreConfig()  # local SQLite inside ``sub``, whatever store the workspace serves from
-    build_features(sub, split.training, feature_store=own_store)
+    # the plugins' Feast views too, over the shop's data files in the workspace: what a plugin
+    # contributes is trained on and measured here as in the workspace itself
+    build_features(sub, split.training, host, feature_store=own_store, plugin_data=workspace.features)
     train(sub, host, feature_store=own_store)
     online = OnlineFeatures(sub, own_store)
     model = load_serving_model(sub, host, online)

@@ -197,16 +197,18 @@ def build_features(
     host: Any = None,
     full: bool = False,
     feature_store: FeatureStoreConfig | None = None,
+    plugin_data: Path | None = None,
 ) -> MaterializeSummary:
     """Everything ``endcap features`` does: the tables with their point-in-time snapshots, Feast
-    ``apply`` (with the plugins' own definitions when ``host`` is given), materialization of
+    ``apply`` (with the plugins' own definitions when ``host`` is given; their data files are
+    under ``plugin_data``, default the workspace's ``features/``), materialization of
     the newest snapshot into the online store, keeping the rows real-time purchases pushed
     (:mod:`endcap.features.pushed_rows`), and a check that the store now holds every user and product of
     ``log``. ``feature_store``: see :func:`feature_store_settings`."""
     from endcap.features.pushed_rows import keeping_pushed_rows
     from endcap.features.tables import feature_cutoffs, iter_snapshots
 
-    extra = host.feast_objects(workspace.features) if host is not None else []
+    extra = host.feast_objects(plugin_data or workspace.features) if host is not None else []
     expected = {
         definitions.USER_STATS: log["user_id"].unique(),
         definitions.PRODUCT_STATS: log["item_id"].unique(),
@@ -392,8 +394,11 @@ class HistoricalFeatures:
         values[pd.isna(values)] = None
         return [dict(zip(names, row, strict=True)) for row in values]
 
-    def products(self, item_ids: Sequence[str], cutoffs: Sequence[pd.Timestamp]) -> dict[pd.Timestamp, pd.DataFrame]:
-        """Product statistics as of each cutoff, for ``item_ids`` in that order (NaN when unseen),
+    def product_features(
+        self, references: Sequence[str], item_ids: Sequence[str], cutoffs: Sequence[pd.Timestamp]
+    ) -> dict[pd.Timestamp, pd.DataFrame]:
+        """Product-keyed features (``"view:feature"``) as of each cutoff, for ``item_ids`` in that
+        order, one column per feature named without the view (NaN when no value is old enough),
         read in one point-in-time join."""
         items = pd.Index(list(item_ids), dtype=object)
         entities = pd.DataFrame(
@@ -402,9 +407,9 @@ class HistoricalFeatures:
                 "event_timestamp": np.repeat(pd.DatetimeIndex(list(cutoffs)), len(items)),
             }
         )
-        frame = self.store.get_historical_features(entity_df=entities, features=PRODUCT_FEATURES).to_df()
+        frame = self.store.get_historical_features(entity_df=entities, features=list(references)).to_df()
         frame = entities.merge(frame, on=["item_id", "event_timestamp"], how="left")
-        values = frame[list(PRODUCT_STATS_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+        values = frame[[reference.split(":", 1)[1] for reference in references]]
         return {
             cutoff: values.iloc[i * len(items) : (i + 1) * len(items)].reset_index(drop=True)
             for i, cutoff in enumerate(cutoffs)

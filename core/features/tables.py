@@ -16,6 +16,8 @@ import pyarrow as pa
 from endcap.data.baskets import add_basket_index
 from endcap.data.integer_codes import run_starts, sorted_codes, utc_microseconds
 
+PRODUCT_STATS_VIEW = "product_stats"
+"""The Feast view of :data:`PRODUCT_STATS_COLUMNS` (keyed on the ``product`` entity)."""
 USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
 PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
 USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought")

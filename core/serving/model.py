@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 import structlog
 from endcap.errors import FailedPrecondition
-from endcap.features.tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
+from endcap.features.tables import USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.model_versions import CorruptArtifact, Manifest, ModelRegistry, component_dir, load_catalog, verify_artifact
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
@@ -28,7 +28,10 @@ from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.model")
 
-PRODUCT_FEATURE_NAMES = tuple(f"product.{c}" for c in PRODUCT_STATS_COLUMNS)
+ProductReader = Callable[[Sequence[str]], pd.DataFrame]
+"""``references → frame``: product-keyed Feast features for every catalogue item, in catalogue
+order, one column per reference (named by its feature); the online store's when serving, a
+point-in-time read when building training examples."""
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,9 @@ class ServingModel:
     components: Components
     user_index: dict[str, int]
     item_lookup: dict[str, int]
-    product_features: np.ndarray
-    """``n_items × len(PRODUCT_FEATURE_NAMES)`` float32 in C order (a request takes rows), read from
-    the online store at load."""
+    provider_products: Mapping[str, np.ndarray]
+    """Per feature provider, its ``n_items × len(product_references())`` float32 matrix in C order
+    (a request takes rows; NaN where the store lacks a value), read when the model loads."""
     user_items: sp.csr_matrix | None = None
     """The users × items purchase counts the model was trained on."""
 
@@ -95,7 +98,7 @@ def load_components(
     directory: Path,
     catalog: Catalog,
     user_items: sp.csr_matrix,
-    product_features: Callable[[Sequence[str]], pd.DataFrame] | None = None,
+    product_features: ProductReader | None = None,
     workspace: Path | None = None,
 ) -> None:
     """Give each component the state ``fit`` saved under ``directory`` (a model version)."""
@@ -113,25 +116,58 @@ def load_components(
             ) from exc
 
 
+def provider_products(components: Components, read: ProductReader | None) -> dict[str, np.ndarray]:
+    """Each feature provider's product matrix (see :attr:`ServingModel.provider_products`): one
+    read per provider that names product references; all NaN when no store is at hand."""
+    matrices = {}
+    for name, provider in components.features.items():
+        references = list(provider.product_references())
+        if not references:
+            continue
+        if read is None:
+            raise FailedPrecondition(
+                f"feature provider {name!r} needs product features but no feature store is at hand"
+            )
+        frame = read(references)
+        columns = [reference.split(":", 1)[1] for reference in references]
+        values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
+        matrices[name] = read_only(np.ascontiguousarray(values))
+    return matrices
+
+
 def assemble(
     manifest: Manifest,
     catalog: Catalog,
     components: Components,
-    products: pd.DataFrame,
+    products: ProductReader | None,
     user_items: sp.csr_matrix | None = None,
 ) -> ServingModel:
-    """A serving model from loaded components and the product statistics (rows in catalogue order)."""
+    """A serving model from loaded components; ``products`` reads the feature providers' product
+    data (rows in catalogue order)."""
     return ServingModel(
         manifest=manifest,
         catalog=catalog,
         components=components,
         user_index={user_id: i for i, user_id in enumerate(catalog.user_ids.tolist())},
         item_lookup={item_id: i for i, item_id in enumerate(catalog.item_ids.tolist())},
-        product_features=np.ascontiguousarray(
-            np.nan_to_num(products[list(PRODUCT_STATS_COLUMNS)].to_numpy(np.float32))
-        ),
+        provider_products=provider_products(components, products),
         user_items=user_items,
     )
+
+
+def check_feature_layout(manifest: Manifest, components: Components) -> None:
+    """Refuse a model version trained with feature providers the configuration no longer has:
+    its ranker would score columns that are not served."""
+    trained = manifest.configuration.get("features")
+    if not isinstance(trained, dict):
+        return  # a version from before feature providers: the built-in layout
+    missing = sorted(set(trained) - set(components.features))
+    if missing:
+        raise FailedPrecondition(
+            f"model version {manifest.version} was trained with feature providers {missing} that the "
+            "configuration does not have; add them under 'features:' in endcap.yaml (and install their "
+            "plugins), or retrain"
+        )
 
 
 def load_serving_model(
@@ -156,26 +192,26 @@ def load_serving_model(
     components = host.build_components()
     if monitors is not None:
         components = replace(components, monitors=dict(monitors))
+    check_feature_layout(manifest, components)
     item_ids = list(catalog.item_ids)
-    load_components(
-        components.all(),
-        directory,
-        catalog,
-        user_items,
-        lambda refs: online.product_features(refs, item_ids),
-        workspace.root,
-    )
-    products = online.products(list(catalog.item_ids))
-    absent = int(products[list(PRODUCT_STATS_COLUMNS)].isna().all(axis=1).sum())
-    if absent:  # served with zero statistics: said, not silent
-        log.warning(
-            "products_missing_from_store",
-            version=manifest.version,
-            missing=absent,
-            items=catalog.n_items,
-            fix="run 'endcap features' on the log the model was trained on",
-        )
-    model = assemble(manifest, catalog, components, products, user_items)
+
+    def read_products(references: Sequence[str]) -> pd.DataFrame:
+        frame: pd.DataFrame = online.product_features(references, item_ids)
+        return frame
+
+    load_components(components.all(), directory, catalog, user_items, read_products, workspace.root)
+    model = assemble(manifest, catalog, components, read_products, user_items)
+    for name, matrix in model.provider_products.items():
+        absent = int(np.isnan(matrix).all(axis=1).sum()) if matrix.shape[1] else 0
+        if absent:  # served as the provider treats a missing value: said, not silent
+            log.warning(
+                "products_missing_from_store",
+                version=manifest.version,
+                provider=name,
+                missing=absent,
+                items=catalog.n_items,
+                fix="run 'endcap features' on the log the model was trained on",
+            )
     log.info(
         "model_loaded",
         version=manifest.version,

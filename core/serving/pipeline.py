@@ -139,7 +139,7 @@ class Pipeline:
         self.online_misses = RateLimitedCount("online_feature_miss", "users the model knows had no online row")
         """Requests for users the model knows that the online store holds no row for."""
         self.source_names = tuple(name for name, _ in self.sources)
-        self.layout = RankingLayout(self.source_names, model.product_features)
+        self.layout = RankingLayout(self.source_names, model.components.features, model.provider_products)
         self._source_columns = np.arange(len(self.source_names))
         self._source_bits = 1 << np.arange(len(self.source_names), dtype=np.int64)
         self._positions = np.arange(model.catalog.n_items, dtype=np.int32)
@@ -209,7 +209,7 @@ class Pipeline:
             ids, source_scores = self._kept(query, *self._merge(results), errors, purchased)
         watch.lap("filter")
 
-        features = self.layout.matrix(ids, source_scores, user)
+        features = self.layout.matrix(query, ids, source_scores, user, self.calls, errors)
         watch.lap("features")
         counts = {name: len(c) for name, c in zip(self.source_names, results, strict=True)}
         return Prepared(features=features, source_scores=source_scores, counts=counts, fallback=fallback)

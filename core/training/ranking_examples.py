@@ -3,12 +3,16 @@
 Training and serving see the same distribution: the candidates come from the configured
 candidate generators (trained on the history before each label basket), and the features from
 the same :meth:`Pipeline.prepare` used to serve, fed with point-in-time reads of Feast's
-offline store, so no feature sees the label basket or anything after it.
+offline store, so no feature sees the label basket or anything after it: the user's row as of
+the basket, and each feature provider's product data as of the day before it. Candidate
+generators that read product features when they load (``ModelContext.product_features``) get
+them as of the earliest label day.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from endcap.features.tables import day_cutoffs, label_baskets
 from endcap.model_versions import Manifest, component_dir
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.serving.model import ServingModel, assemble, load_components
+from endcap.serving.model import ProductReader, ServingModel, assemble, load_components
 from endcap.serving.pipeline import Pipeline
 from endcap.types import Query, RankingExamples, TrainingData
 from endcap.workspace import Workspace
@@ -62,16 +66,16 @@ def build_ranking_examples(
     components = host.build_components()
     blocks: list[Block] = []
     names: tuple[str, ...] = ()
+    cutoffs = day_cutoffs(labels["label_time"])
+    products = PointInTimeProducts(historical, list(data.catalog.item_ids), cutoffs)
     with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
-        train_serving_side(host, components, history, Path(tmp))
+        train_serving_side(host, components, history, Path(tmp), products.reader(min(cutoffs, default=None)))
         user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
         items_by_user = label_lines.groupby("user_id")["item_id"].agg(_as_str_set)
         cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
         stub = Manifest("history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased)
-        cutoffs = day_cutoffs(labels["label_time"])
-        products_by_cutoff = historical.products(list(data.catalog.item_ids), cutoffs)
         for cutoff in cutoffs:
-            model = assemble(stub, data.catalog, components, products_by_cutoff[cutoff])
+            model = assemble(stub, data.catalog, components, products.reader(cutoff))
             pipeline = Pipeline(model, lambda user_id: {}, config.serving, budgets=False)
             for row in np.flatnonzero(cutoff_of_user == cutoff):
                 user_id = str(labels["user_id"].iloc[row])
@@ -96,14 +100,43 @@ def _as_str_set(items: pd.Series) -> set[str]:
     return set(items.astype(str))
 
 
-def train_serving_side(host: PluginHost, components: Components, history: TrainingData, directory: Path) -> None:
-    """Train the candidate generators and filters on ``history`` into ``directory`` and load them."""
-    serving_side = [*components.candidates.values(), *components.filters.values()]
+class PointInTimeProducts:
+    """Product features as of each label day, read from the offline store once per set of
+    references (one point-in-time join over every item and day) and kept."""
+
+    def __init__(self, historical: HistoricalFeatures, item_ids: list[str], cutoffs: list[pd.Timestamp]) -> None:
+        self.historical, self.item_ids, self.cutoffs = historical, item_ids, cutoffs
+        self._read: dict[tuple[str, ...], dict[pd.Timestamp, pd.DataFrame]] = {}
+
+    def reader(self, cutoff: pd.Timestamp | None) -> ProductReader:
+        """``references → frame`` as of ``cutoff`` (one of the label days)."""
+
+        def read(references: Sequence[str]) -> pd.DataFrame:
+            key = tuple(references)
+            if key not in self._read:
+                self._read[key] = self.historical.product_features(key, self.item_ids, self.cutoffs)
+            if cutoff is None:
+                return pd.DataFrame(np.nan, index=range(len(self.item_ids)), columns=[r.split(":", 1)[1] for r in key])
+            return self._read[key][cutoff]
+
+        return read
+
+
+def train_serving_side(
+    host: PluginHost,
+    components: Components,
+    history: TrainingData,
+    directory: Path,
+    products: ProductReader | None = None,
+) -> None:
+    """Train the candidate generators, filters and feature providers on ``history`` into
+    ``directory`` and load them (``products`` is what ``ModelContext.product_features`` reads)."""
+    serving_side = [*components.candidates.values(), *components.filters.values(), *components.features.values()]
     for component in serving_side:
         target = component_dir(directory, kind_of(type(component)), component.name)
         target.mkdir(parents=True)
         host.manager.hook.endcap_train_component(component=component, data=history, directory=target)
-    load_components(serving_side, directory, history.catalog, history.user_items)
+    load_components(serving_side, directory, history.catalog, history.user_items, products)
 
 
 def user_block(

@@ -1,0 +1,72 @@
+"""``user_stats``, ``product_stats``, ``user_product``: Endcap's own ranking features, as feature
+providers written like any third party's.
+
+* ``user_stats``: the user's order count, basket size, days between orders and distinct items
+  (their online row; the same for every candidate).
+* ``product_stats``: each product's purchases, distinct buyers and reorder rate (Feast's
+  ``product_stats`` view).
+* ``user_product``: how often the user bought the candidate, the share of their orders that
+  held it, and how many orders ago they last bought it (their online row's arrays).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import endcap
+import numpy as np
+from endcap.features.tables import PRODUCT_STATS_COLUMNS, PRODUCT_STATS_VIEW, USER_STATS_COLUMNS
+
+USER_PRODUCT_NAMES = ("times_bought", "bought_share", "orders_since_last_bought")
+
+
+class UserStatsFeatures(endcap.FeatureProvider):
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"user.{column}" for column in USER_STATS_COLUMNS)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        row = np.array([user.stats.get(column, 0.0) for column in USER_STATS_COLUMNS], dtype=np.float32)
+        return np.broadcast_to(row, (ids.size, row.size))
+
+
+class ProductStatsFeatures(endcap.FeatureProvider):
+    def product_references(self) -> tuple[str, ...]:
+        return tuple(f"{PRODUCT_STATS_VIEW}:{column}" for column in PRODUCT_STATS_COLUMNS)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"product.{column}" for column in PRODUCT_STATS_COLUMNS)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        block: np.ndarray = np.nan_to_num(products[ids], copy=False)  # a product the store lacks: zero statistics
+        return block
+
+
+class UserProductFeatures(endcap.FeatureProvider):
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"user_product.{name}" for name in USER_PRODUCT_NAMES)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        block = np.zeros((ids.size, 3), dtype=np.float32)
+        times, share, since = block[:, 0], block[:, 1], block[:, 2]
+        orders = user.stats.get("orders", 0.0)
+        since[:] = orders
+        if user.items.size and ids.size:
+            pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
+            found = np.flatnonzero(user.items[pos] == ids)
+            times[found] = user.item_stats["times_bought"][pos[found]]
+            since[found] = user.item_stats["orders_since_last_bought"][pos[found]]
+        np.divide(times, orders if orders > 0 else 1.0, out=share)
+        return block
+
+
+@endcap.hookimpl
+def endcap_register_components(registry: Any) -> None:
+    registry.add(UserStatsFeatures, type_name="user_stats")
+    registry.add(ProductStatsFeatures, type_name="product_stats")
+    registry.add(UserProductFeatures, type_name="user_product")
