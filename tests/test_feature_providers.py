@@ -142,7 +142,7 @@ def test_a_provider_that_predicts_the_label_moves_validation_and_is_served(shop:
     model = load_serving_model(shop, host(True), OnlineFeatures(shop))
     online = OnlineFeatures(shop)
     pipeline = Pipeline(model, online.user, EndcapConfig().serving)
-    answer, record = pipeline.recommend(pipeline.make_query("shopper-001", 10))
+    _, record = pipeline.recommend(pipeline.make_query("shopper-001", 10))
     assert record.features is not None and record.features.names[-1] == "deals.discount"
     discount = record.features.column("deals.discount")
     on_offer = np.isin(record.features.ids, model.item_indices(SECOND_OFFER))  # the first offer has ended
