@@ -15,12 +15,14 @@ from endcap.plugins import (
     lightgbm_ranker,
     linear_ranker,
     popularity,
+    ranking_features,
     repurchase,
     structlog_monitor,
     tifuknn,
 )
 from endcap.testing import (
     CandidateGeneratorContract,
+    FeatureProviderContract,
     FilterContract,
     MonitorContract,
     RankerContract,
@@ -81,10 +83,32 @@ class TestLightGbmRanker(RankerContract):
 
 class TestBlocklist(FilterContract):
     type_name = "blocklist"
-    config = {"item_ids": ["i1"]}
+    config = {"item_ids": ["i1", "i7"]}
+    expected_dropped = ["i1", "i7"]
 
     def make_plugin(self) -> object:
         return blocklist
+
+
+class TestUserStatsFeatures(FeatureProviderContract):
+    type_name = "user_stats"
+
+    def make_plugin(self) -> object:
+        return ranking_features
+
+
+class TestProductStatsFeatures(FeatureProviderContract):
+    type_name = "product_stats"
+
+    def make_plugin(self) -> object:
+        return ranking_features
+
+
+class TestUserProductFeatures(FeatureProviderContract):
+    type_name = "user_product"
+
+    def make_plugin(self) -> object:
+        return ranking_features
 
 
 class TestStructlogMonitor(MonitorContract):
@@ -198,3 +222,65 @@ def test_the_contract_serves_from_what_fit_saved_not_from_memory(
 ) -> None:
     with pytest.raises(AttributeError, match="top"):
         _contract(MemoryOnlyCandidates).test_known_user(endcap_training_data, tmp_path)
+
+
+class KeepsEverything(endcap.Filter):
+    """Claims to drop a recalled product and drops nothing."""
+
+    def keep(self, query: endcap.Query, ids: np.ndarray) -> np.ndarray:
+        return np.ones(ids.size, dtype=bool)
+
+
+class ProposesNothing(endcap.CandidateGenerator):
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        return endcap.Candidates.empty()
+
+
+class NaNFeatures(endcap.FeatureProvider):
+    """Passes the store's missing values through as NaN."""
+
+    def product_references(self) -> tuple[str, ...]:
+        return ("stock:level",)
+
+    def names(self) -> tuple[str, ...]:
+        return ("stock.level",)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        return products[ids]
+
+
+def test_the_contract_catches_a_filter_that_keeps_everything(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    class Contract(FilterContract):
+        type_name = "keeps_everything"
+        expected_dropped = ["i3"]
+
+        def make_plugin(self) -> object:
+            return _SingleComponentPlugin(KeepsEverything, "keeps_everything")
+
+    with pytest.raises(AssertionError, match=r"dropped \[\], expected \['i3'\]"):
+        Contract().test_drops_what_it_claims_and_keeps_the_rest(endcap_training_data, tmp_path)
+
+
+def test_the_contract_catches_a_generator_that_proposes_nothing(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    with pytest.raises(AssertionError, match="proposed nothing for a user it was trained on"):
+        _contract(ProposesNothing).test_known_user(endcap_training_data, tmp_path)
+
+
+def test_the_contract_catches_a_provider_that_passes_missing_values_on(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    class Contract(FeatureProviderContract):
+        type_name = "nan_features"
+
+        def make_plugin(self) -> object:
+            return _SingleComponentPlugin(NaNFeatures, "nan_features")
+
+    Contract().test_names_are_unique_and_prefixed(endcap_training_data, tmp_path)
+    with pytest.raises(AssertionError, match="must be finite"):
+        Contract().test_one_finite_block_per_request(endcap_training_data, tmp_path)

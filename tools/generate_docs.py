@@ -30,7 +30,7 @@ deals = "endcap_deals"
 ```
 
 * **Start from the scaffold:** `endcap plugins new deals --kind candidates,filter,monitor
-  [--dir DIR]` (one or more of candidates, ranker, filter, monitor) writes `endcap-deals/` with
+  [--dir DIR]` (one or more of candidates, ranker, filter, features, monitor) writes `endcap-deals/` with
   the entry point, a working component of each kind, a README and tests that pass
   (`pip install -e . && pytest`); installed, each kind's live test shows it took part in an answer.
 * **Enable it:** a third-party plugin is loaded only when listed under `plugins:` in the

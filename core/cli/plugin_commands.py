@@ -40,6 +40,6 @@ def add_commands(commands: CommandTable) -> None:
     new.add_argument(
         "--kind",
         default="candidates",
-        help="one or more of candidates, ranker, filter, monitor, comma-separated (default: candidates)",
+        help="one or more of candidates, ranker, filter, features, monitor, comma-separated (default: candidates)",
     )
     new.add_argument("--dir", default=".", help="where to create endcap-NAME (default: here)")

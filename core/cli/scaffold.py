@@ -8,7 +8,7 @@ from pathlib import Path
 
 from endcap.errors import InvalidArgument
 
-KINDS = ("candidates", "ranker", "filter", "monitor")
+KINDS = ("candidates", "ranker", "filter", "features", "monitor")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 
 _COMPONENTS = {
@@ -80,6 +80,24 @@ class {cls}(endcap.Filter):
     def boost(self, query: endcap.Query, ids: np.ndarray) -> np.ndarray:
         return np.where(np.isin(ids, self.boosted), self.config.boost, 0.0).astype(np.float32)
 ''',
+    "features": '''class {cls}Config(endcap.ComponentConfig):
+    pass
+
+
+class {cls}(endcap.FeatureProvider):
+    """``{type_name}.bought_before``: 1 when the user bought the candidate before. Replace with your
+    own columns; name Feast product features in ``product_references()`` to receive them."""
+
+    Config = {cls}Config
+
+    def names(self) -> tuple[str, ...]:
+        return ("{type_name}.bought_before",)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        return np.isin(ids, user.items).astype(np.float32)[:, None]
+''',
     "monitor": '''class {cls}Config(endcap.ComponentConfig):
     path: str = ""
     """Append each answered request's id to this file (empty: keep counts only)."""
@@ -108,15 +126,28 @@ class {cls}(endcap.Monitor):
 ''',
 }
 
-_CLASS_SUFFIX = {"candidates": "Candidates", "ranker": "Ranker", "filter": "Filter", "monitor": "Monitor"}
+_CLASS_SUFFIX = {
+    "candidates": "Candidates",
+    "ranker": "Ranker",
+    "filter": "Filter",
+    "features": "Features",
+    "monitor": "Monitor",
+}
 
 _CONTRACT = {
     "candidates": "CandidateGeneratorContract",
     "ranker": "RankerContract",
     "filter": "FilterContract",
+    "features": "FeatureProviderContract",
     "monitor": "MonitorContract",
 }
-_SECTION = {"candidates": "candidates", "ranker": "ranker", "filter": "filters", "monitor": "monitors"}
+_SECTION = {
+    "candidates": "candidates",
+    "ranker": "ranker",
+    "filter": "filters",
+    "features": "features",
+    "monitor": "monitors",
+}
 
 _MODULE = '''"""endcap-{name}: {kinds} plugin for Endcap."""
 
@@ -167,7 +198,7 @@ from endcap.v1 import recommendation_pb2_grpc as pb_grpc
 
 class Test{cls}({contract}):
     type_name = "{type_name}"
-    config: dict = {{}}
+{contract_settings}
 
     def make_plugin(self) -> object:
         return endcap_{name}
@@ -201,6 +232,7 @@ _PLACEMENT = {
     "candidates": '["candidates"]["{type_name}"] = {{"type": "{type_name}"}}',
     "ranker": '["ranker"] = {{"type": "{type_name}"}}',
     "filter": '["filters"] = {{"{type_name}": {{"type": "{type_name}", "item_ids": catalogue[3:]}}}}',
+    "features": '["features"] = {{"{type_name}": {{"type": "{type_name}"}}}}',
     "monitor": '["monitors"] = {{"{type_name}": {{"type": "{type_name}", "path": str(tmp_path / "requests.log")}}}}',
 }
 
@@ -208,6 +240,7 @@ _MODULE_IMPORTS = {
     "candidates": "from pathlib import Path\nfrom typing import Any\n\nimport numpy as np\n",
     "ranker": "from typing import Any\n\nimport numpy as np\n",
     "filter": "from typing import Any\n\nimport numpy as np\n",
+    "features": "from typing import Any\n\nimport numpy as np\n",
     "monitor": "from typing import Any\n",
 }
 
@@ -223,7 +256,12 @@ _SETUP = {
 """,
 }
 
+_CONTRACT_SETTINGS = {
+    "filter": '    config: dict = {"item_ids": ["i1", "i2"]}\n    expected_dropped = ["i1", "i2"]  # checked: dropped, the rest kept',
+}
+
 _CHECK = {
+    "features": """    assert len(items) == 5""",
     "candidates": """    assert len(items) == 5
     assert any("{type_name}" in item.sources for item in reply.items), "no answer came from the plugin\"""",
     "ranker": """    assert len(items) == 5
@@ -284,6 +322,7 @@ def _test_file(values: dict[str, str], kind: str) -> str:
         test_imports=_TEST_IMPORTS.get(kind, _TEST_IMPORTS_DEFAULT),
         setup=_SETUP.get(kind, ""),
         component_entry=entry,
+        contract_settings=_CONTRACT_SETTINGS.get(kind, "    config: dict = {}"),
         workspace_import="from endcap.workspace import Workspace\n" if kind == "filter" else "",
         **values,
     )

@@ -1,4 +1,5 @@
-"""endcap-promotions: drop out-of-stock products and boost promoted ones, from Feast."""
+"""endcap-promotions: drop out-of-stock products and boost promoted ones, from Feast; and give
+the learned ranker each product's promotion as a feature."""
 
 from __future__ import annotations
 
@@ -46,6 +47,23 @@ class PromotionsFilter(endcap.Filter):
         return self.promotion[ids] * np.float32(self.config.boost)
 
 
+class PromotionFeatures(endcap.FeatureProvider):
+    """``promotions.boost``: the product's promotion (0 when none), so the ranker learns how much
+    a promotion moves what shoppers buy. Point-in-time in training, from the online store when
+    serving: the same column in both."""
+
+    def product_references(self) -> tuple[str, ...]:
+        return (f"{VIEW}:promotion_boost",)
+
+    def names(self) -> tuple[str, ...]:
+        return ("promotions.boost",)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        return np.nan_to_num(products[ids], copy=True)
+
+
 @endcap.hookimpl
 def endcap_api_version() -> int:
     return 1
@@ -54,6 +72,7 @@ def endcap_api_version() -> int:
 @endcap.hookimpl
 def endcap_register_components(registry: Any) -> None:
     registry.add(PromotionsFilter, type_name="promotions")
+    registry.add(PromotionFeatures, type_name="promotion_features")
 
 
 @endcap.hookimpl
