@@ -257,7 +257,10 @@ _SETUP = {
 }
 
 _CONTRACT_SETTINGS = {
-    "filter": '    config: dict = {"item_ids": ["i1", "i2"]}\n    expected_dropped = ["i1", "i2"]  # checked: dropped, the rest kept',
+    "filter": (
+        '    config: dict = {"item_ids": ["i1", "i2"]}\n'
+        '    expected_dropped = ["i1", "i2"]  # checked: dropped, the rest kept'
+    ),
 }
 
 _CHECK = {
