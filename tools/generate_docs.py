@@ -41,10 +41,20 @@ deals = "endcap_deals"
   and where each value came from. Each component's settings are validated by its `Config`
   model; unknown keys are refused at start-up.
 * **Test it:** `endcap.testing` is a pytest plugin (installed with Endcap). Subclass
-  `CandidateGeneratorContract`, `RankerContract`, `FilterContract` or `MonitorContract`, set
-  `type_name` (and `config`), return your module from `make_plugin()`. Fixtures:
-  `endcap_training_data`, `endcap_workspace` (a real Feast store) and `endcap_server` (a live
-  server with your `endcap.yaml`).
+  `CandidateGeneratorContract`, `RankerContract`, `FilterContract`, `FeatureProviderContract`
+  or `MonitorContract`, set `type_name` (and `config`), return your module from
+  `make_plugin()`. The contracts check behaviour as well as shapes: a generator must propose
+  something for a user it was trained on (`proposes_for_known_users = False` opts out), a
+  filter drops exactly `expected_dropped` (item ids of the generated log, `i0` … `i39`), a
+  provider writes one finite block of its `names()`, what `fit` returns fits the model manifest,
+  and a fresh instance serves from what `fit` saved. Fixtures:
+  * `endcap_training_data`: the generated log (30 users, 40 products, `u0`…, `i0`…) as
+    components see it in `fit`, with synthetic ranking examples;
+  * `endcap_workspace`: a workspace directory with that log ingested and Endcap's features in a
+    real Feast store (SQLite online store), built with the built-in plugins;
+  * `endcap_server`: `endcap_server(config)` writes `config` as the workspace's `endcap.yaml`,
+    runs `endcap features` (your plugin's Feast views included), trains, serves on a free port and
+    returns `host:port`; its log is `serve-PORT.log` in the workspace, shown when it fails to start.
 * **Debug it:** `--trace-hooks` (or `ENDCAP_TRACE_HOOKS=1`) logs every hook call with its
   duration; each request's log line has per-stage timings and the components that were dropped.
 * **Safety:** a plugin that fails to import, implements an unknown hook, has a config error or was
