@@ -74,7 +74,7 @@ class DiscountFeature(endcap.FeatureProvider):
     def names(self) -> tuple[str, ...]:
         return ("deals.discount",)
 
-    def compute(self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray) -> np.ndarray:
+    def compute(self, query: Any, user: Any, ids: np.ndarray, products: np.ndarray) -> np.ndarray:
         return np.nan_to_num(products[ids], copy=True)
 
 
