@@ -97,6 +97,7 @@ def test_installed_scaffold_is_discovered_and_takes_part_in_live_answers(kind: s
     pip_install(root, site)
     listing = run_cli("plugins", "--all", workspace=tmp_path / "ws", env={"PYTHONPATH": str(site)}).stdout
     assert f"my_{kind} 0.1.0  (endcap_my_{kind})  [installed, not enabled" in listing
+    assert "    hooks: endcap_api_version, endcap_register_components" in listing
     result = run_pytest(root, pythonpath=site)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped" not in result.stdout and "test_served_by_a_live_endcap PASSED" in result.stdout

@@ -28,7 +28,20 @@ def cmd_plugins(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.all:
         for name, version, source in host.disabled_plugins():
             say(f"{name} {version or '-'}  ({source})  [installed, not enabled: add it to 'plugins' in endcap.yaml]")
+            say(f"    hooks: {declared_hooks(source)}")
     return 0
+
+
+def declared_hooks(source: str) -> str:
+    """The hooks the module at entry-point value ``source`` implements (imported, not registered)."""
+    from importlib.metadata import EntryPoint
+
+    try:
+        module = EntryPoint(name="", value=source, group="endcap").load()
+    except Exception as exc:  # a broken package is listed, not fatal
+        return f"- (does not import: {type(exc).__name__}: {exc})"
+    names = sorted(n for n in dir(module) if n.startswith("endcap_") and hasattr(getattr(module, n), "endcap_impl"))
+    return ", ".join(names) or "-"
 
 
 def add_commands(commands: CommandTable) -> None:
