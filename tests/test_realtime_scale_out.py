@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _burst(targets: list[str], backdated: bool = False) -> list[pb.Event]:
                     )
                     if backdated and thread % 2:  # older than the stored row: must not be dropped
                         event.timestamp.CopyFrom(Timestamp(seconds=978_307_200 + call))  # 2001
-                    stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=60)
+                    _record_retrying_while_loading(stub, event)
                     sent.append(event)
         except BaseException as exc:
             errors.append(exc)
@@ -61,6 +62,20 @@ def _burst(targets: list[str], backdated: bool = False) -> list[pb.Event]:
         thread.join()
     assert not errors, errors
     return sent
+
+
+def _record_retrying_while_loading(stub: pb_grpc.RecommendationServiceStub, event: pb.Event) -> None:
+    """A worker of a server that has just started may still be loading its model: it refuses with
+    UNAVAILABLE (nothing accepted) and a client retries, as storefront clients do."""
+    for _ in range(200):
+        try:
+            stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=60)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(0.1)
+    raise AssertionError(f"{event.event_id}: still UNAVAILABLE after 200 tries")
 
 
 def _logged_purchases(workspace: Path, user_id: str) -> list[str]:
