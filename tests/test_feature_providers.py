@@ -153,3 +153,46 @@ def test_a_model_whose_provider_is_gone_is_refused_with_its_name(shop: Workspace
     train(shop, host(True), validate=False)
     with pytest.raises(FailedPrecondition, match=r"feature providers \['deals'\].*features:"):
         load_serving_model(shop, host(False), OnlineFeatures(shop))
+
+
+def test_every_provider_column_is_the_same_offline_and_online(shop: Workspace, tmp_path: Path) -> None:
+    """Every shopper's last basket is on the same day, so the training examples' point-in-time
+    features as of that day and a server's online features on the log without that day describe
+    the same moment: each candidate's row must be identical, column for column."""
+    from endcap.data.training_data import build_training_data
+    from endcap.training.fit import train as fit_only
+    from endcap.training.ranking_examples import build_ranking_examples
+    from endcap.types import Query
+
+    log = load_interactions(shop)
+    dealt = host(True)
+    examples = build_ranking_examples(shop, dealt, dealt.config, build_training_data(log), log)
+
+    last_day = log["timestamp"].dt.floor("D").max()
+    history = log[log["timestamp"] < last_day]
+    history.to_csv(tmp_path / "history.csv", index=False)
+    online_shop = Workspace.resolve(tmp_path / "ws")
+    ingest(tmp_path / "history.csv", online_shop)
+    online_shop.features.mkdir(parents=True)
+    (online_shop.features / "deals.parquet").write_bytes((shop.features / "deals.parquet").read_bytes())
+    build_features(online_shop, load_interactions(online_shop), dealt)
+    fit_only(online_shop, dealt)
+    online = OnlineFeatures(online_shop)
+    model = load_serving_model(online_shop, dealt, online)
+    pipeline = Pipeline(model, online.user, dealt.config.serving, budgets=False)
+
+    ends = np.cumsum(examples.groups)
+    compared = 0
+    for user_id in ("shopper-000", "shopper-017", "shopper-042"):
+        row = examples.user_ids.index(user_id)
+        offline = examples.values[ends[row] - examples.groups[row] : ends[row]]
+        query = Query(user_id, model.user_index[user_id], 10)
+        served = pipeline.prepare(query, model.user_features(online.user(user_id)), errors={}).features
+        assert served.names == examples.names
+        np.testing.assert_allclose(_sorted_rows(served.values), _sorted_rows(offline), rtol=1e-5, atol=1e-6)
+        compared += len(offline)
+    assert compared > 0 and "deals.discount" in examples.names
+
+
+def _sorted_rows(values: np.ndarray) -> np.ndarray:
+    return values[np.lexsort(values.T[::-1])]
