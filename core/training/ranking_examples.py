@@ -22,8 +22,8 @@ import structlog
 from endcap.config import EndcapConfig, FeatureStoreConfig
 from endcap.data.baskets import add_basket_index
 from endcap.data.training_data import build_training_data
+from endcap.features.historical import HistoricalFeatures
 from endcap.features.repeat_purchases import label_share
-from endcap.features.store import HistoricalFeatures
 from endcap.features.tables import day_cutoffs, label_baskets
 from endcap.model_versions import Manifest, component_dir
 from endcap.plugin_host import Components, PluginHost

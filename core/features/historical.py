@@ -1,0 +1,54 @@
+"""Point-in-time reads from Feast's offline store (``get_historical_features``), for training
+examples: a user's row, or product features, as of a moment, never anything later."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from endcap.features.store import USER_FEATURES, existing_store
+from endcap.workspace import Workspace
+
+if TYPE_CHECKING:
+    from endcap.config import FeatureStoreConfig
+
+
+class HistoricalFeatures:
+    """Point-in-time reads from the offline store (``get_historical_features``), for training."""
+
+    def __init__(self, workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> None:
+        self.store = existing_store(workspace, feature_store)
+
+    def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
+        """For each (user, time) pair, the newest snapshot at or before that time, in input order;
+        feature values are ``None`` where no snapshot is old enough."""
+        entities = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": pd.to_datetime(list(as_of), utc=True)})
+        frame = self.store.get_historical_features(entity_df=entities, features=USER_FEATURES).to_df()
+        frame = entities.merge(frame, on=["user_id", "event_timestamp"], how="left")
+        names = [f.split(":", 1)[1] for f in USER_FEATURES]
+        values = frame[names].to_numpy(dtype=object)
+        values[pd.isna(values)] = None
+        return [dict(zip(names, row, strict=True)) for row in values]
+
+    def product_features(
+        self, references: Sequence[str], item_ids: Sequence[str], cutoffs: Sequence[pd.Timestamp]
+    ) -> dict[pd.Timestamp, pd.DataFrame]:
+        """Product-keyed features (``"view:feature"``) as of each cutoff, for ``item_ids`` in that
+        order, one column per feature named without the view (NaN when no value is old enough),
+        read in one point-in-time join."""
+        items = pd.Index(list(item_ids), dtype=object)
+        entities = pd.DataFrame(
+            {
+                "item_id": np.tile(items.to_numpy(), len(cutoffs)),
+                "event_timestamp": np.repeat(pd.DatetimeIndex(list(cutoffs)), len(items)),
+            }
+        )
+        frame = self.store.get_historical_features(entity_df=entities, features=list(references)).to_df()
+        frame = entities.merge(frame, on=["item_id", "event_timestamp"], how="left")
+        values = frame[[reference.split(":", 1)[1] for reference in references]]
+        return {
+            cutoff: values.iloc[i * len(items) : (i + 1) * len(items)].reset_index(drop=True)
+            for i, cutoff in enumerate(cutoffs)
+        }
