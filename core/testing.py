@@ -122,7 +122,8 @@ def endcap_workspace(tmp_path: Path) -> Path:
     purchase_log().to_csv(log_path, index=False)
     workspace = Workspace.resolve(tmp_path / "workspace")
     ingest(log_path, workspace)
-    build_features(workspace, load_interactions(workspace), PluginHost(EndcapConfig()))
+    config = EndcapConfig()
+    build_features(workspace, load_interactions(workspace), PluginHost(config), feature_store=config.feature_store)
     return workspace.root
 
 

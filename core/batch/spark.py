@@ -68,7 +68,7 @@ def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str
 
         workspace = Workspace(Path(workspace_root))
         config = load_config(workspace.root)
-        online = OnlineFeatures(workspace)
+        online = OnlineFeatures(workspace, config.feature_store)
         with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
             registry = ModelRegistry(unpack_version(files(), version, Path(local)))
             model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)

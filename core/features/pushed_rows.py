@@ -16,12 +16,15 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import structlog
 from endcap.data.events import EventLog
 from endcap.workspace import Workspace
+
+if TYPE_CHECKING:
+    from endcap.config import FeatureStoreConfig
 
 log = structlog.get_logger("endcap.pushed_rows")
 
@@ -39,17 +42,18 @@ def pending_purchasers(workspace: Workspace) -> set[str]:
 
 
 @contextmanager
-def keeping_pushed_rows(workspace: Workspace) -> Iterator[None]:
-    """Run the body (a materialization) without losing pushed rows (see the module docstring)."""
+def keeping_pushed_rows(workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> Iterator[None]:
+    """Run the body (a materialization) without losing pushed rows (see the module docstring);
+    ``feature_store`` is the workspace's store (see :func:`endcap.features.store.feature_store_settings`)."""
     from endcap.features.store import open_store
 
     users = pending_purchasers(workspace) if workspace.events_log.exists() else set()
-    if not users or not Path(open_store(workspace).config.registry.path).exists():
+    if not users or not Path(open_store(workspace, feature_store).config.registry.path).exists():
         yield
         return
     from endcap.features.store import OnlineFeatures
 
-    online = OnlineFeatures(workspace)
+    online = OnlineFeatures(workspace, feature_store)
     with online.row_lock().hold(lease_seconds=LEASE_SECONDS):
         saved = {user_id: online.user_row(user_id) for user_id in sorted(users)}
         try:

@@ -214,7 +214,9 @@ def build_features(
         definitions.PRODUCT_STATS: log["item_id"].unique(),
     }
     cutoffs = _after_previous_run(workspace, feature_cutoffs(log))
-    with keeping_pushed_rows(workspace):  # real-time purchases not yet in the log stay in the online rows
+    with keeping_pushed_rows(
+        workspace, feature_store
+    ):  # real-time purchases not yet in the log stay in the online rows
         snapshots = iter_snapshots(log, cutoffs=cutoffs)
         return write_and_materialize(workspace, snapshots, extra, full, expected, feature_store)
 
