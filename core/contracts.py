@@ -236,6 +236,28 @@ class FilterContract(ComponentContract):
 class FeatureProviderContract(ComponentContract):
     kind = "features"
 
+    def write_feature_data(self, features_dir: Path, log: pd.DataFrame) -> None:
+        """Write your plugin's Feast data files under ``features_dir`` for ``log`` (a generated log,
+        users ``u0``…, products ``i0``…, every shopper on the same six days from 2025-06-02) before
+        its features are built; by default nothing is written."""
+
+    def test_same_columns_offline_and_online(self, tmp_path: Path) -> None:
+        """Your plugin's hooks build a real workspace (its Feast views applied); each shopper's
+        rows in the point-in-time training examples must equal a server's rows at that moment."""
+        from endcap.feature_parity import parity_config, parity_rows
+
+        config = parity_config({"under_test": {"type": self.type_name, **self.config}})
+        plugin = self.make_plugin()
+        built_in = getattr(plugin, "__name__", "").startswith("endcap.plugins.")  # loaded with the defaults
+        host = PluginHost(config, extra_plugins={} if built_in else {"under_test": plugin})
+        for rows in parity_rows(host, tmp_path, ["u0", "u7", "u13"], write_data=self.write_feature_data):
+            assert rows.online.shape == rows.offline.shape, f"{rows.user_id}: other candidates online"
+            differ = ~np.isclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6).all(axis=0)
+            assert not differ.any(), (
+                f"{rows.user_id}: columns {[n for n, d in zip(rows.names, differ, strict=True) if d]} differ "
+                "between training examples and serving"
+            )
+
     def _products(self, provider: Any, data: TrainingData, fill: float | None) -> np.ndarray:
         width = len(provider.product_references())
         rng = np.random.default_rng(2)

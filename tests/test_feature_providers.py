@@ -16,6 +16,7 @@ import pytest
 from endcap.config import EndcapConfig
 from endcap.data.ingest import ingest, load_interactions
 from endcap.errors import FailedPrecondition
+from endcap.feature_parity import parity_rows
 from endcap.features.store import OnlineFeatures, build_features
 from endcap.model_versions import ModelRegistry
 from endcap.plugin_host import PluginHost
@@ -111,14 +112,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     workspace = Workspace.resolve(root / "ws")
     ingest(root / "log.csv", workspace)
     workspace.features.mkdir(parents=True, exist_ok=True)
-    day = timedelta(days=1)
-    starts, ends = START + 7.5 * day, START + 8.5 * day
-    pd.DataFrame(
-        [(item, 0.3, starts) for item in FIRST_OFFER]
-        + [(item, 0.0, ends) for item in FIRST_OFFER]
-        + [(item, 0.3, ends) for item in SECOND_OFFER],
-        columns=["item_id", "discount", "event_timestamp"],
-    ).astype({"discount": "float32"}).to_parquet(workspace.features / "deals.parquet")
+    write_deals(workspace.features, load_interactions(workspace))
     build_features(
         workspace, load_interactions(workspace), PluginHost(config(True), extra_plugins={"deals": DealsPlugin()})
     )
@@ -155,44 +149,27 @@ def test_a_model_whose_provider_is_gone_is_refused_with_its_name(shop: Workspace
         load_serving_model(shop, host(False), OnlineFeatures(shop))
 
 
-def test_every_provider_column_is_the_same_offline_and_online(shop: Workspace, tmp_path: Path) -> None:
+def write_deals(features_dir: Path, log: pd.DataFrame) -> None:
+    """The shop's promotions: the first offer from the middle of day 7 to the middle of day 8,
+    the second from then on."""
+    day = timedelta(days=1)
+    starts, ends = START + 7.5 * day, START + 8.5 * day
+    pd.DataFrame(
+        [(item, 0.3, starts) for item in FIRST_OFFER]
+        + [(item, 0.0, ends) for item in FIRST_OFFER]
+        + [(item, 0.3, ends) for item in SECOND_OFFER],
+        columns=["item_id", "discount", "event_timestamp"],
+    ).astype({"discount": "float32"}).to_parquet(features_dir / "deals.parquet")
+
+
+def test_every_provider_column_is_the_same_offline_and_online(tmp_path: Path) -> None:
     """Every shopper's last basket is on the same day, so the training examples' point-in-time
     features as of that day and a server's online features on the log without that day describe
     the same moment: each candidate's row must be identical, column for column."""
-    from endcap.data.training_data import build_training_data
-    from endcap.training.fit import train as fit_only
-    from endcap.training.ranking_examples import build_ranking_examples
-    from endcap.types import Query
-
-    log = load_interactions(shop)
-    dealt = host(True)
-    examples = build_ranking_examples(shop, dealt, dealt.config, build_training_data(log), log)
-
-    last_day = log["timestamp"].dt.floor("D").max()
-    history = log[log["timestamp"] < last_day]
-    history.to_csv(tmp_path / "history.csv", index=False)
-    online_shop = Workspace.resolve(tmp_path / "ws")
-    ingest(tmp_path / "history.csv", online_shop)
-    online_shop.features.mkdir(parents=True)
-    (online_shop.features / "deals.parquet").write_bytes((shop.features / "deals.parquet").read_bytes())
-    build_features(online_shop, load_interactions(online_shop), dealt)
-    fit_only(online_shop, dealt)
-    online = OnlineFeatures(online_shop)
-    model = load_serving_model(online_shop, dealt, online)
-    pipeline = Pipeline(model, online.user, dealt.config.serving, budgets=False)
-
-    ends = np.cumsum(examples.groups)
-    compared = 0
-    for user_id in ("shopper-000", "shopper-017", "shopper-042"):
-        row = examples.user_ids.index(user_id)
-        offline = examples.values[ends[row] - examples.groups[row] : ends[row]]
-        query = Query(user_id, model.user_index[user_id], 10)
-        served = pipeline.prepare(query, model.user_features(online.user(user_id)), errors={}).features
-        assert served.names == examples.names
-        np.testing.assert_allclose(_sorted_rows(served.values), _sorted_rows(offline), rtol=1e-5, atol=1e-6)
-        compared += len(offline)
-    assert compared > 0 and "deals.discount" in examples.names
-
-
-def _sorted_rows(values: np.ndarray) -> np.ndarray:
-    return values[np.lexsort(values.T[::-1])]
+    shoppers = ["shopper-000", "shopper-017", "shopper-042"]
+    compared = parity_rows(host(True), tmp_path, shoppers, log=promotion_log(), write_data=write_deals)
+    for rows in compared:
+        assert rows.names[-1] == "deals.discount" and len(rows.offline) > 0
+        np.testing.assert_allclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6)
+    discounts = np.concatenate([rows.offline[:, -1] for rows in compared])
+    assert (discounts > 0).any(), "the second offer is on at that moment"

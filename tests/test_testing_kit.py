@@ -284,3 +284,34 @@ def test_the_contract_catches_a_provider_that_passes_missing_values_on(
     Contract().test_names_are_unique_and_prefixed(endcap_training_data, tmp_path)
     with pytest.raises(AssertionError, match="must be finite"):
         Contract().test_one_finite_block_per_request(endcap_training_data, tmp_path)
+
+
+class ServingOnlyFeatures(endcap.FeatureProvider):
+    """Reads the workspace's log in ``load``: there when serving, absent while training examples
+    are built, so its column means something else offline than online."""
+
+    def load(self, context: endcap.ModelContext) -> None:
+        self.bought = np.zeros(context.catalog.n_items, dtype=np.float32)
+        if context.workspace is not None:
+            self.bought[:] = 1.0
+
+    def names(self) -> tuple[str, ...]:
+        return ("serving_only.flag",)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        return self.bought[ids][:, None]
+
+
+def test_the_contract_catches_a_column_that_differs_between_training_and_serving(tmp_path: Path) -> None:
+    class Contract(FeatureProviderContract):
+        type_name = "serving_only"
+
+        def make_plugin(self) -> object:
+            return _SingleComponentPlugin(ServingOnlyFeatures, "serving_only")
+
+    with pytest.raises(
+        AssertionError, match=r"columns \['serving_only.flag'\] differ between training examples and serving"
+    ):
+        Contract().test_same_columns_offline_and_online(tmp_path)
