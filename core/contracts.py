@@ -10,11 +10,11 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads: implicit runs its own threads
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import endcap
 import numpy as np
@@ -35,6 +35,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+if TYPE_CHECKING:
+    from endcap.serving.model import ProductReader
+
 # -- data -------------------------------------------------------------------------------------
 
 
@@ -53,10 +56,38 @@ class ComponentContract:
         """Return the plugin (usually your module) exactly as the entry point loads it."""
         raise NotImplementedError("return your plugin module from make_plugin()")
 
+    def write_feature_data(self, features_dir: Path, log: pd.DataFrame) -> None:
+        """Override to write your plugin's Feast data files under ``features_dir`` for ``log`` (the
+        generated log a check uses: users ``u0``…, products ``i0``…). The checks then build a real
+        workspace with your plugin's hooks and hand your component its product features
+        (``ModelContext.product_features``) from that store. By default nothing is written and
+        components load with ``product_features=None``."""
+
+    def _product_features(self, data: TrainingData, directory: Path) -> ProductReader | None:
+        if type(self).write_feature_data is ComponentContract.write_feature_data:
+            return None
+        from endcap.feature_parity import feature_workspace
+        from endcap.features.store import OnlineFeatures
+        from endcap.testing import purchase_log
+
+        config = EndcapConfig()
+        host = PluginHost(config, extra_plugins={"under_test": self.make_plugin()})
+        root = directory.parent / f"{directory.name}-feature-store"
+        workspace = feature_workspace(root, purchase_log(), host, self.write_feature_data, purchase_log())
+        online = OnlineFeatures(workspace, config.feature_store)
+        item_ids = list(data.catalog.item_ids)
+
+        def read(references: Sequence[str]) -> pd.DataFrame:
+            frame: pd.DataFrame = online.product_features(references, item_ids)
+            return frame
+
+        return read
+
     def build(self, data: TrainingData, directory: Path) -> Any:
         """Register the plugin in a fresh host, build the component from ``config`` and fit it, then
-        load what it saved into a fresh instance, as serving does. What ``fit`` returns must be a
-        mapping that JSON can write (it goes into the model manifest)."""
+        load what it saved into a fresh instance, as serving does (with your Feast data when
+        :meth:`write_feature_data` writes some). What ``fit`` returns must be a mapping that JSON
+        can write (it goes into the model manifest)."""
         host = PluginHost(EndcapConfig(plugins=()), extra_plugins={"under_test": self.make_plugin()})
         registered = host.registry.get(self.kind, self.type_name)
         assert registered is not None, (
@@ -71,7 +102,7 @@ class ComponentContract:
         except (TypeError, ValueError) as exc:
             raise AssertionError(f"fit() returned parameters the model manifest cannot record: {exc}") from None
         component = registered.cls("under_test", config)
-        component.load(ModelContext(data.catalog, data.user_items, directory))
+        component.load(ModelContext(data.catalog, data.user_items, directory, self._product_features(data, directory)))
         return component
 
     def timed(self, call: Callable[[], Any]) -> Any:
@@ -235,11 +266,6 @@ class FilterContract(ComponentContract):
 
 class FeatureProviderContract(ComponentContract):
     kind = "features"
-
-    def write_feature_data(self, features_dir: Path, log: pd.DataFrame) -> None:
-        """Write your plugin's Feast data files under ``features_dir`` for ``log`` (a generated log,
-        users ``u0``…, products ``i0``…, every shopper on the same six days from 2025-06-02) before
-        its features are built; by default nothing is written."""
 
     def test_same_columns_offline_and_online(self, tmp_path: Path) -> None:
         """Your plugin's hooks build a real workspace (its Feast views applied); each shopper's

@@ -72,9 +72,11 @@ def parity_config(features: Mapping[str, Any]) -> EndcapConfig:
     )
 
 
-def _workspace(
+def feature_workspace(
     root: Path, log: pd.DataFrame, host: PluginHost, write_data: DataWriter | None, whole_log: pd.DataFrame
 ) -> Workspace:
+    """A workspace under ``root`` with ``log`` ingested and features built by ``host``'s plugins,
+    after ``write_data`` wrote their data files for ``whole_log``."""
     from endcap.data.ingest import ingest, load_interactions
     from endcap.features.store import build_features
 
@@ -112,13 +114,13 @@ def parity_rows(
     from endcap.types import Query
 
     log = same_day_log() if log is None else log
-    full = _workspace(root / "full", log, host, write_data, log)
+    full = feature_workspace(root / "full", log, host, write_data, log)
     lines = load_interactions(full)
     examples = build_ranking_examples(full, host, host.config, build_training_data(lines), lines)
 
     last_day = pd.DatetimeIndex(pd.to_datetime(log["timestamp"], utc=True)).floor("D").max()
     history = log[pd.to_datetime(log["timestamp"], utc=True) < last_day]
-    served = _workspace(root / "history", history, host, write_data, log)
+    served = feature_workspace(root / "history", history, host, write_data, log)
     train(served, host)
     online = OnlineFeatures(served, host.config.feature_store)
     model = load_serving_model(served, host, online)

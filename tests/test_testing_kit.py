@@ -315,3 +315,60 @@ def test_the_contract_catches_a_column_that_differs_between_training_and_serving
         AssertionError, match=r"columns \['serving_only.flag'\] differ between training examples and serving"
     ):
         Contract().test_same_columns_offline_and_online(tmp_path)
+
+
+class OfferSource(endcap.CandidateGenerator):
+    """Proposes the products on offer, read from the plugin's own Feast view when it loads."""
+
+    def load(self, context: endcap.ModelContext) -> None:
+        self.ids = np.empty(0, dtype=np.int32)
+        if context.product_features is not None:
+            discount = context.product_features(["offers:discount"])["discount"].to_numpy(np.float32, na_value=0.0)
+            self.ids = np.flatnonzero(discount > 0).astype(np.int32)
+
+    def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
+        return endcap.Candidates(self.ids[:n], np.ones(self.ids[:n].size, dtype=np.float32))
+
+
+class OffersPlugin:
+    @endcap.hookimpl
+    def endcap_register_components(self, registry: Any) -> None:
+        registry.add(OfferSource, type_name="offers")
+
+    @endcap.hookimpl
+    def endcap_feast_objects(self, features_dir: Path) -> list[Any]:
+        from datetime import timedelta
+
+        from endcap.feature_repo.definitions import product
+        from feast import FeatureView, Field, FileSource
+        from feast.types import Float32
+
+        source = FileSource(name="offers_source", path=str(features_dir / "offers.parquet"), timestamp_field="ts")
+        schema = [Field(name="discount", dtype=Float32)]
+        return [FeatureView(name="offers", entities=[product], ttl=timedelta(days=3650), schema=schema, source=source)]
+
+
+class OffersContract(CandidateGeneratorContract):
+    type_name = "offers"
+
+    def make_plugin(self) -> object:
+        return OffersPlugin()
+
+    def write_feature_data(self, features_dir: Path, log: Any) -> None:
+        import pandas as pd
+
+        when = pd.Timestamp(log["timestamp"].min()).tz_convert("UTC") + pd.Timedelta(hours=1)
+        frame = pd.DataFrame({"item_id": ["i3", "i5"], "discount": [0.5, 0.2], "ts": [when, when]})
+        frame.astype({"discount": "float32"}).to_parquet(features_dir / "offers.parquet")
+
+
+def test_a_generator_fed_by_its_own_feast_data_is_checked_with_that_data(
+    endcap_training_data: endcap.TrainingData, tmp_path: Path
+) -> None:
+    OffersContract().test_known_user(endcap_training_data, tmp_path / "with")
+
+    class WithoutData(OffersContract):
+        write_feature_data = CandidateGeneratorContract.write_feature_data
+
+    with pytest.raises(AssertionError, match="proposed nothing"):
+        WithoutData().test_known_user(endcap_training_data, tmp_path / "without")
