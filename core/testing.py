@@ -45,6 +45,7 @@ from endcap.plugin_host import PluginHost
 from endcap.types import (
     TrainingData,
 )
+from endcap.workspace import Workspace
 
 # -- data -------------------------------------------------------------------------------------
 
@@ -116,7 +117,6 @@ def endcap_workspace(tmp_path: Path) -> Path:
     """A workspace with a small generated log ingested and its features materialized in Feast."""
     from endcap.data.ingest import ingest, load_interactions
     from endcap.features.store import build_features
-    from endcap.workspace import Workspace
 
     log_path = tmp_path / "log.csv"
     purchase_log().to_csv(log_path, index=False)
@@ -139,11 +139,8 @@ def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]],
 
     def start(config: dict[str, Any]) -> str:
         (endcap_workspace / "endcap.yaml").write_text(yaml.safe_dump(config))
+        prepare_model(Workspace(endcap_workspace))
         workspace = ["--workspace", str(endcap_workspace)]
-        for step in (["features"], ["train", "--no-promote", "--no-validate"], ["promote", "--force"]):
-            done = subprocess.run([executable, *step, *workspace], capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                raise AssertionError(f"endcap {step[0]} failed:\n{done.stderr}")
         port = free_port()
         log = endcap_workspace / f"serve-{port}.log"
         with log.open("wb") as sink:
@@ -161,6 +158,24 @@ def endcap_server(endcap_workspace: Path) -> Iterator[Callable[[dict[str, Any]],
     for process in processes:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def prepare_model(workspace: Workspace) -> None:
+    """What ``endcap features``, ``endcap train --no-validate --no-promote`` and ``endcap promote
+    --force`` do with the workspace's ``endcap.yaml``, in this process (the plugin under test is
+    importable here as in the server)."""
+    from endcap.config import load_config
+    from endcap.data.ingest import load_interactions
+    from endcap.features.store import build_features
+    from endcap.model_versions import ModelRegistry
+    from endcap.release.promotion import promote
+    from endcap.release.validated_training import train
+
+    config = load_config(workspace.root)
+    host = PluginHost(config)
+    build_features(workspace, load_interactions(workspace), host, feature_store=config.feature_store)
+    manifest = train(workspace, host, promote=False, validate=False)
+    promote(ModelRegistry(workspace.models), manifest.version, force=True)
 
 
 def wait_until_serving(target: str, process: subprocess.Popen[Any], timeout: float = 120.0) -> None:
