@@ -178,7 +178,7 @@ def discounted_rows(version: Path) -> int:
 
 def test_a_plugin_with_its_own_data_takes_part_in_training_evaluation_and_serving(tmp_path: Path) -> None:
     env = install_plugin(tmp_path)
-    log = promotion_log()
+    log = promotion_log(users=40)
     log.to_csv(tmp_path / "log.csv", index=False)
     workspace = tmp_path / "ws"
     run_cli("ingest", str(tmp_path / "log.csv"), workspace=workspace)

@@ -57,27 +57,12 @@ def run_pytest(directory: Path, pythonpath: Path) -> subprocess.CompletedProcess
     )
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_scaffolded_plugins_pass_their_own_tests(kind: str, tmp_path: Path) -> None:
-    root = scaffold(f"my_{kind}", kind, tmp_path)
-    assert (root / "pyproject.toml").read_text().count(f'my_{kind} = "endcap_my_{kind}"') == 1
+def test_a_scaffolded_plugin_passes_its_own_tests_before_it_is_installed(tmp_path: Path) -> None:
+    root = scaffold("my_source", "candidates", tmp_path)
+    assert (root / "pyproject.toml").read_text().count('my_source = "endcap_my_source"') == 1
     result = run_pytest(root, pythonpath=root)  # importable, not installed: the live-server test waits
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "passed" in result.stdout and "1 skipped" in result.stdout
-
-
-def test_one_scaffolded_package_holds_several_kinds(tmp_path: Path) -> None:
-    root = scaffold("deals", "candidates,filter,monitor", tmp_path)
-    assert sorted(p.name for p in (root / "tests").glob("test_*.py")) == [
-        "test_deals_candidates.py",
-        "test_deals_filter.py",
-        "test_deals_monitor.py",
-    ]
-    result = run_pytest(root, pythonpath=root)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for contract in ("TestDealsCandidates", "TestDealsFilter", "TestDealsMonitor"):
-        assert f"{contract}::test_hooks_are_valid_and_the_type_is_registered PASSED" in result.stdout
-    assert "3 skipped" in result.stdout  # the live-server tests wait for an install
+    assert "TestMySourceCandidates::test_known_user PASSED" in result.stdout and "1 skipped" in result.stdout
     with pytest.raises(endcap.errors.InvalidArgument, match="comma-separated, each once"):
         scaffold("twice", "filter,filter", tmp_path)
 
@@ -90,17 +75,25 @@ def test_scaffold_refuses_bad_names_and_existing_directories(tmp_path: Path) -> 
         scaffold("fine", "filter", tmp_path)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_installed_scaffold_is_discovered_and_takes_part_in_live_answers(kind: str, tmp_path: Path) -> None:
-    root = scaffold(f"my_{kind}", kind, tmp_path / "src")
+def test_an_installed_package_of_every_kind_is_discovered_and_each_takes_part_in_live_answers(
+    tmp_path: Path,
+) -> None:
+    root = scaffold("shop", ",".join(KINDS), tmp_path / "src")
+    assert sorted(p.name for p in (root / "tests").glob("test_*.py")) == sorted(f"test_shop_{k}.py" for k in KINDS)
     site = tmp_path / "site"
     pip_install(root, site)
     listing = run_cli("plugins", "--all", workspace=tmp_path / "ws", env={"PYTHONPATH": str(site)}).stdout
-    assert f"my_{kind} 0.1.0  (endcap_my_{kind})  [installed, not enabled" in listing
+    assert "shop 0.1.0  (endcap_shop)  [installed, not enabled" in listing
     assert "    hooks: endcap_api_version, endcap_register_components" in listing
     result = run_pytest(root, pythonpath=site)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "skipped" not in result.stdout and "test_served_by_a_live_endcap PASSED" in result.stdout
+    assert "skipped" not in result.stdout
+    for kind in KINDS:  # each kind's contract, then its component inside a live server
+        contract = f"TestShop{kind.capitalize()}"
+        assert (
+            f"test_shop_{kind}.py::{contract}::test_hooks_are_valid_and_the_type_is_registered PASSED" in result.stdout
+        )
+        assert f"test_shop_{kind}.py::test_served_by_a_live_endcap PASSED" in result.stdout
 
 
 def test_incompatible_hook_api_version_is_refused() -> None:

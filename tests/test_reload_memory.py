@@ -85,7 +85,7 @@ def test_promoting_two_versions_back_and_forth_keeps_memory_flat(tmp_path: Path)
                 version = versions[reload % 2]  # the server starts on versions[1]
                 registry.set_current(version)
                 wait_for_version(stub, version)
-                time.sleep(1.0)  # the previous model's last requests finish; a poll or two goes by
+                time.sleep(0.5)  # the previous model's last requests finish; two polls go by
                 resident.append(resident_bytes(server.process.pid))
     finally:
         stop.set()
