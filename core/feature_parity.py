@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,10 @@ class ParityRows:
 
 def same_day_log(users: int = 24, items: int = 30, days: int = 6, seed: int = 5) -> pd.DataFrame:
     """A generic log (``user_id,item_id,timestamp``) in which every shopper shops on the same
-    afternoons, with staples and power-law popular products."""
-    rng = np.random.default_rng(seed)
-    popularity = 1.0 / np.arange(1, items + 1) ** 1.1
-    popularity /= popularity.sum()
-    start = pd.Timestamp("2025-06-02", tz="UTC")
-    rows = []
-    for user in range(users):
-        staples = rng.choice(items, size=3, replace=False)
-        for day in range(days):
-            when = start + timedelta(days=day, hours=13 + user % 6)
-            chosen = set(rng.choice(items, size=3, replace=False, p=popularity).tolist())
-            chosen |= {int(s) for s in staples if rng.random() < 0.8}
-            rows += [(f"u{user}", f"i{item}", when.isoformat()) for item in sorted(chosen)]
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    afternoons (see :func:`endcap.testing.purchase_log`)."""
+    from endcap.testing import purchase_log
+
+    return purchase_log(users, items, baskets=days, seed=seed, same_days=True)
 
 
 def parity_config(features: Mapping[str, Any]) -> EndcapConfig:

@@ -50,9 +50,12 @@ from endcap.workspace import Workspace
 # -- data -------------------------------------------------------------------------------------
 
 
-def purchase_log(users: int = 30, items: int = 40, baskets: int = 5, seed: int = 0) -> pd.DataFrame:
+def purchase_log(
+    users: int = 30, items: int = 40, baskets: int = 5, seed: int = 0, same_days: bool = False
+) -> pd.DataFrame:
     """A generic-format log (``user_id,item_id,timestamp``) with power-law popularity and
-    per-user staples, the shape of a grocery log."""
+    per-user staples, the shape of a grocery log. Shoppers shop weekly on days of their own, or
+    with ``same_days`` all on the same consecutive days (in the afternoon)."""
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, items + 1) ** 1.1
     popularity /= popularity.sum()
@@ -61,7 +64,10 @@ def purchase_log(users: int = 30, items: int = 40, baskets: int = 5, seed: int =
     for user in range(users):
         staples = rng.choice(items, size=3, replace=False)
         for basket in range(baskets):
-            when = start + pd.Timedelta(days=7 * basket + user % 5, hours=user % 12)
+            if same_days:
+                when = start + pd.Timedelta(days=basket, hours=13 + user % 6)
+            else:
+                when = start + pd.Timedelta(days=7 * basket + user % 5, hours=user % 12)
             chosen = set(rng.choice(items, size=4, replace=False, p=popularity).tolist())
             chosen |= {int(s) for s in staples if rng.random() < 0.8}
             rows += [(f"u{user}", f"i{item}", when.isoformat()) for item in sorted(chosen)]
@@ -71,7 +77,7 @@ def purchase_log(users: int = 30, items: int = 40, baskets: int = 5, seed: int =
 FEATURE_NAMES = ("source.popularity", "product.purchases", "user_product.times_bought")
 
 
-def training_data(**shape: int) -> TrainingData:
+def training_data(**shape: Any) -> TrainingData:
     """:func:`purchase_log` validated and indexed exactly as ``endcap train`` does, with synthetic
     ranking examples (label = the first feature is high) for rankers that learn."""
     from dataclasses import replace
