@@ -69,6 +69,17 @@ def test_evaluation_reports_baselines_ablations_and_the_pipeline(results) -> Non
         assert 0.0 <= m["recall@10"] <= m["recall@20"] <= 1.0
         assert m["recall_repeat@10"] + m["recall_explore@10"] == pytest.approx(m["recall@10"])
         assert len(system.curve) == 20 and system.curve == sorted(system.curve)
+        for key, interval in system.intervals.items():
+            assert interval.low <= interval.mean <= interval.high and interval.mean == pytest.approx(m[key])
+    assert set(test.systems["pipeline"].intervals) == {"recall@10", "ndcg@10", "recall@20", "ndcg@20"}
+    assert test.versus is not None and test.versus.reference not in ("pipeline", "merged candidates")
+    reference = test.systems[test.versus.reference].metrics["ndcg@10"]
+    assert reference == max(
+        m.metrics["ndcg@10"] for s, m in test.systems.items() if s not in ("pipeline", "merged candidates")
+    )
+    assert test.versus.differences["ndcg@10"].mean == pytest.approx(
+        test.systems["pipeline"].metrics["ndcg@10"] - reference
+    )
     assert test.systems["P-TopFreq"].metrics["recall@10"] > test.systems["G-TopFreq"].metrics["recall@10"]
     assert test.systems["pipeline"].metrics["recall@10"] > test.systems["G-TopFreq"].metrics["recall@10"]
     assert test.candidate_recall["all sources"] >= max(
@@ -81,9 +92,14 @@ def test_report_files(results, tmp_path: Path) -> None:  # type: ignore[no-untyp
     paths = write_report(targets, tmp_path / "report", "log.csv")
     text = paths["markdown"].read_text()
     assert "## Test basket — 40 users" in text and "| P-TopFreq |" in text and "Candidate recall" in text
+    assert "95 % confidence intervals (bootstrap over the 40 users" in text
+    assert f"the best single system, {targets[1].versus.reference} (by NDCG@10)" in text
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(paths["json"].read_text())
     assert data["targets"][1]["systems"]["pipeline"]["metrics"]["users"] == 40
+    interval = data["targets"][1]["systems"]["pipeline"]["intervals"]["ndcg@10"]
+    assert interval["low"] <= interval["mean"] <= interval["high"]
+    assert data["targets"][1]["versus"]["better"] == targets[1].versus.better
 
 
 def test_evaluation_workspaces_never_see_their_target(results) -> None:  # type: ignore[no-untyped-def]

@@ -12,9 +12,10 @@ from conftest import prepared_workspace, run_cli
 from endcap.config import EndcapConfig
 from endcap.data.events import EventLog
 from endcap.data.ingest import load_interactions
+from endcap.evaluation.intervals import paired_interval
 from endcap.model_versions import Manifest, ModelRegistry
 from endcap.plugin_host import PluginHost
-from endcap.release.promotion import GateRefused, paired_bootstrap, promote
+from endcap.release.promotion import GateRefused, promote
 from endcap.release.retrain import retrain
 from endcap.release.validation_record import HoldoutScores, save_holdout_scores
 from endcap.types import Event
@@ -115,11 +116,11 @@ def test_gate_rescores_the_current_configuration_on_another_holdout(tmp_path: Pa
 def test_paired_bootstrap_is_seeded_and_brackets_the_mean() -> None:
     rng = np.random.default_rng(3)
     candidate, reference = rng.random(200), rng.random(200)
-    first = paired_bootstrap(candidate, reference)
-    assert first == paired_bootstrap(candidate, reference)
-    mean, low, high = first
+    first = paired_interval(candidate, reference)
+    assert first == paired_interval(candidate, reference)
+    mean, low, high = first.mean, first.low, first.high
     assert low < mean < high and mean == pytest.approx(float(np.mean(candidate - reference)))
-    assert paired_bootstrap(candidate + 0.5, candidate)[1] == pytest.approx(0.5)
+    assert paired_interval(candidate + 0.5, candidate).low == pytest.approx(0.5)
 
 
 def test_cli_promote_and_models(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ from endcap.evaluation.holdout import (
     split_for,
     temporal_split,
 )
-from endcap.evaluation.metrics import pad_rankings, per_user_ndcg, ranking_metrics, recall_curve
+from endcap.evaluation.intervals import Interval, bootstrap_interval, paired_interval
+from endcap.evaluation.metrics import pad_rankings, per_user_metrics, ranking_metrics, recall_curve
 from endcap.plugin_host import PluginHost
 from endcap.types import Query, TrainingData
 from endcap.workspace import Workspace
@@ -57,10 +58,27 @@ GATE_K = 10
 __all__ = ["TargetSplit", "evaluate", "evaluate_target", "holdout_validation", "split_for", "temporal_split"]
 
 
+COMBINED = ("pipeline", "merged candidates")
+"""The rows that combine sources; every other row is a single system (a source alone, a baseline)."""
+
+
 @dataclass
 class SystemResult:
     metrics: dict[str, float]
     curve: list[float]
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    """95 % bootstrap intervals over users of ``recall@k`` and ``ndcg@k``."""
+
+
+@dataclass(frozen=True)
+class Versus:
+    """The pipeline against the best single system (by NDCG@10) on the same users, paired."""
+
+    reference: str
+    differences: dict[str, Interval]
+    """Mean per-user difference, pipeline − reference, and its paired bootstrap interval, by metric."""
+    better: bool
+    """Whether the whole 95 % interval of the NDCG@10 difference lies above zero."""
 
 
 @dataclass
@@ -84,6 +102,8 @@ class TargetResult:
     """The evaluated users, in the order of :attr:`per_user`."""
     per_user: dict[str, list[float]] = field(default_factory=dict, repr=False)
     """NDCG@10 of each evaluated user, by system (not written to the JSON report)."""
+    versus: Versus | None = None
+    """The pipeline against the best single system, when both were scored."""
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -216,12 +236,17 @@ def score_systems(
 ) -> None:
     """Fill ``result``'s metrics, recall curves, per-user NDCG and candidate recall."""
     truth, history = matrices.truth, matrices.history
+    per_user: dict[str, dict[str, np.ndarray]] = {}
     for system, rows in systems.items():
         recommended = pad_rankings(rows, MAX_K)
+        per_user[system] = per_user_metrics(recommended, truth, KS)
         result.systems[system] = SystemResult(
-            ranking_metrics(recommended, truth, history, KS), recall_curve(recommended, truth, MAX_K)
+            ranking_metrics(recommended, truth, history, KS),
+            recall_curve(recommended, truth, MAX_K),
+            {key: bootstrap_interval(values) for key, values in per_user[system].items()},
         )
-        result.per_user[system] = per_user_ndcg(recommended, truth, GATE_K).tolist()
+        result.per_user[system] = per_user[system][f"ndcg@{GATE_K}"].tolist()
+    result.versus = versus_best_single(per_user)
     sizes = truth.getnnz(axis=1)
     for name, rows in rankings.candidates.items():
         width_needed = max((r.size for r in rows), default=1)
@@ -231,6 +256,17 @@ def score_systems(
             if sizes.sum()
             else 0.0
         )
+
+
+def versus_best_single(per_user: dict[str, dict[str, np.ndarray]]) -> Versus | None:
+    """The pipeline against the single system with the best mean NDCG@10, paired per user."""
+    singles = [system for system in per_user if system not in COMBINED]
+    if "pipeline" not in per_user or not singles:
+        return None
+    best = max(singles, key=lambda system: float(per_user[system][f"ndcg@{GATE_K}"].mean()))
+    pipeline = per_user["pipeline"]
+    differences = {key: paired_interval(pipeline[key], per_user[best][key]) for key in pipeline}
+    return Versus(best, differences, better=differences[f"ndcg@{GATE_K}"].low > 0.0)
 
 
 def evaluate_target(

@@ -88,15 +88,22 @@ def pad_rankings(rows: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def per_user_ndcg(recommended: np.ndarray, truth: sp.csr_matrix, k: int = 10) -> np.ndarray:
-    """NDCG@k of every user with a non-empty target, in row order (the values
-    :func:`ranking_metrics` averages): what a paired comparison of two systems resamples."""
+def per_user_metrics(
+    recommended: np.ndarray, truth: sp.csr_matrix, ks: Iterable[int] = (10, 20)
+) -> dict[str, np.ndarray]:
+    """``recall@k`` and ``ndcg@k`` of every user with a non-empty target, in row order (the values
+    :func:`ranking_metrics` averages): what a bootstrap over users resamples."""
     truth = sp.csr_matrix(truth)
     sizes = truth.getnnz(axis=1)
     evaluated = sizes > 0
-    hits = _lookup(truth, recommended[:, :k])[evaluated]
+    ks = tuple(ks)
+    hits = _lookup(truth, recommended[:, : max(ks)])[evaluated]
     sizes = sizes[evaluated]
-    discounts = 1.0 / np.log2(np.arange(max(k, int(sizes.max(initial=1)))) + 2.0)
+    discounts = 1.0 / np.log2(np.arange(max(max(ks), int(sizes.max(initial=1)))) + 2.0)
     ideal = np.cumsum(discounts)[np.maximum(sizes, 1) - 1]
-    ndcg: np.ndarray = (hits * discounts[: hits.shape[1]]).sum(axis=1) / ideal
-    return ndcg
+    values: dict[str, np.ndarray] = {}
+    for k in ks:
+        top = hits[:, :k]
+        values[f"recall@{k}"] = top.sum(axis=1) / np.maximum(sizes, 1)
+        values[f"ndcg@{k}"] = (top * discounts[: top.shape[1]]).sum(axis=1) / ideal
+    return values

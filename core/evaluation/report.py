@@ -9,6 +9,7 @@ from pathlib import Path
 from endcap.evaluation.baselines import ALS_BASELINE
 from endcap.evaluation.evaluate import KS, MAX_K, TargetResult
 from endcap.evaluation.holdout import MIN_RANDOM_HOLDOUT_ITEMS
+from endcap.evaluation.intervals import RESAMPLES
 
 COLUMNS = [
     ("Recall@10", "recall@10"),
@@ -68,6 +69,7 @@ def markdown(results: list[TargetResult], source: str) -> str:
         for system, scored in result.systems.items():
             cells = " | ".join(f"{scored.metrics.get(key, float('nan')):.4f}" for _, key in COLUMNS)
             lines.append(f"| {system} | {cells} |")
+        lines += ["", *intervals_table(result), "", versus_text(result)]
         lines += ["", "Candidate recall (share of target items that reach the ranker):", ""]
         lines += ["| Source | Candidate recall |", "|---|---:|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in result.candidate_recall.items()]
@@ -77,6 +79,47 @@ def markdown(results: list[TargetResult], source: str) -> str:
             f"{result.users} users took {result.evaluate_seconds:.1f} s.",
         ]
     return "\n".join(lines) + "\n"
+
+
+INTERVAL_COLUMNS = [
+    ("Recall@10", "recall@10"),
+    ("NDCG@10", "ndcg@10"),
+    ("Recall@20", "recall@20"),
+    ("NDCG@20", "ndcg@20"),
+]
+
+
+def intervals_table(result: TargetResult) -> list[str]:
+    """Each system's mean and 95 % bootstrap interval over users."""
+    lines = [
+        f"95 % confidence intervals (bootstrap over the {result.users} users, {RESAMPLES} resamples):",
+        "",
+        "| System | " + " | ".join(title for title, _ in INTERVAL_COLUMNS) + " |",
+        "|---|" + "---:|" * len(INTERVAL_COLUMNS),
+    ]
+    for system, scored in result.systems.items():
+        cells = " | ".join(
+            scored.intervals[key].text() if key in scored.intervals else "" for _, key in INTERVAL_COLUMNS
+        )
+        lines.append(f"| {system} | {cells} |")
+    return lines
+
+
+def versus_text(result: TargetResult) -> str:
+    """Whether the pipeline beats the best single system, by a paired bootstrap over users."""
+    versus = result.versus
+    if versus is None:
+        return "No single system was scored beside the pipeline."
+    differences = ", ".join(
+        f"{title} {versus.differences[key].text(signed=True)}"
+        for title, key in INTERVAL_COLUMNS
+        if key in versus.differences
+    )
+    verdict = "significantly better than" if versus.better else "not significantly better than"
+    return (
+        f"The pipeline is **{verdict}** the best single system, {versus.reference} (by NDCG@10), on the same users: "
+        f"pipeline − {versus.reference} = {differences} (paired bootstrap, 95 %)."
+    )
 
 
 def recall_chart(result: TargetResult, path: Path) -> None:

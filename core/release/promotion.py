@@ -2,8 +2,8 @@
 
 The gate compares systems on **the same holdout**, user by user: the per-user NDCG@10 values a
 version recorded at train time (:mod:`endcap.release.validation_record`), resampled with a paired
-bootstrap over users (:func:`paired_bootstrap`: :data:`RESAMPLES` resamples, seed
-:data:`BOOTSTRAP_SEED`, 95 % interval of the mean per-user difference).
+bootstrap over users (:func:`endcap.evaluation.intervals.paired_interval`: 95 % interval of the
+mean per-user difference).
 
 * **Better than popularity** — the candidate's pipeline against G-TopFreq on the candidate's own
   holdout: the whole 95 % interval of mean(candidate − popularity) lies above zero. A candidate
@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from endcap.errors import FailedPrecondition
+from endcap.evaluation.intervals import paired_interval
 from endcap.model_versions import Manifest, ModelRegistry
 from endcap.release.validation_record import HoldoutScores, load_holdout_scores
 
 GATE_METRIC = "ndcg@10"
-RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
-CONFIDENCE = 0.95
 
 Rescore = Callable[[Manifest, Manifest], np.ndarray]
 """``(candidate, current) -> per-user NDCG@10 of the current configuration on the candidate's
@@ -86,35 +84,17 @@ class Promotion:
         return [f"against {c.reference}: {c.describe()}" for c in self.comparisons] + self.notes
 
 
-def paired_bootstrap(
-    candidate: np.ndarray, reference: np.ndarray, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float, float]:
-    """Mean of ``candidate - reference`` (paired per user) and its bootstrap interval.
-
-    Users are drawn with replacement ``resamples`` times (a generator seeded with ``seed``); the
-    interval is the 2.5th and 97.5th percentiles of the resampled means."""
-    differences = np.asarray(candidate, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
-    if differences.size == 0:
-        return 0.0, 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // differences.size)  # resamples drawn at a time: bounded memory for many users
-    means = np.concatenate(
-        [
-            differences[rng.integers(0, differences.size, size=(min(chunk, resamples - start), differences.size))].mean(
-                axis=1
-            )
-            for start in range(0, resamples, chunk)
-        ]
-    )
-    tail = (1.0 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(differences.mean()), float(low), float(high)
-
-
 def compare(candidate: np.ndarray, reference: np.ndarray, name: str, how: str = "") -> Comparison:
-    difference, low, high = paired_bootstrap(candidate, reference)
+    difference = paired_interval(candidate, reference)
     return Comparison(
-        name, int(candidate.size), float(np.mean(candidate)), float(np.mean(reference)), difference, low, high, how
+        name,
+        int(candidate.size),
+        float(np.mean(candidate)),
+        float(np.mean(reference)),
+        difference.mean,
+        difference.low,
+        difference.high,
+        how,
     )
 
 
