@@ -136,7 +136,9 @@ def _user(data: TrainingData, user_index: int) -> endcap.UserFeatures:
     orders = float(lines["basket_index"].max() + 1)
     starts = np.sort(pd.DatetimeIndex(baskets["timestamp"].min()).to_numpy("datetime64[s]"))
     days = np.diff(starts).astype(np.float64) / 86400
-    per_item = lines.groupby("item_index").agg(times=("basket_index", "nunique"), last=("basket_index", "max"))
+    per_item = lines.groupby("item_index").agg(
+        times=("basket_index", "nunique"), last=("basket_index", "max"), first=("basket_index", "min")
+    )
     stats = {
         "orders": orders,
         "avg_basket_size": float(baskets.size().mean()),
@@ -146,6 +148,7 @@ def _user(data: TrainingData, user_index: int) -> endcap.UserFeatures:
     item_stats = {
         "times_bought": read_only(per_item["times"].to_numpy(np.float32)),
         "orders_since_last_bought": read_only((orders - 1 - per_item["last"]).to_numpy(np.float32)),
+        "orders_since_first_bought": read_only((orders - 1 - per_item["first"]).to_numpy(np.float32)),
     }
     return endcap.UserFeatures(
         stats=MappingProxyType(stats),
@@ -278,7 +281,7 @@ class FeatureProviderContract(ComponentContract):
         host = PluginHost(config, extra_plugins={} if built_in else {"under_test": plugin})
         for rows in parity_rows(host, tmp_path, ["u0", "u7", "u13"], write_data=self.write_feature_data):
             assert rows.online.shape == rows.offline.shape, f"{rows.user_id}: other candidates online"
-            differ = ~np.isclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6).all(axis=0)
+            differ = ~np.isclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6, equal_nan=True).all(axis=0)
             assert not differ.any(), (
                 f"{rows.user_id}: columns {[n for n, d in zip(rows.names, differ, strict=True) if d]} differ "
                 "between training examples and serving"

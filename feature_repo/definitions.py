@@ -85,6 +85,11 @@ def build(workspace: Path) -> Definitions:
                     dtype=Array(Int64),
                     description="Orders since each product was last bought (0 = in the last order)",
                 ),
+                Field(
+                    name="orders_since_first_bought",
+                    dtype=Array(Int64),
+                    description="Orders since each product was first bought (0 = in the last order)",
+                ),
             ],
             source=_pushed(features_dir, USER_STATS),
         ),

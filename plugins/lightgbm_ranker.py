@@ -76,7 +76,8 @@ class LightGbmRanker(endcap.Ranker):
         bounds = np.concatenate([[0], np.cumsum(examples.groups)])
         positive = np.add.reduceat(examples.labels, bounds[:-1]) > 0 if examples.groups.size else np.zeros(0, bool)
         rng = np.random.default_rng(self.config.seed)
-        held_out = rng.random(examples.groups.size) < self.config.validation_share
+        users, user_of_group = np.unique(np.asarray(examples.user_ids, dtype=object), return_inverse=True)
+        held_out = (rng.random(users.size) < self.config.validation_share)[user_of_group]  # all of a user's groups
         if held_out.all() or not (positive & ~held_out).any():
             held_out[:] = False
         datasets = {}
@@ -108,7 +109,7 @@ class LightGbmRanker(endcap.Ranker):
         return {
             **self.config.model_dump(),
             "best_iteration": int(booster.best_iteration or booster.current_iteration()),
-            "training_users": int((positive & ~held_out).sum()),
+            "training_groups": int((positive & ~held_out).sum()),
             "top_features_by_gain": {name: round(gain, 1) for name, gain in top},
         }
 

@@ -7,6 +7,10 @@ providers written like any third party's.
   ``product_stats`` view).
 * ``user_product``: how often the user bought the candidate, the share of their orders that
   held it, and how many orders ago they last bought it (their online row's arrays).
+* ``cadence``: the user's own rhythm with the candidate, counted in their orders: the mean
+  interval between their purchases of it, how due it is (orders since the last purchase against
+  that interval), and how often they bought it since they first did. NaN (unknown) for a
+  candidate the user bought fewer than twice.
 """
 
 from __future__ import annotations
@@ -65,8 +69,35 @@ class UserProductFeatures(endcap.FeatureProvider):
         return block
 
 
+CADENCE_NAMES = ("interval_orders", "due_ratio", "rate_since_first")
+
+
+class CadenceFeatures(endcap.FeatureProvider):
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"cadence.{name}" for name in CADENCE_NAMES)
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        block = np.full((ids.size, 3), np.nan, dtype=np.float32)
+        if not (user.items.size and ids.size):
+            return block
+        pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
+        found = np.flatnonzero(user.items[pos] == ids)
+        times = user.item_stats["times_bought"][pos[found]]
+        since_last = user.item_stats["orders_since_last_bought"][pos[found]]
+        since_first = user.item_stats["orders_since_first_bought"][pos[found]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            interval = np.where(times >= 2, (since_first - since_last) / (times - 1), np.nan)
+            block[found, 0] = interval
+            block[found, 1] = (since_last + 1) / interval
+            block[found, 2] = np.where(times >= 2, times / (since_first + 1), np.nan)
+        return block
+
+
 @endcap.hookimpl
 def endcap_register_components(registry: Any) -> None:
     registry.add(UserStatsFeatures, type_name="user_stats")
     registry.add(ProductStatsFeatures, type_name="product_stats")
     registry.add(UserProductFeatures, type_name="user_product")
+    registry.add(CadenceFeatures, type_name="cadence")

@@ -41,8 +41,9 @@ def run_cli(
     return result
 
 
-def prepared_workspace(root: Path, **shape: int) -> Any:
-    """A workspace under ``root`` with a generated log ingested and its features built (real Feast)."""
+def prepared_workspace(root: Path, host: Any = None, **shape: int) -> Any:
+    """A workspace under ``root`` with a generated log ingested and its features built (real Feast;
+    ``host``'s configuration, default Endcap's)."""
     from endcap.data.ingest import ingest, load_interactions
     from endcap.features.store import build_features
     from endcap.workspace import Workspace
@@ -51,7 +52,7 @@ def prepared_workspace(root: Path, **shape: int) -> Any:
     make_generic_log(**shape).to_csv(log_path, index=False)
     workspace = Workspace.resolve(root / "ws")
     ingest(log_path, workspace)
-    build_features(workspace, load_interactions(workspace))
+    build_features(workspace, load_interactions(workspace), host)
     return workspace
 
 

@@ -131,7 +131,7 @@ def test_a_provider_that_predicts_the_label_moves_validation_and_is_served(shop:
     assert gain > 0.05, f"validation NDCG@10 {plain.validation['ndcg@10']:.4f} → {dealt.validation['ndcg@10']:.4f}"
 
     saved = json.loads((ModelRegistry(shop.models).path(dealt.version) / "manifest.json").read_text())
-    assert set(saved["configuration"]["features"]) == {"user", "product", "user_product", "deals"}
+    assert set(saved["configuration"]["features"]) == {*EndcapConfig().features, "deals"}  # the defaults kept
 
     model = load_serving_model(shop, host(True), OnlineFeatures(shop))
     online = OnlineFeatures(shop)
@@ -173,3 +173,25 @@ def test_every_provider_column_is_the_same_offline_and_online(tmp_path: Path) ->
         np.testing.assert_allclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6)
     discounts = np.concatenate([rows.offline[:, -1] for rows in compared])
     assert (discounts > 0).any(), "the second offer is on at that moment"
+
+
+def test_cadence_counts_each_users_rhythm_with_a_product_in_orders() -> None:
+    from endcap.plugins.ranking_features import CadenceFeatures
+    from endcap.types import Query, UserFeatures
+
+    # item 2: bought 3 times, first 8 orders ago, every 3 orders, last 2 orders ago; item 5 once
+    user = UserFeatures(
+        stats={"orders": 9.0},
+        items=np.array([2, 5], dtype=np.int32),
+        item_stats={
+            "times_bought": np.array([3.0, 1.0], np.float32),
+            "orders_since_last_bought": np.array([2.0, 0.0], np.float32),
+            "orders_since_first_bought": np.array([8.0, 0.0], np.float32),
+        },
+    )
+    provider = CadenceFeatures("cadence", {})
+    ids = np.array([5, 2, 9], dtype=np.int32)
+    block = provider.compute(Query("u", 0, 10), user, ids, np.zeros((10, 0), np.float32))
+    assert provider.names() == ("cadence.interval_orders", "cadence.due_ratio", "cadence.rate_since_first")
+    np.testing.assert_allclose(block[1], [3.0, 1.0, 3 / 9])
+    assert np.isnan(block[0]).all() and np.isnan(block[2]).all()  # bought once, never bought: unknown

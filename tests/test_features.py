@@ -42,6 +42,7 @@ def test_feature_tables_hold_the_expected_statistics() -> None:
     assert list(pairs.loc["a", "item_ids"]) == ["x", "y", "z"]
     assert list(pairs.loc["a", "times_bought"]) == [2, 1, 1]
     assert list(pairs.loc["a", "orders_since_last_bought"]) == [1, 2, 0]
+    assert list(pairs.loc["a", "orders_since_first_bought"]) == [2, 2, 0]
     as_of = pd.Timestamp("2024-01-11", tz="UTC") + pd.Timedelta(microseconds=1)
     assert all((t["event_timestamp"] == as_of).all() for t in tables.values())
 

@@ -6,38 +6,66 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from conftest import prepared_workspace
 from endcap.config import EndcapConfig
 from endcap.data.baskets import add_basket_index
 from endcap.data.ingest import load_interactions
 from endcap.data.training_data import build_training_data
+from endcap.errors import FailedPrecondition
 from endcap.features.tables import label_baskets
 from endcap.plugin_host import PluginHost
 from endcap.training.ranking_examples import build_ranking_examples
 from endcap.workspace import Workspace
 
 
-def test_features_are_read_as_of_before_the_label_basket(synthetic_workspace: Path) -> None:
-    workspace = Workspace(synthetic_workspace)
+def test_features_are_read_as_of_before_each_label_basket(tmp_path: Path) -> None:
+    config = EndcapConfig(training={"label_baskets": 3})
+    workspace = prepared_workspace(tmp_path, host=PluginHost(config), users=16, items=30, baskets=6)
     log = load_interactions(workspace)
     # The offline store holds the serving snapshot too: the one that would leak the label basket.
-    config = EndcapConfig()
     examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
 
-    labels = label_baskets(log).set_index("user_id")
     indexed = add_basket_index(log)
+    newest = indexed.groupby("user_id")["basket_index"].max()
     bounds = np.concatenate([[0], np.cumsum(examples.groups)])
     orders = examples.values[:, examples.names.index("user.orders")]
     times_bought = examples.values[:, examples.names.index("user_product.times_bought")]
-    item_ids = {}
+    depth_of_group = pd.Series(examples.user_ids).groupby(pd.Series(examples.user_ids)).cumcount()
     for position, user_id in enumerate(examples.user_ids):
         rows = slice(bounds[position], bounds[position + 1])
-        label_index = labels.loc[user_id, "basket_index"]
-        assert (orders[rows] == label_index).all(), f"{user_id}: user.orders saw the label basket"
+        label_index = newest[user_id] - depth_of_group[position]  # depth 0 first, then one basket older each
+        assert label_index >= 1
+        assert (orders[rows] == label_index).all(), f"{user_id}: user.orders saw its label basket"
         history = indexed[(indexed["user_id"] == user_id) & (indexed["basket_index"] < label_index)]
-        item_ids[user_id] = history.groupby("item_id").size()
-        assert times_bought[rows].max() <= item_ids[user_id].max()
+        assert times_bought[rows].max() <= history.groupby("item_id").size().max()
+        basket = indexed[(indexed["user_id"] == user_id) & (indexed["basket_index"] == label_index)]
+        assert examples.labels[rows].sum() <= basket["item_id"].nunique()
     assert examples.labels.sum() > 0
-    assert len(examples.user_ids) == len(labels)
+    expected_groups = sum(int((newest >= depth + 1).sum()) for depth in range(3))
+    assert len(examples.user_ids) == expected_groups and len(set(examples.user_ids)) == (newest >= 1).sum()
     # the serving snapshot, which includes the label baskets, really is in the offline store
     stats = pd.read_parquet(workspace.features / "user_stats.parquet")
-    assert stats.groupby("user_id")["orders"].max().loc["u1"] == labels.loc["u1", "basket_index"] + 1
+    assert stats.groupby("user_id")["orders"].max().loc["u1"] == newest["u1"] + 1
+
+
+def test_one_label_basket_per_user_is_the_newest(synthetic_workspace: Path) -> None:
+    workspace = Workspace(synthetic_workspace)
+    log = load_interactions(workspace)
+    config = EndcapConfig()
+    assert config.training.label_baskets == 1
+    examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    labels = label_baskets(log).set_index("user_id")
+    orders = examples.values[:, examples.names.index("user.orders")]
+    bounds = np.concatenate([[0], np.cumsum(examples.groups)])
+    assert len(examples.user_ids) == len(labels)
+    for position, user_id in enumerate(examples.user_ids):
+        assert (orders[bounds[position] : bounds[position + 1]] == labels.loc[user_id, "basket_index"]).all()
+
+
+def test_a_store_built_for_fewer_label_baskets_is_refused(synthetic_workspace: Path) -> None:
+    workspace = Workspace(synthetic_workspace)  # features built for one label basket per user
+    log = load_interactions(workspace)
+    config = EndcapConfig(training={"label_baskets": 3})
+    with pytest.raises(FailedPrecondition, match="run 'endcap features' again"):
+        build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)

@@ -24,8 +24,10 @@ def test_one_more_order_updates_counts_and_recency() -> None:
         "item_ids": ["a", "b"],
         "times_bought": [3, 1],
         "orders_since_last_bought": [0, 2],
+        "orders_since_first_bought": [3, 2],
     }
     row = updated_user_row(current, ["b", "c", "b"])
+    assert row["orders_since_first_bought"] == [4, 3, 0]
     stats, products = (
         {k: row[k] for k in ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")},
         {k: row[k] for k in ("item_ids", "times_bought", "orders_since_last_bought")},
@@ -42,6 +44,7 @@ def test_one_more_order_updates_counts_and_recency() -> None:
         "times_bought": [1],
         "orders_since_last_bought": [0],
     }
+    assert row["orders_since_first_bought"] == [0]
 
 
 def test_record_events_updates_the_known_users_online_row(synthetic_workspace: Path, tmp_path: Path) -> None:

@@ -293,11 +293,12 @@ def test_ranking_layout_columns_and_the_users_purchase_counts(model: ServingMode
         "user.distinct_items",
     )
     assert layout.names[6:9] == ("product.purchases", "product.distinct_buyers", "product.reorder_rate")
-    assert layout.names[9:] == (
+    assert layout.names[9:12] == (
         "user_product.times_bought",
         "user_product.bought_share",
         "user_product.orders_since_last_bought",
     )
+    assert layout.names[12:] == ("cadence.interval_orders", "cadence.due_ratio", "cadence.rate_since_first")
     user = model.user_features(online.user("u2"))
     bought = user.items[:2]
     never = np.setdiff1d(np.arange(model.catalog.n_items, dtype=np.int32), user.items)[:1]
@@ -314,7 +315,7 @@ def test_ranking_layout_columns_and_the_users_purchase_counts(model: ServingMode
         assert times[row] == pytest.approx(expected)
     np.testing.assert_allclose(matrix.column("user_product.bought_share"), times / orders, rtol=1e-6)
     assert matrix.column("user.orders").tolist() == [orders] * 3
-    np.testing.assert_array_equal(matrix.values[:, 6:-3], np.nan_to_num(model.provider_products["product"][ids]))
+    np.testing.assert_array_equal(matrix.values[:, 6:9], np.nan_to_num(model.provider_products["product"][ids]))
     with pytest.raises(ValueError, match="read-only"):
         matrix.values[0, 0] = 1.0
 

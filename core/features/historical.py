@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from endcap.errors import FailedPrecondition
 from endcap.features.store import USER_FEATURES, existing_store
 from endcap.workspace import Workspace
 
@@ -20,6 +21,22 @@ class HistoricalFeatures:
 
     def __init__(self, workspace: Workspace, feature_store: FeatureStoreConfig | None = None) -> None:
         self.store = existing_store(workspace, feature_store)
+        self.workspace = workspace
+
+    def require_snapshots(self, cutoffs: Sequence[pd.Timestamp]) -> None:
+        """Refuse to read as of ``cutoffs`` unless the offline store holds a snapshot at each: a
+        missing one would silently give older rows (the store was built for fewer label baskets)."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.workspace.features / "user_stats.parquet", columns=["event_timestamp"])
+        held = set(pd.DatetimeIndex(table.column(0).unique().to_pandas()).tz_convert("UTC"))
+        missing = [cutoff for cutoff in cutoffs if pd.Timestamp(cutoff).tz_convert("UTC") not in held]
+        if missing:
+            raise FailedPrecondition(
+                f"the offline feature store has no snapshot for {len(missing)} of the ranker's label days (first "
+                f"{missing[0].date()}): it was built for other label baskets than training.label_baskets asks; "
+                "run 'endcap features' again"
+            )
 
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
         """For each (user, time) pair, the newest snapshot at or before that time, in input order;

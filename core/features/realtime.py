@@ -3,7 +3,8 @@
 ``RecordEvents`` hands its purchases here after they are durably logged. Each user's purchases
 in one call count as one new order: the user's statistics and purchase arrays are read from the
 online store, brought up to date (``orders`` + 1, ``times_bought`` + 1 and
-``orders_since_last_bought`` = 0 for what was bought, + 1 for the rest), and pushed back through
+``orders_since_last_bought`` = 0 for what was bought, + 1 for the rest, ``orders_since_first_bought``
++ 1, 0 for a first purchase), and pushed back through
 the ``user_stats`` view's Feast push source, so the very next ``Recommend`` sees them. The events
 log stays the record of what happened: the next ``endcap retrain`` folds it into the offline store.
 
@@ -46,6 +47,7 @@ def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> di
     item_ids = list(current.get("item_ids") or [])
     times = [int(t) for t in current.get("times_bought") or [0] * len(item_ids)]
     since = [int(s) + 1 for s in current.get("orders_since_last_bought") or [0] * len(item_ids)]
+    since_first = [int(s) + 1 for s in current.get("orders_since_first_bought") or [0] * len(item_ids)]
     position = {item_id: i for i, item_id in enumerate(item_ids)}
     for item_id in basket:
         i = position.get(item_id)
@@ -54,6 +56,7 @@ def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> di
             item_ids.append(item_id)
             times.append(1)
             since.append(0)
+            since_first.append(0)
         else:
             times[i] += 1
             since[i] = 0
@@ -66,6 +69,7 @@ def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> di
         "item_ids": item_ids,
         "times_bought": times,
         "orders_since_last_bought": since,
+        "orders_since_first_bought": since_first,
     }
 
 

@@ -205,6 +205,7 @@ def build_features(
     the newest snapshot into the online store, keeping the rows real-time purchases pushed
     (:mod:`endcap.features.pushed_rows`), and a check that the store now holds every user and product of
     ``log``. ``feature_store``: see :func:`feature_store_settings`."""
+    from endcap.config import TrainingConfig
     from endcap.features.pushed_rows import keeping_pushed_rows
     from endcap.features.tables import feature_cutoffs, iter_snapshots
 
@@ -213,7 +214,8 @@ def build_features(
         definitions.USER_STATS: log["user_id"].unique(),
         definitions.PRODUCT_STATS: log["item_id"].unique(),
     }
-    cutoffs = _after_previous_run(workspace, feature_cutoffs(log))
+    depths = host.config.training.label_baskets if host is not None else TrainingConfig().label_baskets
+    cutoffs = _after_previous_run(workspace, feature_cutoffs(log, depths))
     with keeping_pushed_rows(
         workspace, feature_store
     ):  # real-time purchases not yet in the log stay in the online rows

@@ -20,7 +20,7 @@ PRODUCT_STATS_VIEW = "product_stats"
 """The Feast view of :data:`PRODUCT_STATS_COLUMNS` (keyed on the ``product`` entity)."""
 USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
 PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
-USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought")
+USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought", "orders_since_first_bought")
 
 
 def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
@@ -129,6 +129,7 @@ class _CodedLog:
         pair_user, pair_item = user[pair_start], item[pair_start]
         times_bought = np.diff(np.r_[pair_start, len(user)])
         last_basket = np.maximum.reduceat(basket_index, pair_start)
+        first_basket = np.minimum.reduceat(basket_index, pair_start)
         distinct_items = np.bincount(pair_user, minlength=n_users)
 
         buyers = np.flatnonzero(orders)
@@ -145,6 +146,7 @@ class _CodedLog:
                     item_ids=_arrow(self.item_ids[pair_item].array),
                     times_bought=pa.array(times_bought.astype(np.int64)),
                     orders_since_last_bought=pa.array((orders[pair_user] - 1 - last_basket).astype(np.int64)),
+                    orders_since_first_bought=pa.array((orders[pair_user] - 1 - first_basket).astype(np.int64)),
                 ),
             }
         )
@@ -200,9 +202,37 @@ def label_baskets(log: pd.DataFrame, label_share: float = 0.0) -> pd.DataFrame:
     return labels[["user_id", "basket_index", "label_time"]].reset_index(drop=True)
 
 
-def feature_cutoffs(log: pd.DataFrame) -> list[pd.Timestamp]:
+def without_newest(log: pd.DataFrame, baskets: int) -> pd.DataFrame:
+    """``log`` (with ``basket_index``) without each user's newest ``baskets`` baskets."""
+    if baskets == 0:
+        return log
+    newest = log.groupby("user_id", sort=False)["basket_index"].transform("max")
+    return log[log["basket_index"] <= newest - baskets]
+
+
+def label_depths(
+    log: pd.DataFrame, label_share: float = 0.0, depths: int = 1
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``(log without each user's newest k baskets, its label baskets)`` for ``k = 0 .. depths-1``:
+    the ranker's query groups at each depth (see ``training.label_baskets``), one depth at a time,
+    stopping at the first depth with no label basket. A log without repeat purchases
+    (``label_share`` > 0) has one depth."""
+    log = add_basket_index(log) if "basket_index" not in log.columns else log
+    for depth in range(depths if label_share == 0 else 1):
+        truncated = without_newest(log, depth)
+        labels = label_baskets(truncated, label_share)
+        if labels.empty:
+            return
+        yield truncated, labels
+
+
+def feature_cutoffs(log: pd.DataFrame, label_baskets_per_user: int = 1) -> list[pd.Timestamp]:
     """The snapshots ``endcap features`` writes: one per day on which a user's label baskets
-    start (for point-in-time training joins) and the serving snapshot."""
+    start, at every depth of :func:`label_depths` (for point-in-time training joins), and the
+    serving snapshot."""
     from endcap.features.repeat_purchases import label_share
 
-    return [*day_cutoffs(label_baskets(log, label_share(log))["label_time"]), serving_cutoff(log)]
+    days: set[pd.Timestamp] = set()
+    for _, labels in label_depths(log, label_share(log), label_baskets_per_user):
+        days.update(day_cutoffs(labels["label_time"]))
+    return [*sorted(days), serving_cutoff(log)]

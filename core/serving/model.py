@@ -64,10 +64,7 @@ class ServingModel:
         ids = self.item_indices(_sequence(raw.get("item_ids")))
         order = np.argsort(ids, kind="stable")
         order = order[ids[order] >= 0]  # sorted, products the model does not know left out
-        item_stats = {
-            name: read_only(np.asarray(_sequence(raw.get(name)), dtype=np.float32)[order])
-            for name in USER_PRODUCT_COLUMNS
-        }
+        item_stats = {name: read_only(_item_array(raw.get(name), ids.size)[order]) for name in USER_PRODUCT_COLUMNS}
         return UserFeatures(
             stats=MappingProxyType(stats), items=read_only(ids[order]), item_stats=MappingProxyType(item_stats)
         )
@@ -82,10 +79,24 @@ class ServingModel:
         items = self.user_items.indices[start:end].astype(np.int32)
         order = np.argsort(items, kind="stable")
         counts = np.asarray(self.user_items.data[start:end], dtype=np.float32)[order]
-        item_stats = {"times_bought": read_only(counts), "orders_since_last_bought": read_only(np.zeros_like(counts))}
+        unknown = read_only(np.full_like(counts, np.nan))  # no orders are known: recency and cadence unknown
+        item_stats = {
+            "times_bought": read_only(counts),
+            "orders_since_last_bought": read_only(np.zeros_like(counts)),
+            "orders_since_first_bought": unknown,
+        }
         return UserFeatures(
             stats=MappingProxyType({}), items=read_only(items[order]), item_stats=MappingProxyType(item_stats)
         )
+
+
+def _item_array(value: Any, size: int) -> np.ndarray:
+    """One of the row's per-item arrays as float32; NaN throughout when the row lacks it (a store
+    written before the array existed: the features that read it are then unknown, not zero)."""
+    values = _sequence(value)
+    if len(values) == 0 and size:
+        return np.full(size, np.nan, dtype=np.float32)
+    return np.asarray(values, dtype=np.float32)
 
 
 def _sequence(value: Any) -> Any:

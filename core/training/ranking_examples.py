@@ -1,5 +1,6 @@
 """Learning-to-rank examples for rankers that learn (see :class:`endcap.types.RankingExamples`).
 
+Each user gives a query group per label basket (``training.label_baskets`` of their newest).
 Training and serving see the same distribution: the candidates come from the configured
 candidate generators (trained on the history before each label basket), and the features from
 the same :meth:`Pipeline.prepare` used to serve, fed with point-in-time reads of Feast's
@@ -24,7 +25,7 @@ from endcap.data.baskets import add_basket_index
 from endcap.data.training_data import build_training_data
 from endcap.features.historical import HistoricalFeatures
 from endcap.features.repeat_purchases import label_share
-from endcap.features.tables import day_cutoffs, label_baskets
+from endcap.features.tables import day_cutoffs, label_depths
 from endcap.model_versions import Manifest, component_dir
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
@@ -38,7 +39,7 @@ log = structlog.get_logger("endcap.training")
 
 def split_history(log_frame: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(history, label lines)``: the log without the ``labels`` baskets (see
-    :func:`label_baskets`), and those baskets' lines."""
+    :func:`endcap.features.tables.label_baskets`), and those baskets' lines."""
     log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
     key = log_frame.set_index(["user_id", "basket_index"]).index
     is_label = key.isin(labels.set_index(["user_id", "basket_index"]).index)
@@ -54,42 +55,81 @@ def build_ranking_examples(
     exclude_purchased: bool = False,
     feature_store: FeatureStoreConfig | None = None,
 ) -> RankingExamples:
-    """Examples from each user's label baskets (:func:`label_baskets`: the newest, or the newest
-    quarter of their lines in a no-repeat log); with ``exclude_purchased`` the candidates leave
-    out what the user bought before, as serving will, so the ranker learns among the rest."""
+    """Examples from each user's label baskets at every depth of ``training.label_baskets``
+    (:func:`label_depths`: at depth ``k`` the log without each user's newest ``k`` baskets, and
+    its newest basket, or newest quarter of lines in a no-repeat log); with ``exclude_purchased``
+    the candidates leave out what the user bought before, as serving will, so the ranker learns
+    among the rest."""
     log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
-    label_rows = label_baskets(log_frame, label_share(log_frame))
-    history_log, label_lines = split_history(log_frame, label_rows)
-    labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
-    history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=data.catalog)
     historical = HistoricalFeatures(workspace, feature_store or config.feature_store)
-    components = host.build_components()
     blocks: list[Block] = []
     names: tuple[str, ...] = ()
-    cutoffs = day_cutoffs(labels["label_time"])
-    products = PointInTimeProducts(historical, list(data.catalog.item_ids), cutoffs)
-    with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
-        train_serving_side(host, components, history, Path(tmp), products.reader(min(cutoffs, default=None)))
-        user_rows = historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
-        items_by_user = label_lines.groupby("user_id")["item_id"].agg(_as_str_set)
-        cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
-        stub = Manifest("history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=exclude_purchased)
-        for cutoff in cutoffs:
-            model = assemble(stub, data.catalog, components, products.reader(cutoff))
-            pipeline = Pipeline(model, lambda user_id: {}, config.serving, budgets=False)
-            for row in np.flatnonzero(cutoff_of_user == cutoff):
-                user_id = str(labels["user_id"].iloc[row])
-                block, names = user_block(pipeline, model, config, user_id, user_rows[row], items_by_user[user_id])
-                blocks.append(block)
+    label_items = 0
+    for level, (truncated, labels) in enumerate(
+        label_depths(log_frame, label_share(log_frame), config.training.label_baskets)
+    ):
+        historical.require_snapshots(day_cutoffs(labels["label_time"]))
+        depth = DepthExamples(host, config, data, historical, exclude_purchased)
+        depth_blocks, names, lines = depth.build(truncated, labels)
+        blocks += depth_blocks
+        label_items += lines
+        log.info("ranking_examples_depth", depth=level, users=len(depth_blocks), label_items=lines)
     examples = stack_blocks(blocks, names)
     log.info(
         "ranking_examples",
-        users=len(blocks),
+        groups=len(blocks),
+        users=len(set(examples.user_ids)),
         rows=int(examples.values.shape[0]),
         positives=int(examples.labels.sum()),
-        label_items=len(label_lines),
+        label_items=label_items,
     )
     return examples
+
+
+class DepthExamples:
+    """The examples of one depth: the serving side trained on the history before the label
+    baskets, and each user's candidates and features as of their label day."""
+
+    def __init__(
+        self,
+        host: PluginHost,
+        config: EndcapConfig,
+        data: TrainingData,
+        historical: HistoricalFeatures,
+        exclude_purchased: bool,
+    ) -> None:
+        self.host, self.config, self.data, self.historical = host, config, data, historical
+        self.exclude_purchased = exclude_purchased
+
+    def build(self, log_frame: pd.DataFrame, label_rows: pd.DataFrame) -> tuple[list[Block], tuple[str, ...], int]:
+        """``(blocks, feature names, label lines)`` for the users of ``label_rows``."""
+        history_log, label_lines = split_history(log_frame, label_rows)
+        labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
+        catalog = self.data.catalog
+        history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=catalog)
+        components = self.host.build_components()
+        blocks: list[Block] = []
+        names: tuple[str, ...] = ()
+        cutoffs = day_cutoffs(labels["label_time"])
+        products = PointInTimeProducts(self.historical, list(catalog.item_ids), cutoffs)
+        with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
+            first = products.reader(min(cutoffs, default=None))
+            train_serving_side(self.host, components, history, Path(tmp), first)
+            user_rows = self.historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
+            items_by_user = label_lines.groupby("user_id")["item_id"].agg(_as_str_set)
+            cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
+            stub = Manifest(
+                "history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=self.exclude_purchased
+            )
+            for cutoff in cutoffs:
+                model = assemble(stub, catalog, components, products.reader(cutoff))
+                pipeline = Pipeline(model, lambda user_id: {}, self.config.serving, budgets=False)
+                for row in np.flatnonzero(cutoff_of_user == cutoff):
+                    user_id = str(labels["user_id"].iloc[row])
+                    label_items = items_by_user[user_id]
+                    block, names = user_block(pipeline, model, self.config, user_id, user_rows[row], label_items)
+                    blocks.append(block)
+        return blocks, names, len(label_lines)
 
 
 Block = tuple[np.ndarray, np.ndarray, str]
