@@ -220,6 +220,7 @@ def _default_features() -> dict[str, ComponentBlock]:
         "product": ComponentBlock(type="product_stats"),
         "user_product": ComponentBlock(type="user_product"),
         "cadence": ComponentBlock(type="cadence"),
+        "calendar": ComponentBlock(type="calendar"),
     }
 
 

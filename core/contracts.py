@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from endcap.config import EndcapConfig
+from endcap.data.integer_codes import utc_microseconds
+from endcap.features.tables import DAY_MICROSECONDS
 from endcap.plugin_host import PluginHost
 from endcap.types import (
     Candidates,
@@ -136,19 +138,31 @@ def _user(data: TrainingData, user_index: int) -> endcap.UserFeatures:
     orders = float(lines["basket_index"].max() + 1)
     starts = np.sort(pd.DatetimeIndex(baskets["timestamp"].min()).to_numpy("datetime64[s]"))
     days = np.diff(starts).astype(np.float64) / 86400
-    per_item = lines.groupby("item_index").agg(
-        times=("basket_index", "nunique"), last=("basket_index", "max"), first=("basket_index", "min")
+    day = utc_microseconds(lines["timestamp"]) / DAY_MICROSECONDS
+    per_item = (
+        lines.assign(day=day)
+        .groupby("item_index")
+        .agg(
+            times=("basket_index", "nunique"),
+            last=("basket_index", "max"),
+            first=("basket_index", "min"),
+            last_day=("day", "max"),
+            first_day=("day", "min"),
+        )
     )
     stats = {
         "orders": orders,
         "avg_basket_size": float(baskets.size().mean()),
         "avg_days_between_orders": float(days.mean()) if days.size else 0.0,
         "distinct_items": float(len(per_item)),
+        "last_order_day": float(day.max()),
     }
     item_stats = {
         "times_bought": read_only(per_item["times"].to_numpy(np.float32)),
         "orders_since_last_bought": read_only((orders - 1 - per_item["last"]).to_numpy(np.float32)),
         "orders_since_first_bought": read_only((orders - 1 - per_item["first"]).to_numpy(np.float32)),
+        "last_bought_day": read_only(per_item["last_day"].to_numpy(np.float32)),
+        "first_bought_day": read_only(per_item["first_day"].to_numpy(np.float32)),
     }
     return endcap.UserFeatures(
         stats=MappingProxyType(stats),
@@ -281,7 +295,7 @@ class FeatureProviderContract(ComponentContract):
         host = PluginHost(config, extra_plugins={} if built_in else {"under_test": plugin})
         for rows in parity_rows(host, tmp_path, ["u0", "u7", "u13"], write_data=self.write_feature_data):
             assert rows.online.shape == rows.offline.shape, f"{rows.user_id}: other candidates online"
-            differ = ~np.isclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6, equal_nan=True).all(axis=0)
+            differ = ~np.isclose(rows.online, rows.offline, rtol=1e-5, atol=1e-6).all(axis=0)
             assert not differ.any(), (
                 f"{rows.user_id}: columns {[n for n, d in zip(rows.names, differ, strict=True) if d]} differ "
                 "between training examples and serving"

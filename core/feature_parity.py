@@ -107,8 +107,10 @@ def parity_rows(
     lines = load_interactions(full)
     examples = build_ranking_examples(full, host, host.config, build_training_data(lines), lines)
 
-    last_day = pd.DatetimeIndex(pd.to_datetime(log["timestamp"], utc=True)).floor("D").max()
-    history = log[pd.to_datetime(log["timestamp"], utc=True) < last_day]
+    times = pd.to_datetime(log["timestamp"], utc=True)
+    last_day = pd.DatetimeIndex(times).floor("D").max()
+    history = log[times < last_day]
+    label_start = times[times >= last_day].groupby(log["user_id"][times >= last_day]).min()
     served = feature_workspace(root / "history", history, host, write_data, log)
     train(served, host)
     online = OnlineFeatures(served, host.config.feature_store)
@@ -120,7 +122,8 @@ def parity_rows(
     for user_id in user_ids:
         row = examples.user_ids.index(user_id)
         offline = examples.values[ends[row] - examples.groups[row] : ends[row]]
-        query = Query(user_id, model.user_index[user_id], host.config.serving.default_k)
+        as_of = label_start[user_id].timestamp()  # the moment the examples describe
+        query = Query(user_id, model.user_index[user_id], host.config.serving.default_k, as_of=as_of)
         features = pipeline.prepare(query, model.user_features(online.user(user_id)), errors={}).features
         if features.names != examples.names:
             raise AssertionError(f"served columns {features.names} differ from trained ones {examples.names}")

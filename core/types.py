@@ -6,6 +6,7 @@ string ids exist only at the edges (gRPC, files). Components never see protobuf 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class Query:
     """Known item indices the caller excluded (e.g. the cart)."""
     context: Mapping[str, str] = field(default_factory=dict)
     variant: str = ""
+    as_of: float = math.nan
+    """When the shopper is answered, in seconds since 1970 (UTC), when the caller knows it: the
+    label basket's time in training examples and evaluation, a request's ``as_of``. NaN
+    otherwise: a component that measures time then takes the newest time its data knows (never
+    the wall clock)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from endcap.features import feast_env  # noqa: F401  (before Feast: keeps Endcap's metrics in memory)
 from endcap.features.tables import PRODUCT_STATS_VIEW
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Float32, Int64, String
+from feast.types import Array, Float32, Float64, Int64, String
 
 TTL = timedelta(0)
 """No expiry: a row is a snapshot of the user's or product's whole history up to the log's newest
@@ -78,6 +78,7 @@ def build(workspace: Path) -> Definitions:
                 Field(name="avg_basket_size", dtype=Float32, description="Mean items per order"),
                 Field(name="avg_days_between_orders", dtype=Float32, description="Mean gap between orders"),
                 Field(name="distinct_items", dtype=Int64, description="Distinct products bought"),
+                Field(name="last_order_day", dtype=Float64, description="Last order, in days since 1970 (UTC)"),
                 Field(name="item_ids", dtype=Array(String), description="Products the user bought"),
                 Field(name="times_bought", dtype=Array(Int64), description="Orders containing each product"),
                 Field(
@@ -89,6 +90,16 @@ def build(workspace: Path) -> Definitions:
                     name="orders_since_first_bought",
                     dtype=Array(Int64),
                     description="Orders since each product was first bought (0 = in the last order)",
+                ),
+                Field(
+                    name="last_bought_day",
+                    dtype=Array(Float64),
+                    description="When each product was last bought, in days since 1970 (UTC)",
+                ),
+                Field(
+                    name="first_bought_day",
+                    dtype=Array(Float64),
+                    description="When each product was first bought, in days since 1970 (UTC)",
                 ),
             ],
             source=_pushed(features_dir, USER_STATS),

@@ -9,12 +9,20 @@ providers written like any third party's.
   held it, and how many orders ago they last bought it (their online row's arrays).
 * ``cadence``: the user's own rhythm with the candidate, counted in their orders: the mean
   interval between their purchases of it, how due it is (orders since the last purchase against
-  that interval), and how often they bought it since they first did. NaN (unknown) for a
+  that interval), and how often they bought it since they first did; :data:`UNKNOWN` for a
   candidate the user bought fewer than twice.
+* ``calendar``: the same in days, measured from when the shopper is answered
+  (``Query.as_of``; without it, the newest day the data knows: the training log's last
+  purchase or the user's own newer one): days since their last order and against their usual
+  gap, days since they last bought the candidate and against their usual interval for it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import endcap
@@ -69,6 +77,9 @@ class UserProductFeatures(endcap.FeatureProvider):
         return block
 
 
+UNKNOWN = -1.0
+"""What ``cadence`` and ``calendar`` give where there is nothing to measure (a product bought
+once or never, a user with no dated order): every measured value is zero or more."""
 CADENCE_NAMES = ("interval_orders", "due_ratio", "rate_since_first")
 
 
@@ -81,7 +92,7 @@ class CadenceFeatures(endcap.FeatureProvider):
     ) -> np.ndarray:
         block = np.full((ids.size, 3), np.nan, dtype=np.float32)
         if not (user.items.size and ids.size):
-            return block
+            return np.nan_to_num(block, nan=UNKNOWN)
         pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
         found = np.flatnonzero(user.items[pos] == ids)
         times = user.item_stats["times_bought"][pos[found]]
@@ -92,7 +103,62 @@ class CadenceFeatures(endcap.FeatureProvider):
             block[found, 0] = interval
             block[found, 1] = (since_last + 1) / interval
             block[found, 2] = np.where(times >= 2, times / (since_first + 1), np.nan)
-        return block
+        return np.nan_to_num(block, nan=UNKNOWN, posinf=UNKNOWN)
+
+
+CALENDAR_NAMES = ("days_since_last_order", "order_due", "days_since_bought", "item_due")
+SECONDS_PER_DAY = 86_400.0
+
+
+class CalendarFeatures(endcap.FeatureProvider):
+    def __init__(self, name: str, config: Any) -> None:
+        super().__init__(name, config)
+        self.data_until = math.nan
+        """The training log's newest purchase, in days since 1970: the clock when a query has none."""
+
+    def fit(self, data: endcap.TrainingData, directory: Path) -> Mapping[str, Any]:
+        times = data.interactions["timestamp"]
+        newest = times.max().timestamp() / SECONDS_PER_DAY if len(times) else None
+        (directory / "clock.json").write_text(json.dumps({"data_until_day": newest}))
+        return {"data_until_day": newest}
+
+    def load(self, context: endcap.ModelContext) -> None:
+        newest = json.loads((context.directory / "clock.json").read_text())["data_until_day"]
+        self.data_until = math.nan if newest is None else float(newest)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"calendar.{name}" for name in CALENDAR_NAMES)
+
+    def today(self, query: endcap.Query, last_order: float) -> float:
+        """The day the shopper is answered: the query's, else the newest day the data knows."""
+        if math.isfinite(query.as_of):
+            return query.as_of / SECONDS_PER_DAY
+        return float(np.nanmax([self.data_until, last_order]))
+
+    def compute(
+        self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        block = np.full((ids.size, 4), np.nan, dtype=np.float32)
+        last_order = user.stats.get("last_order_day", math.nan)
+        if math.isnan(last_order) or not ids.size:
+            return np.nan_to_num(block, nan=UNKNOWN)
+        today = (
+            query.as_of / SECONDS_PER_DAY if math.isfinite(query.as_of) else np.nanmax([self.data_until, last_order])
+        )
+        gap = user.stats.get("avg_days_between_orders", 0.0)
+        block[:, 0] = today - last_order
+        block[:, 1] = (today - last_order) / gap if gap > 0 else np.nan
+        pos = np.minimum(np.searchsorted(user.items, ids), max(user.items.size - 1, 0))
+        found = np.flatnonzero(user.items[pos] == ids) if user.items.size else np.zeros(0, np.int64)
+        times = user.item_stats["times_bought"][pos[found]]
+        last_day = user.item_stats["last_bought_day"][pos[found]]
+        first_day = user.item_stats["first_bought_day"][pos[found]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            interval = np.where(times >= 2, (last_day - first_day) / (times - 1), np.nan)
+            interval[interval <= 0] = np.nan  # bought twice on one day: no interval to speak of
+            block[found, 2] = today - last_day
+            block[found, 3] = (today - last_day) / interval
+        return np.nan_to_num(block, nan=UNKNOWN, posinf=UNKNOWN)
 
 
 @endcap.hookimpl
@@ -101,3 +167,4 @@ def endcap_register_components(registry: Any) -> None:
     registry.add(ProductStatsFeatures, type_name="product_stats")
     registry.add(UserProductFeatures, type_name="user_product")
     registry.add(CadenceFeatures, type_name="cadence")
+    registry.add(CalendarFeatures, type_name="calendar")

@@ -78,10 +78,12 @@ def test_recommend_returns_k_unique_items(stub: pb_grpc.RecommendationServiceStu
 def test_a_users_frequent_purchases_appear(stub: pb_grpc.RecommendationServiceStub, workspace: Path) -> None:
     log = history(workspace)
     counts = log[log["user_id"] == "1"].groupby("item_id")["basket_id"].nunique().sort_values(ascending=False)
-    reply = stub.Recommend(pb.RecommendRequest(user_id="1", k=10), timeout=5)
-    ids = [item.item_id for item in reply.items]
-    assert counts.index[0] in ids
-    assert len(set(counts.index[:5]) & set(ids)) >= 3
+    week_after = Timestamp(seconds=int(pd.Timestamp(log["timestamp"].max()).timestamp()) + 7 * 86_400)
+    for as_of in (None, week_after):  # answered as of the log's end, and a week later
+        reply = stub.Recommend(pb.RecommendRequest(user_id="1", k=10, as_of=as_of), timeout=5)
+        ids = [item.item_id for item in reply.items]
+        assert counts.index[0] in ids
+        assert len(set(counts.index[:5]) & set(ids)) >= 3
 
 
 def test_excluded_items_are_absent(stub: pb_grpc.RecommendationServiceStub) -> None:
@@ -104,6 +106,7 @@ def test_unknown_user_gets_popular_items(stub: pb_grpc.RecommendationServiceStub
         (pb.RecommendRequest(user_id="1", k=-1), "k must be between 1 and 1000"),
         (pb.RecommendRequest(user_id="1", k=1001), "k must be between 1 and 1000"),
         (pb.RecommendRequest(user_id="", k=5), "user_id is required"),
+        (pb.RecommendRequest(user_id="1", k=5, as_of=Timestamp(seconds=-5)), "as_of must be between 1970 and 2100"),
     ],
 )
 def test_bad_recommend_requests_are_invalid_argument(

@@ -13,6 +13,7 @@ import endcap
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from endcap.config import EndcapConfig
 from endcap.data.ingest import ingest, load_interactions
 from endcap.errors import FailedPrecondition
@@ -194,4 +195,36 @@ def test_cadence_counts_each_users_rhythm_with_a_product_in_orders() -> None:
     block = provider.compute(Query("u", 0, 10), user, ids, np.zeros((10, 0), np.float32))
     assert provider.names() == ("cadence.interval_orders", "cadence.due_ratio", "cadence.rate_since_first")
     np.testing.assert_allclose(block[1], [3.0, 1.0, 3 / 9])
-    assert np.isnan(block[0]).all() and np.isnan(block[2]).all()  # bought once, never bought: unknown
+    assert (block[0] == -1.0).all() and (block[2] == -1.0).all()  # bought once, never bought: unknown
+
+
+def test_calendar_counts_days_from_when_the_shopper_is_answered(tmp_path: Path) -> None:
+    from endcap.plugins.ranking_features import CalendarFeatures
+    from endcap.types import Query, UserFeatures
+
+    # last order on day 100 (usual gap 7 days); item 2 bought on days 80, 90, 100; item 5 once, on day 95
+    user = UserFeatures(
+        stats={"orders": 5.0, "avg_days_between_orders": 7.0, "last_order_day": 100.0},
+        items=np.array([2, 5], dtype=np.int32),
+        item_stats={
+            "times_bought": np.array([3.0, 1.0], np.float32),
+            "last_bought_day": np.array([100.0, 95.0], np.float32),
+            "first_bought_day": np.array([80.0, 95.0], np.float32),
+        },
+    )
+    provider = CalendarFeatures("calendar", {})
+    ids = np.array([2, 5, 9], dtype=np.int32)
+    at_day_114 = Query("u", 0, 10, as_of=114 * 86_400.0)
+    block = provider.compute(at_day_114, user, ids, np.zeros((10, 0), np.float32))
+    np.testing.assert_allclose(block[:, :2], [[14.0, 2.0]] * 3)  # two usual gaps since the last order
+    np.testing.assert_allclose(block[0, 2:], [14.0, 1.4])  # bought every 10 days, last 14 days ago
+    assert block[1, 2] == 19.0 and block[1, 3] == -1.0 and (block[2, 2:] == -1.0).all()
+    # without a time of its own, a query is answered as of the newest day the training log knows
+    interactions = pd.DataFrame({"timestamp": pd.to_datetime([104 * 86_400, 103 * 86_400], unit="s", utc=True)})
+    catalog = endcap.Catalog(np.array(["u"]), np.array([str(i) for i in range(10)]))
+    data = endcap.TrainingData(catalog, interactions, sp.csr_matrix((1, 10), dtype=np.float32))
+    assert provider.fit(data, tmp_path) == {"data_until_day": 104.0}
+    fresh = CalendarFeatures("calendar", {})
+    fresh.load(endcap.ModelContext(catalog, data.user_items, tmp_path))
+    undated = fresh.compute(Query("u", 0, 10), user, ids, np.zeros((10, 0), np.float32))
+    assert undated[0, 0] == 4.0 and undated[0, 2] == 4.0

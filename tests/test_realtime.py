@@ -25,16 +25,22 @@ def test_one_more_order_updates_counts_and_recency() -> None:
         "times_bought": [3, 1],
         "orders_since_last_bought": [0, 2],
         "orders_since_first_bought": [3, 2],
+        "last_order_day": 18_990.25,
+        "last_bought_day": [18_990.25, 18_980.0],
+        "first_bought_day": [18_950.0, 18_980.0],
     }
-    row = updated_user_row(current, ["b", "c", "b"])
+    row = updated_user_row(current, ["b", "c", "b"], 19_000.5)
     assert row["orders_since_first_bought"] == [4, 3, 0]
+    assert row["last_order_day"] == 19_000.5
+    assert row["last_bought_day"] == [18_990.25, 19_000.5, 19_000.5]
+    assert row["first_bought_day"] == [18_950.0, 18_980.0, 19_000.5]
     stats, products = (
         {k: row[k] for k in ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")},
         {k: row[k] for k in ("item_ids", "times_bought", "orders_since_last_bought")},
     )
     assert stats == {"orders": 5, "avg_basket_size": 2.0, "avg_days_between_orders": 7.0, "distinct_items": 3}
     assert products == {"item_ids": ["a", "b", "c"], "times_bought": [3, 2, 1], "orders_since_last_bought": [1, 0, 0]}
-    row = updated_user_row(dict.fromkeys(current), ["x"])
+    row = updated_user_row(dict.fromkeys(current), ["x"], 19_000.5)
     stats, products = (
         {k: row[k] for k in ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")},
         {k: row[k] for k in ("item_ids", "times_bought", "orders_since_last_bought")},
@@ -45,6 +51,7 @@ def test_one_more_order_updates_counts_and_recency() -> None:
         "orders_since_last_bought": [0],
     }
     assert row["orders_since_first_bought"] == [0]
+    assert row["last_order_day"] == 19_000.5 and row["last_bought_day"] == row["first_bought_day"] == [19_000.5]
 
 
 def test_record_events_updates_the_known_users_online_row(synthetic_workspace: Path, tmp_path: Path) -> None:

@@ -298,7 +298,9 @@ def test_ranking_layout_columns_and_the_users_purchase_counts(model: ServingMode
         "user_product.bought_share",
         "user_product.orders_since_last_bought",
     )
-    assert layout.names[12:] == ("cadence.interval_orders", "cadence.due_ratio", "cadence.rate_since_first")
+    assert layout.names[12:15] == ("cadence.interval_orders", "cadence.due_ratio", "cadence.rate_since_first")
+    calendar = ("days_since_last_order", "order_due", "days_since_bought", "item_due")
+    assert layout.names[15:] == tuple(f"calendar.{name}" for name in calendar)
     user = model.user_features(online.user("u2"))
     bought = user.items[:2]
     never = np.setdiff1d(np.arange(model.catalog.n_items, dtype=np.int32), user.items)[:1]
@@ -316,6 +318,18 @@ def test_ranking_layout_columns_and_the_users_purchase_counts(model: ServingMode
     np.testing.assert_allclose(matrix.column("user_product.bought_share"), times / orders, rtol=1e-6)
     assert matrix.column("user.orders").tolist() == [orders] * 3
     np.testing.assert_array_equal(matrix.values[:, 6:9], np.nan_to_num(model.provider_products["product"][ids]))
+    # the calendar measures from the query's time, else from the newest day the model's data knows
+    month_later = layout.matrix(
+        Query("u2", model.user_index["u2"], 3, as_of=(user.stats["last_order_day"] + 30) * 86_400.0),
+        ids,
+        scores,
+        user,
+        ComponentCalls(),
+        errors,
+    )
+    np.testing.assert_allclose(month_later.column("calendar.days_since_last_order"), 30.0, rtol=1e-6)
+    since = matrix.column("calendar.days_since_last_order")
+    assert (since >= 0).all() and (since < 30).all()
     with pytest.raises(ValueError, match="read-only"):
         matrix.values[0, 0] = 1.0
 

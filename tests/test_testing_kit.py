@@ -111,6 +111,20 @@ class TestUserProductFeatures(FeatureProviderContract):
         return ranking_features
 
 
+class TestCadenceFeatures(FeatureProviderContract):
+    type_name = "cadence"
+
+    def make_plugin(self) -> object:
+        return ranking_features
+
+
+class TestCalendarFeatures(FeatureProviderContract):
+    type_name = "calendar"
+
+    def make_plugin(self) -> object:
+        return ranking_features
+
+
 class TestStructlogMonitor(MonitorContract):
     type_name = "structlog"
 

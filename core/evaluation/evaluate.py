@@ -27,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 import structlog
 from endcap.config import EndcapConfig, FeatureStoreConfig
+from endcap.data.integer_codes import utc_microseconds
 from endcap.data.training_data import build_training_data
 from endcap.evaluation.baselines import als_baseline, frequency_baselines
 from endcap.evaluation.holdout import (
@@ -132,6 +133,8 @@ class TargetMatrices:
     history: sp.csr_matrix
     training: TrainingData
     """The split's training lines in the model's catalog (what the baselines train on)."""
+    as_of: np.ndarray
+    """When each user is answered: their target's first purchase, in seconds since 1970."""
 
 
 @dataclass
@@ -187,7 +190,9 @@ def target_matrices(split: TargetSplit, model: ServingModel) -> TargetMatrices:
     training_data = build_training_data(split.training, catalog=catalog)
     history = sp.csr_matrix(training_data.user_items[user_index])
     history.resize((len(users), width))  # type: ignore[arg-type]  # scipy-stubs types shape as Never
-    return TargetMatrices(users, user_index, truth, history, training_data)
+    starts = split.target.groupby("user_id")["timestamp"].min().loc[users]
+    as_of = utc_microseconds(starts) / 1e6
+    return TargetMatrices(users, user_index, truth, history, training_data, as_of)
 
 
 def rank_users(rebuilt: RebuiltModel, matrices: TargetMatrices, exclude: bool, baselines: bool) -> Rankings:
@@ -199,7 +204,7 @@ def rank_users(rebuilt: RebuiltModel, matrices: TargetMatrices, exclude: bool, b
         rankings.systems.update({f"{name} alone": [] for name in pipeline.source_names})
     rankings.candidates["all sources"] = []
     for row, (user_id, index) in enumerate(zip(matrices.users, matrices.user_index, strict=True)):
-        query = Query(user_id=user_id, user_index=int(index), k=MAX_K)
+        query = Query(user_id=user_id, user_index=int(index), k=MAX_K, as_of=float(matrices.as_of[row]))
         user = model.user_features(rebuilt.online.user(user_id))
         prepared = pipeline.prepare(query, user, errors={})
         ids, source_scores = prepared.features.ids, prepared.source_scores

@@ -4,7 +4,8 @@
 in one call count as one new order: the user's statistics and purchase arrays are read from the
 online store, brought up to date (``orders`` + 1, ``times_bought`` + 1 and
 ``orders_since_last_bought`` = 0 for what was bought, + 1 for the rest, ``orders_since_first_bought``
-+ 1, 0 for a first purchase), and pushed back through
++ 1, 0 for a first purchase; ``last_order_day`` and each bought product's ``last_bought_day`` to
+the newest event's day), and pushed back through
 the ``user_stats`` view's Feast push source, so the very next ``Recommend`` sees them. The events
 log stays the record of what happened: the next ``endcap retrain`` folds it into the offline store.
 
@@ -18,6 +19,7 @@ write.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,10 +39,10 @@ def pushed_timestamp(newest_event: float, stored: float | None) -> pd.Timestamp:
     return pd.Timestamp(round(seconds * 1e6), unit="us", tz="UTC")
 
 
-def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> dict[str, Any]:
+def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str], day: float) -> dict[str, Any]:
     """The user's ``user_stats`` values (statistics and purchase arrays) after one more order
-    holding ``purchased`` (item ids); ``current`` is :meth:`OnlineFeatures.user`'s row (all
-    ``None`` for a user the store has not seen)."""
+    holding ``purchased`` (item ids) on ``day`` (days since 1970, UTC); ``current`` is
+    :meth:`OnlineFeatures.user`'s row (all ``None`` for a user the store has not seen)."""
     basket = list(dict.fromkeys(purchased))
     orders_before = int(current.get("orders") or 0)
     orders = orders_before + 1
@@ -48,6 +50,8 @@ def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> di
     times = [int(t) for t in current.get("times_bought") or [0] * len(item_ids)]
     since = [int(s) + 1 for s in current.get("orders_since_last_bought") or [0] * len(item_ids)]
     since_first = [int(s) + 1 for s in current.get("orders_since_first_bought") or [0] * len(item_ids)]
+    last_day = [float(d) for d in current.get("last_bought_day") or [math.nan] * len(item_ids)]
+    first_day = [float(d) for d in current.get("first_bought_day") or [math.nan] * len(item_ids)]
     position = {item_id: i for i, item_id in enumerate(item_ids)}
     for item_id in basket:
         i = position.get(item_id)
@@ -57,19 +61,25 @@ def updated_user_row(current: Mapping[str, Any], purchased: Sequence[str]) -> di
             times.append(1)
             since.append(0)
             since_first.append(0)
+            last_day.append(day)
+            first_day.append(day)
         else:
             times[i] += 1
             since[i] = 0
+            last_day[i] = max(last_day[i], day) if not math.isnan(last_day[i]) else day
     average = float(current.get("avg_basket_size") or 0.0)
     return {
         "orders": orders,
         "avg_basket_size": (average * orders_before + len(basket)) / orders,
         "avg_days_between_orders": float(current.get("avg_days_between_orders") or 0.0),
         "distinct_items": len(item_ids),
+        "last_order_day": max(float(current.get("last_order_day") or day), day),
         "item_ids": item_ids,
         "times_bought": times,
         "orders_since_last_bought": since,
         "orders_since_first_bought": since_first,
+        "last_bought_day": last_day,
+        "first_bought_day": first_day,
     }
 
 
@@ -101,7 +111,7 @@ class RealtimeFeatures:
             rows = []
             for user_id, items in baskets.items():
                 written, current = self.read_user(user_id)
-                row = updated_user_row(current, items)
+                row = updated_user_row(current, items, newest[user_id] / 86_400.0)
                 stamp = pushed_timestamp(newest[user_id], written)
                 rows.append({"user_id": user_id, **row, "event_timestamp": stamp, "created_timestamp": stamp})
             self.push("user_stats", pd.DataFrame(rows))

@@ -21,7 +21,7 @@ import yaml
 from endcap.errors import FailedPrecondition
 from endcap.feature_repo import definitions
 from endcap.features import feast_env  # noqa: F401  (before Feast: keeps our metrics in memory)
-from endcap.features.tables import PRODUCT_STATS_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
+from endcap.features.tables import PRODUCT_STATS_COLUMNS, USER_CLOCK_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.workspace import Workspace
 from feast import FeatureStore, RepoConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # ibis (Feast's DuckDB offline store) calls a DuckDB method DuckDB has deprecated; nothing to act on here.
 warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
-USER_COLUMNS = (*USER_STATS_COLUMNS, "item_ids", *USER_PRODUCT_COLUMNS)
+USER_COLUMNS = (*USER_STATS_COLUMNS, *USER_CLOCK_COLUMNS, "item_ids", *USER_PRODUCT_COLUMNS)
 USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_COLUMNS]
 PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_COLUMNS]
 

@@ -20,7 +20,17 @@ PRODUCT_STATS_VIEW = "product_stats"
 """The Feast view of :data:`PRODUCT_STATS_COLUMNS` (keyed on the ``product`` entity)."""
 USER_STATS_COLUMNS = ("orders", "avg_basket_size", "avg_days_between_orders", "distinct_items")
 PRODUCT_STATS_COLUMNS = ("purchases", "distinct_buyers", "reorder_rate")
-USER_PRODUCT_COLUMNS = ("times_bought", "orders_since_last_bought", "orders_since_first_bought")
+USER_CLOCK_COLUMNS = ("last_order_day",)
+"""When the user last ordered, in days since 1970 (UTC, fractional): read with the statistics,
+never a ranking feature itself (calendar features measure from it)."""
+USER_PRODUCT_COLUMNS = (
+    "times_bought",
+    "orders_since_last_bought",
+    "orders_since_first_bought",
+    "last_bought_day",
+    "first_bought_day",
+)
+DAY_MICROSECONDS = 86_400_000_000
 
 
 def _stamp(frame: pd.DataFrame, as_of: pd.Timestamp, created: pd.Timestamp) -> pd.DataFrame:
@@ -130,6 +140,7 @@ class _CodedLog:
         times_bought = np.diff(np.r_[pair_start, len(user)])
         last_basket = np.maximum.reduceat(basket_index, pair_start)
         first_basket = np.minimum.reduceat(basket_index, pair_start)
+        line_day = basket_time[basket] / DAY_MICROSECONDS  # a line's day is its basket's
         distinct_items = np.bincount(pair_user, minlength=n_users)
 
         buyers = np.flatnonzero(orders)
@@ -141,12 +152,15 @@ class _CodedLog:
                 "avg_basket_size": (lines[buyers] / orders[buyers]).astype(np.float32),
                 "avg_days_between_orders": (span_days / np.maximum(orders[buyers] - 1, 1)).astype(np.float32),
                 "distinct_items": distinct_items[buyers].astype(np.int64),
+                "last_order_day": (last[buyers] / DAY_MICROSECONDS).astype(np.float64),
                 **_per_user_lists(
                     distinct_items[buyers],
                     item_ids=_arrow(self.item_ids[pair_item].array),
                     times_bought=pa.array(times_bought.astype(np.int64)),
                     orders_since_last_bought=pa.array((orders[pair_user] - 1 - last_basket).astype(np.int64)),
                     orders_since_first_bought=pa.array((orders[pair_user] - 1 - first_basket).astype(np.int64)),
+                    last_bought_day=pa.array(np.maximum.reduceat(line_day, pair_start)),
+                    first_bought_day=pa.array(np.minimum.reduceat(line_day, pair_start)),
                 ),
             }
         )

@@ -6,6 +6,7 @@ swaps one object.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 import structlog
 from endcap.errors import FailedPrecondition
-from endcap.features.tables import USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
+from endcap.features.tables import USER_CLOCK_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.model_versions import CorruptArtifact, Manifest, ModelRegistry, component_dir, load_catalog, verify_artifact
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
@@ -61,6 +62,7 @@ class ServingModel:
         if raw.get("orders") is None:
             return UserFeatures(stats=MappingProxyType({}))
         stats = {name: float(raw.get(name) or 0.0) for name in USER_STATS_COLUMNS}
+        stats.update({name: _float_or_nan(raw.get(name)) for name in USER_CLOCK_COLUMNS})
         ids = self.item_indices(_sequence(raw.get("item_ids")))
         order = np.argsort(ids, kind="stable")
         order = order[ids[order] >= 0]  # sorted, products the model does not know left out
@@ -80,14 +82,16 @@ class ServingModel:
         order = np.argsort(items, kind="stable")
         counts = np.asarray(self.user_items.data[start:end], dtype=np.float32)[order]
         unknown = read_only(np.full_like(counts, np.nan))  # no orders are known: recency and cadence unknown
-        item_stats = {
-            "times_bought": read_only(counts),
-            "orders_since_last_bought": read_only(np.zeros_like(counts)),
-            "orders_since_first_bought": unknown,
-        }
+        item_stats = {name: unknown for name in USER_PRODUCT_COLUMNS}
+        item_stats["times_bought"] = read_only(counts)
+        item_stats["orders_since_last_bought"] = read_only(np.zeros_like(counts))
         return UserFeatures(
             stats=MappingProxyType({}), items=read_only(items[order]), item_stats=MappingProxyType(item_stats)
         )
+
+
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _item_array(value: Any, size: int) -> np.ndarray:

@@ -7,11 +7,12 @@ dropped from this request (logged and reported to monitors), and the request is 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
 
@@ -176,9 +177,10 @@ class Pipeline:
         exclude_item_ids: Sequence[str] = (),
         context: Mapping[str, str] | None = None,
         variant: str = "",
+        as_of: float = math.nan,
     ) -> Query:
         """The query for this pipeline's model (see :meth:`RequestValidator.query`)."""
-        return self.requests.query(self.model, user_id, k, exclude_item_ids, context, variant)
+        return self.requests.query(self.model, user_id, k, exclude_item_ids, context, variant, as_of)
 
     # -- Recommend ---------------------------------------------------------------------------
 
@@ -335,7 +337,7 @@ class Pipeline:
         generator = self.model.components.candidates.get(name)
         if generator is None:
             return [Candidates.empty() for _ in self.sources]
-        cold = Query(query.user_id, -1, query.k, query.exclude, query.context, query.variant)
+        cold = replace(query, user_index=-1)
         key = f"{name} (fallback)"
 
         def call() -> Candidates:

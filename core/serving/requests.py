@@ -4,6 +4,7 @@ work is done. Every refusal is ``INVALID_ARGUMENT`` and names the field (``event
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -84,10 +85,14 @@ class RequestValidator:
         exclude_item_ids: Sequence[str] = (),
         context: Mapping[str, str] | None = None,
         variant: str = "",
+        as_of: float = math.nan,
     ) -> Query:
         """The query for ``model``: the user's and the excluded items' indices in its catalogue
-        (ids it does not know are dropped from the exclusions) and ``k`` resolved."""
+        (ids it does not know are dropped from the exclusions), ``k`` resolved, and ``as_of``
+        (seconds since 1970; NaN: not given) checked."""
         require_id("user_id", user_id)
+        if not math.isnan(as_of) and not 0 <= as_of < LATEST_TIMESTAMP:
+            raise InvalidArgument(f"as_of must be between 1970 and 2100; got {as_of:.0f} seconds")
         exclude = EMPTY_INDEX
         if exclude_item_ids:
             exclude = model.item_indices(list(exclude_item_ids))
@@ -100,6 +105,7 @@ class RequestValidator:
             exclude=exclude,
             context=dict(context or {}),
             variant=variant,
+            as_of=as_of,
         )
 
     def events(self, inputs: Sequence[EventInput], now: float | None = None) -> tuple[Event, ...]:

@@ -10,6 +10,7 @@ here (:mod:`endcap.serving.experiments`)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -93,6 +94,7 @@ class RecommendationService:
         exclude_item_ids: Sequence[str],
         context: Mapping[str, str],
         variant: str,
+        as_of: float = math.nan,
     ) -> Recommendation:
         query: Query | None = None
         try:
@@ -100,7 +102,7 @@ class RecommendationService:
             pipelines = self.lifecycle.pipelines  # one version for the whole request
             chosen = choose(pipelines, self.config, user_id, variant)
             pipeline = pipelines[chosen]
-            query = pipeline.make_query(user_id, k, exclude_item_ids, context, chosen)
+            query = pipeline.make_query(user_id, k, exclude_item_ids, context, chosen, as_of)
             answer, record = pipeline.recommend(query, request_id)
         except Exception as exc:
             self.notify("on_error", request_id, query, exc)

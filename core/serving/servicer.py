@@ -8,6 +8,7 @@ too, naming the field, before anything converts them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,6 +51,7 @@ class RecommendationServicer:
             exclude_item_ids=list(request.exclude_item_ids),
             context=dict(request.context),
             variant=request.variant if request.HasField("variant") else "",
+            as_of=timestamp_seconds(request.as_of, "as_of") if request.HasField("as_of") else math.nan,
         )
         response = pb.RecommendResponse(
             model_version=answer.model_version, request_id=answer.request_id, variant=answer.variant

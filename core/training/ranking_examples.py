@@ -127,7 +127,10 @@ class DepthExamples:
                 for row in np.flatnonzero(cutoff_of_user == cutoff):
                     user_id = str(labels["user_id"].iloc[row])
                     label_items = items_by_user[user_id]
-                    block, names = user_block(pipeline, model, self.config, user_id, user_rows[row], label_items)
+                    as_of = labels["label_time"].iloc[row].timestamp()
+                    block, names = user_block(
+                        pipeline, model, self.config, (user_id, as_of), user_rows[row], label_items
+                    )
                     blocks.append(block)
         return blocks, names, len(label_lines)
 
@@ -183,13 +186,14 @@ def user_block(
     pipeline: Pipeline,
     model: ServingModel,
     config: EndcapConfig,
-    user_id: str,
+    shopper: tuple[str, float],
     user_row: dict[str, Any],
     label_items: set[str],
 ) -> tuple[Block, tuple[str, ...]]:
-    """The user's candidates and features as serving prepares them, labelled by ``label_items``;
-    and the feature names."""
-    query = Query(user_id, model.user_index[user_id], config.serving.default_k)
+    """The candidates and features of ``shopper`` (user id, label time in seconds since 1970) as
+    serving prepares them at that time, labelled by ``label_items``; and the feature names."""
+    user_id, as_of = shopper
+    query = Query(user_id, model.user_index[user_id], config.serving.default_k, as_of=as_of)
     prepared = pipeline.prepare(query, model.user_features(user_row), errors={})
     positives = model.item_indices(sorted(label_items))
     labels = np.isin(prepared.features.ids, positives).astype(np.float32)

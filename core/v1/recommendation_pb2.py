@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65ndcap/v1/recommendation.proto\x12\tendcap.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.endcap.v1.RecommendRequest.ContextEntry\x12\x14\n\x07variant\x18\x05 \x01(\tH\x00\x88\x01\x01\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08_variant\"B\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07sources\x18\x03 \x03(\t\"z\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.endcap.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\"K\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"l\n\x14SimilarItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.endcap.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xa0\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.endcap.v1.EventType\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\"7\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.endcap.v1.Event\"(\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\x15\n\x13GetModelInfoRequest\":\n\nPluginInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05hooks\x18\x03 \x03(\t\"\x99\x02\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\ntrained_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x03 \x01(\t\x12\x15\n\rtraining_rows\x18\x04 \x01(\x03\x12\r\n\x05users\x18\x05 \x01(\x03\x12\r\n\x05items\x18\x06 \x01(\x03\x12&\n\x07plugins\x18\x07 \x03(\x0b\x32\x15.endcap.v1.PluginInfo\x12\x12\n\ncomponents\x18\x08 \x03(\t\x12\x14\n\x0crepeat_share\x18\t \x01(\x01\x12\x19\n\x11\x65xclude_purchased\x18\n \x01(\x08*q\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x01\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x03\x32\xd2\x02\n\x15RecommendationService\x12\x46\n\tRecommend\x12\x1b.endcap.v1.RecommendRequest\x1a\x1c.endcap.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.endcap.v1.SimilarItemsRequest\x1a\x1f.endcap.v1.SimilarItemsResponse\x12O\n\x0cRecordEvents\x12\x1e.endcap.v1.RecordEventsRequest\x1a\x1f.endcap.v1.RecordEventsResponse\x12O\n\x0cGetModelInfo\x12\x1e.endcap.v1.GetModelInfoRequest\x1a\x1f.endcap.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65ndcap/v1/recommendation.proto\x12\tendcap.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.endcap.v1.RecommendRequest.ContextEntry\x12\x14\n\x07variant\x18\x05 \x01(\tH\x00\x88\x01\x01\x12)\n\x05\x61s_of\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08_variant\"B\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07sources\x18\x03 \x03(\t\"z\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.endcap.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\"K\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"l\n\x14SimilarItemsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.endcap.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xa0\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.endcap.v1.EventType\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\"7\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.endcap.v1.Event\"(\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\x15\n\x13GetModelInfoRequest\":\n\nPluginInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05hooks\x18\x03 \x03(\t\"\x99\x02\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12.\n\ntrained_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x03 \x01(\t\x12\x15\n\rtraining_rows\x18\x04 \x01(\x03\x12\r\n\x05users\x18\x05 \x01(\x03\x12\r\n\x05items\x18\x06 \x01(\x03\x12&\n\x07plugins\x18\x07 \x03(\x0b\x32\x15.endcap.v1.PluginInfo\x12\x12\n\ncomponents\x18\x08 \x03(\t\x12\x14\n\x0crepeat_share\x18\t \x01(\x01\x12\x19\n\x11\x65xclude_purchased\x18\n \x01(\x08*q\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x01\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x03\x32\xd2\x02\n\x15RecommendationService\x12\x46\n\tRecommend\x12\x1b.endcap.v1.RecommendRequest\x1a\x1c.endcap.v1.RecommendResponse\x12O\n\x0cSimilarItems\x12\x1e.endcap.v1.SimilarItemsRequest\x1a\x1f.endcap.v1.SimilarItemsResponse\x12O\n\x0cRecordEvents\x12\x1e.endcap.v1.RecordEventsRequest\x1a\x1f.endcap.v1.RecordEventsResponse\x12O\n\x0cGetModelInfo\x12\x1e.endcap.v1.GetModelInfoRequest\x1a\x1f.endcap.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,32 +34,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1302
-  _globals['_EVENTTYPE']._serialized_end=1415
+  _globals['_EVENTTYPE']._serialized_start=1345
+  _globals['_EVENTTYPE']._serialized_end=1458
   _globals['_RECOMMENDREQUEST']._serialized_start=79
-  _globals['_RECOMMENDREQUEST']._serialized_end=292
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=234
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=280
-  _globals['_RECOMMENDEDITEM']._serialized_start=294
-  _globals['_RECOMMENDEDITEM']._serialized_end=360
-  _globals['_RECOMMENDRESPONSE']._serialized_start=362
-  _globals['_RECOMMENDRESPONSE']._serialized_end=484
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=486
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=561
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=563
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=671
-  _globals['_EVENT']._serialized_start=674
-  _globals['_EVENT']._serialized_end=834
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=836
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=891
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=893
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=933
-  _globals['_GETMODELINFOREQUEST']._serialized_start=935
-  _globals['_GETMODELINFOREQUEST']._serialized_end=956
-  _globals['_PLUGININFO']._serialized_start=958
-  _globals['_PLUGININFO']._serialized_end=1016
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1019
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1300
-  _globals['_RECOMMENDATIONSERVICE']._serialized_start=1418
-  _globals['_RECOMMENDATIONSERVICE']._serialized_end=1756
+  _globals['_RECOMMENDREQUEST']._serialized_end=335
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=277
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=323
+  _globals['_RECOMMENDEDITEM']._serialized_start=337
+  _globals['_RECOMMENDEDITEM']._serialized_end=403
+  _globals['_RECOMMENDRESPONSE']._serialized_start=405
+  _globals['_RECOMMENDRESPONSE']._serialized_end=527
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=529
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=604
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=606
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=714
+  _globals['_EVENT']._serialized_start=717
+  _globals['_EVENT']._serialized_end=877
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=879
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=934
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=936
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=976
+  _globals['_GETMODELINFOREQUEST']._serialized_start=978
+  _globals['_GETMODELINFOREQUEST']._serialized_end=999
+  _globals['_PLUGININFO']._serialized_start=1001
+  _globals['_PLUGININFO']._serialized_end=1059
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1062
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1343
+  _globals['_RECOMMENDATIONSERVICE']._serialized_start=1461
+  _globals['_RECOMMENDATIONSERVICE']._serialized_end=1799
 # @@protoc_insertion_point(module_scope)

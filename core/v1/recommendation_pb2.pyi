@@ -68,6 +68,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     VARIANT_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The shopper. Unknown users get cold-start recommendations."""
     k: _builtins.int
@@ -82,6 +83,13 @@ class RecommendRequest(_message.Message):
     def context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form request context (page, store, device, ...)."""
 
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """When the shopper is answered (normally now): time-aware ranking features measure from it.
+        Unset: the newest time the model's data knows (its training log's last purchase, or the
+        shopper's own newer one). 1970..2100.
+        """
+
     def __init__(
         self,
         *,
@@ -90,10 +98,11 @@ class RecommendRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         variant: _builtins.str | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_variant", b"_variant", "variant", b"variant"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_variant", b"_variant", "as_of", b"as_of", "variant", b"variant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_variant", b"_variant", "context", b"context", "exclude_item_ids", b"exclude_item_ids", "k", b"k", "user_id", b"user_id", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_variant", b"_variant", "as_of", b"as_of", "context", b"context", "exclude_item_ids", b"exclude_item_ids", "k", b"k", "user_id", b"user_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__variant: _TypeAlias = _typing.Literal["variant"]  # noqa: Y015
     _WhichOneofArgType__variant: _TypeAlias = _typing.Literal["_variant", b"_variant"]  # noqa: Y015
