@@ -196,6 +196,13 @@ def test_cli_recommend_prints_the_servers_answer(
         for rank, item in enumerate(reply.items, start=1)
     ]
     assert len(expected) == 10 and printed == expected
+    week_after = (pd.Timestamp(history(server.workspace)["timestamp"].max()) + pd.Timedelta(days=7)).floor("s")
+    dated = run_cli("recommend", "--user-id", "1", "--target", server.target, "--as-of", week_after.isoformat())
+    asked = pb.RecommendRequest(user_id="1", k=10, as_of=Timestamp(seconds=int(week_after.timestamp())))
+    reply = stub.Recommend(asked, timeout=5)
+    assert [row.split()[1] for row in dated.stdout.splitlines()[2:] if row.strip()] == [i.item_id for i in reply.items]
+    refused = run_cli("recommend", "--user-id", "1", "--target", server.target, "--as-of", "next tuesday", check=False)
+    assert refused.returncode != 0 and "--as-of: expected an ISO-8601 time" in refused.stderr
 
 
 def test_cli_batch_covers_every_user(workspace: Path, tmp_path: Path) -> None:

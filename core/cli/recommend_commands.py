@@ -24,12 +24,24 @@ def cmd_recommend(args: argparse.Namespace, workspace: Workspace) -> int:
         key=Path(args.tls_key) if args.tls_key else None,
         token=args.token or os.environ.get("ENDCAP_TOKEN"),
     )
-    response = recommend(connection, args.user_id, args.k, args.exclude or [], timeout=args.timeout)
+    as_of = _as_of(args.as_of) if args.as_of else None
+    response = recommend(connection, args.user_id, args.k, args.exclude or [], timeout=args.timeout, as_of=as_of)
     say(f"model {response.model_version}, request {response.request_id}")
     say(f"{'rank':>4}  {'item_id':<12} {'score':>8}  sources")
     for rank, item in enumerate(response.items, start=1):
         say(f"{rank:>4}  {item.item_id:<12} {item.score:>8.4f}  {','.join(item.sources)}")
     return 0
+
+
+def _as_of(text: str) -> float:
+    """``--as-of``: an ISO-8601 time (UTC unless it names a zone), in seconds since 1970."""
+    import pandas as pd
+
+    try:
+        moment = pd.Timestamp(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"--as-of: expected an ISO-8601 time such as 2026-12-05T10:00:00Z; got {text!r}") from exc
+    return float((moment.tz_localize("UTC") if moment.tzinfo is None else moment).timestamp())
 
 
 def cmd_batch(args: argparse.Namespace, workspace: Workspace) -> int:
@@ -96,6 +108,9 @@ def add_commands(commands: CommandTable) -> None:
     recommend.add_argument("--exclude", nargs="*", metavar="ITEM_ID", help="item ids to leave out")
     recommend.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
     recommend.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds")
+    recommend.add_argument(
+        "--as-of", help="when the shopper is answered, ISO-8601 (default: the newest time the model's data knows)"
+    )
     recommend.add_argument("--token", help="bearer token (default: $ENDCAP_TOKEN)")
     recommend.add_argument("--tls-ca", help="CA certificate: connect with TLS and check the server against it")
     recommend.add_argument("--tls-cert", help="client certificate, for mutual TLS")

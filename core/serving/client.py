@@ -42,11 +42,19 @@ class Connection:
 
 
 def recommend(
-    connection: Connection, user_id: str, k: int = 10, exclude_item_ids: Sequence[str] = (), timeout: float = 5.0
+    connection: Connection,
+    user_id: str,
+    k: int = 10,
+    exclude_item_ids: Sequence[str] = (),
+    timeout: float = 5.0,
+    as_of: float | None = None,
 ) -> pb.RecommendResponse:
+    """``Recommend`` for ``user_id``; ``as_of`` (seconds since 1970) is when the shopper is answered."""
     with connection.channel() as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
         request = pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude_item_ids))
+        if as_of is not None:
+            request.as_of.FromNanoseconds(round(as_of * 1e9))
         try:
             return stub.Recommend(request, timeout=timeout, metadata=connection.metadata())
         except grpc.RpcError as exc:
