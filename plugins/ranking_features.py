@@ -83,6 +83,26 @@ once or never, a user with no dated order): every measured value is zero or more
 CADENCE_NAMES = ("interval_orders", "due_ratio", "rate_since_first")
 
 
+def bought_rows(user: endcap.UserFeatures, ids: np.ndarray, at_least: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows of ids, positions in the user's arrays)`` of the candidates the user bought at
+    least ``at_least`` times (``user.items`` is sorted)."""
+    if not (user.items.size and ids.size):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pos = np.searchsorted(user.items, ids)
+    pos[pos == user.items.size] = 0
+    rows = np.flatnonzero(user.items[pos] == ids)
+    if at_least > 1:
+        rows = rows[user.item_stats["times_bought"][pos[rows]] >= at_least]
+    return rows, pos[rows]
+
+
+def _measured(block: np.ndarray) -> np.ndarray:
+    """``block`` with whatever could not be measured (NaN or infinite: a row written before an
+    array existed, two purchases in one order) as :data:`UNKNOWN`."""
+    np.nan_to_num(block, copy=False, nan=UNKNOWN, posinf=UNKNOWN, neginf=UNKNOWN)
+    return block
+
+
 class CadenceFeatures(endcap.FeatureProvider):
     def names(self) -> tuple[str, ...]:
         return tuple(f"cadence.{name}" for name in CADENCE_NAMES)
@@ -90,20 +110,21 @@ class CadenceFeatures(endcap.FeatureProvider):
     def compute(
         self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
     ) -> np.ndarray:
-        block = np.full((ids.size, 3), np.nan, dtype=np.float32)
-        if not (user.items.size and ids.size):
-            return np.nan_to_num(block, nan=UNKNOWN)
-        pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
-        found = np.flatnonzero(user.items[pos] == ids)
-        times = user.item_stats["times_bought"][pos[found]]
-        since_last = user.item_stats["orders_since_last_bought"][pos[found]]
-        since_first = user.item_stats["orders_since_first_bought"][pos[found]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            interval = np.where(times >= 2, (since_first - since_last) / (times - 1), np.nan)
-            block[found, 0] = interval
-            block[found, 1] = (since_last + 1) / interval
-            block[found, 2] = np.where(times >= 2, times / (since_first + 1), np.nan)
-        return np.nan_to_num(block, nan=UNKNOWN, posinf=UNKNOWN)
+        block = np.full((ids.size, 3), UNKNOWN, dtype=np.float32)
+        rows, pos = bought_rows(user, ids, at_least=2)
+        if not rows.size:
+            return block
+        times = user.item_stats["times_bought"][pos]
+        since_last = user.item_stats["orders_since_last_bought"][pos]
+        since_first = user.item_stats["orders_since_first_bought"][pos]
+        bought = np.full((rows.size, 3), UNKNOWN, dtype=np.float32)
+        interval = (since_first - since_last) / (times - 1)
+        bought[:, 0] = interval
+        spaced = interval > 0
+        bought[spaced, 1] = (since_last[spaced] + 1) / interval[spaced]
+        bought[:, 2] = times / (since_first + 1)
+        block[rows] = _measured(bought)
+        return block
 
 
 CALENDAR_NAMES = ("days_since_last_order", "order_due", "days_since_bought", "item_due")
@@ -133,32 +154,32 @@ class CalendarFeatures(endcap.FeatureProvider):
         """The day the shopper is answered: the query's, else the newest day the data knows."""
         if math.isfinite(query.as_of):
             return query.as_of / SECONDS_PER_DAY
-        return float(np.nanmax([self.data_until, last_order]))
+        return last_order if math.isnan(self.data_until) else max(self.data_until, last_order)
 
     def compute(
         self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
     ) -> np.ndarray:
-        block = np.full((ids.size, 4), np.nan, dtype=np.float32)
+        block = np.full((ids.size, 4), UNKNOWN, dtype=np.float32)
         last_order = user.stats.get("last_order_day", math.nan)
         if math.isnan(last_order) or not ids.size:
-            return np.nan_to_num(block, nan=UNKNOWN)
-        today = (
-            query.as_of / SECONDS_PER_DAY if math.isfinite(query.as_of) else np.nanmax([self.data_until, last_order])
-        )
+            return block
+        since_order = self.today(query, last_order) - last_order
         gap = user.stats.get("avg_days_between_orders", 0.0)
-        block[:, 0] = today - last_order
-        block[:, 1] = (today - last_order) / gap if gap > 0 else np.nan
-        pos = np.minimum(np.searchsorted(user.items, ids), max(user.items.size - 1, 0))
-        found = np.flatnonzero(user.items[pos] == ids) if user.items.size else np.zeros(0, np.int64)
-        times = user.item_stats["times_bought"][pos[found]]
-        last_day = user.item_stats["last_bought_day"][pos[found]]
-        first_day = user.item_stats["first_bought_day"][pos[found]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            interval = np.where(times >= 2, (last_day - first_day) / (times - 1), np.nan)
-            interval[interval <= 0] = np.nan  # bought twice on one day: no interval to speak of
-            block[found, 2] = today - last_day
-            block[found, 3] = (today - last_day) / interval
-        return np.nan_to_num(block, nan=UNKNOWN, posinf=UNKNOWN)
+        block[:, 0] = since_order
+        if gap > 0:
+            block[:, 1] = since_order / gap
+        rows, pos = bought_rows(user, ids)
+        if rows.size:
+            last_day = user.item_stats["last_bought_day"][pos]
+            first_day = user.item_stats["first_bought_day"][pos]
+            times = user.item_stats["times_bought"][pos]
+            bought = np.full((rows.size, 2), UNKNOWN, dtype=np.float32)
+            bought[:, 0] = (since_order + last_order) - last_day
+            interval = (last_day - first_day) / np.maximum(times - 1, 1)
+            spaced = (times >= 2) & (interval > 0)  # bought twice on one day: no interval to speak of
+            bought[spaced, 1] = bought[spaced, 0] / interval[spaced]
+            block[rows, 2:] = _measured(bought)
+        return block
 
 
 @endcap.hookimpl
