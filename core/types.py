@@ -190,10 +190,13 @@ class Event:
 class RankingExamples:
     """Learning-to-rank examples built the way serving builds a request's features.
 
-    For each user with at least two baskets, the candidate generators are trained on everything
-    before the user's newest basket, features come from point-in-time reads of the offline
-    store as of that basket, and a candidate's label is 1 when it is in that basket.
-    Rows of one user are consecutive; ``groups`` holds the row count of each user in order.
+    One query group per label basket: each user's newest basket, and with
+    ``training.label_baskets`` > 1 the ones before it (all newest baskets first, then the next
+    older ones). For each, the candidate generators are trained on the log without it and the
+    user's newer baskets, features come from point-in-time reads of the offline store as of
+    that basket, and a candidate's label is 1 when it is in that basket. Rows of one group are
+    consecutive; ``groups`` holds the row count of each group in order. A user can own several
+    groups: hold out by :attr:`user_ids`, not by group, to keep a user's groups together.
     """
 
     names: tuple[str, ...]
@@ -201,6 +204,7 @@ class RankingExamples:
     labels: npt.NDArray[np.float32]
     groups: npt.NDArray[np.int32]
     user_ids: tuple[str, ...]
+    """The user of each group, in order."""
 
 
 @dataclass(frozen=True)

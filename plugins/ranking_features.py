@@ -114,9 +114,11 @@ class CadenceFeatures(endcap.FeatureProvider):
         rows, pos = bought_rows(user, ids, at_least=2)
         if not rows.size:
             return block
+        since_first = user.item_stats["orders_since_first_bought"][pos]
+        known = since_first >= 0  # negative: a row written before Endcap counted it
+        rows, pos, since_first = rows[known], pos[known], since_first[known]
         times = user.item_stats["times_bought"][pos]
         since_last = user.item_stats["orders_since_last_bought"][pos]
-        since_first = user.item_stats["orders_since_first_bought"][pos]
         bought = np.full((rows.size, 3), UNKNOWN, dtype=np.float32)
         interval = (since_first - since_last) / (times - 1)
         bought[:, 0] = interval
@@ -144,7 +146,11 @@ class CalendarFeatures(endcap.FeatureProvider):
         return {"data_until_day": newest}
 
     def load(self, context: endcap.ModelContext) -> None:
-        newest = json.loads((context.directory / "clock.json").read_text())["data_until_day"]
+        clock = context.directory / "clock.json"
+        if not clock.exists():  # not trained with this model version: measure from the user's last order
+            self.data_until = math.nan
+            return
+        newest = json.loads(clock.read_text())["data_until_day"]
         self.data_until = math.nan if newest is None else float(newest)
 
     def names(self) -> tuple[str, ...]:
@@ -163,7 +169,7 @@ class CalendarFeatures(endcap.FeatureProvider):
         last_order = user.stats.get("last_order_day", math.nan)
         if math.isnan(last_order) or not ids.size:
             return block
-        since_order = self.today(query, last_order) - last_order
+        since_order = max(self.today(query, last_order) - last_order, 0.0)  # a caller's clock a little behind
         gap = user.stats.get("avg_days_between_orders", 0.0)
         block[:, 0] = since_order
         if gap > 0:
@@ -174,9 +180,10 @@ class CalendarFeatures(endcap.FeatureProvider):
             first_day = user.item_stats["first_bought_day"][pos]
             times = user.item_stats["times_bought"][pos]
             bought = np.full((rows.size, 2), UNKNOWN, dtype=np.float32)
-            bought[:, 0] = (since_order + last_order) - last_day
+            bought[:, 0] = np.maximum((since_order + last_order) - last_day, 0.0)
             interval = (last_day - first_day) / np.maximum(times - 1, 1)
-            spaced = (times >= 2) & (interval > 0)  # bought twice on one day: no interval to speak of
+            spaced = (times >= 2) & (interval > 0) & (first_day >= 0)  # bought twice on one day: no interval
+            bought[last_day < 0] = UNKNOWN  # a row written before Endcap kept purchase days
             bought[spaced, 1] = bought[spaced, 0] / interval[spaced]
             block[rows, 2:] = _measured(bought)
         return block

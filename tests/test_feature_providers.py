@@ -228,3 +228,7 @@ def test_calendar_counts_days_from_when_the_shopper_is_answered(tmp_path: Path) 
     fresh.load(endcap.ModelContext(catalog, data.user_items, tmp_path))
     undated = fresh.compute(Query("u", 0, 10), user, ids, np.zeros((10, 0), np.float32))
     assert undated[0, 0] == 4.0 and undated[0, 2] == 4.0
+    # a version trained before the calendar existed has no clock: the user's last order is the day
+    older = CalendarFeatures("calendar", {})
+    older.load(endcap.ModelContext(catalog, data.user_items, tmp_path / "trained-without-it"))
+    assert older.compute(Query("u", 0, 10), user, ids, np.zeros((10, 0), np.float32))[0, 0] == 0.0

@@ -134,7 +134,8 @@ class TargetMatrices:
     training: TrainingData
     """The split's training lines in the model's catalog (what the baselines train on)."""
     as_of: np.ndarray
-    """When each user is answered: their target's first purchase, in seconds since 1970."""
+    """When each user is answered, in seconds since 1970: their target's first purchase, or their
+    last training line when that is later."""
 
 
 @dataclass
@@ -190,8 +191,11 @@ def target_matrices(split: TargetSplit, model: ServingModel) -> TargetMatrices:
     training_data = build_training_data(split.training, catalog=catalog)
     history = sp.csr_matrix(training_data.user_items[user_index])
     history.resize((len(users), width))  # type: ignore[arg-type]  # scipy-stubs types shape as Never
+    # answered when their target starts, never before their last training line (a random holdout
+    # interleaves the two)
     starts = split.target.groupby("user_id")["timestamp"].min().loc[users]
-    as_of = utc_microseconds(starts) / 1e6
+    trained = split.training.groupby("user_id")["timestamp"].max().reindex(users).fillna(starts)
+    as_of = np.maximum(utc_microseconds(starts), utc_microseconds(trained)) / 1e6
     return TargetMatrices(users, user_index, truth, history, training_data, as_of)
 
 

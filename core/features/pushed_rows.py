@@ -66,7 +66,7 @@ def keeping_pushed_rows(workspace: Workspace, feature_store: FeatureStoreConfig 
 
 def _restore(online: Any, saved: dict[str, tuple[float | None, dict[str, Any]]]) -> int:
     """Push back every saved row the materialization changed, stamped newer than what it wrote."""
-    from endcap.features.realtime import pushed_timestamp
+    from endcap.features.realtime import pushed_timestamp, with_every_column
     from endcap.features.store import USER_COLUMNS
 
     rows = []
@@ -76,6 +76,8 @@ def _restore(online: Any, saved: dict[str, tuple[float | None, dict[str, Any]]])
             continue
         stamp = pushed_timestamp(float(written or 0.0), now_written)
         values = {column: row[column] for column in USER_COLUMNS}
+        if row.get("orders") is not None:
+            values = with_every_column(values)  # a row an earlier Endcap pushed, on today's columns
         rows.append({"user_id": user_id, **values, "event_timestamp": stamp, "created_timestamp": stamp})
     if rows:
         online.push("user_stats", pd.DataFrame(rows))

@@ -263,11 +263,27 @@ class OnlineFeatures:
         self.store = existing_store(workspace, feature_store)
         self._online = self.store._get_provider().online_store
         self._user_view = self.store.get_feature_view(definitions.USER_STATS)
+        self.columns = self._registered_columns()
+        """The user row's columns the registered view defines (all of :data:`USER_COLUMNS` once
+        ``endcap features`` has run with this Endcap); the others read as ``None``."""
         self._rows: SqliteRows | None = None
         """The SQLite row reader, which can also return rows as stored (see :meth:`user_raw`)."""
         self._read_user_row = self._row_reader()
         self.fast_reads_checked = self.check_fast_reads()
         """Whether the direct row read agreed with Feast's SDK at start (see :meth:`check_fast_reads`)."""
+
+    def _registered_columns(self) -> tuple[str, ...]:
+        registered = {feature.name for feature in self._user_view.features}
+        missing = [column for column in USER_COLUMNS if column not in registered]
+        if missing:
+            import structlog
+
+            structlog.get_logger("endcap.feature_store").warning(
+                "feature_store_predates_columns",
+                missing=missing,
+                fix="run 'endcap features': until then these columns read as unknown",
+            )
+        return tuple(column for column in USER_COLUMNS if column in registered)
 
     def _row_reader(self) -> Any:
         """``user_id → (written at, values by feature)`` for the configured online store."""
@@ -278,12 +294,12 @@ class OnlineFeatures:
             from endcap.features.sqlite_rows import SqliteRows, feast_table
 
             database, table, key = feast_table(self.store, view, "user_id")
-            self._rows = SqliteRows(database, table, key, USER_COLUMNS)
+            self._rows = SqliteRows(database, table, key, self.columns)
             return self._rows.read
 
         def online_read(user_id: str) -> tuple[float | None, dict[str, ValueProto]]:
             key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=user_id)])
-            [(written, values)] = self._online.online_read(config, view, [key], list(USER_COLUMNS))
+            [(written, values)] = self._online.online_read(config, view, [key], list(self.columns))
             return (written.timestamp() if written is not None else None), values or {}
 
         return online_read
@@ -301,7 +317,8 @@ class OnlineFeatures:
         users = [
             deserialize_entity_key(key, version).entity_values[0].string_val for key in self._rows.sample_keys(sample)
         ]
-        sdk = sdk_row_reader(self.store, USER_FEATURES, USER_COLUMNS, "user_id")
+        features = [f"{definitions.USER_STATS}:{column}" for column in self.columns]
+        sdk = sdk_row_reader(self.store, features, self.columns, "user_id")
         differ = disagreeing(users, self.user, lambda user_id: self._row(sdk(user_id)[1], True))
         if not differ:
             return True

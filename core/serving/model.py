@@ -91,7 +91,8 @@ class ServingModel:
 
 
 def _float_or_nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
+    """A day or count that may be unknown: ``None`` or negative (a row an earlier Endcap wrote)."""
+    return math.nan if value is None or value < 0 else float(value)
 
 
 def _item_array(value: Any, size: int) -> np.ndarray:

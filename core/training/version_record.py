@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from endcap.plugin_host import PluginHost
 
 VALIDATION_FILE = "validation.npz"
-CONFIGURATION_KEYS = ("plugins", "serving", "candidates", "ranker", "filters", "features")
+CONFIGURATION_KEYS = ("plugins", "serving", "training", "candidates", "ranker", "filters", "features")
 """The parts of ``endcap.yaml`` that decide a model's answers."""
 
 
