@@ -68,11 +68,10 @@ class UserProductFeatures(endcap.FeatureProvider):
         times, share, since = block[:, 0], block[:, 1], block[:, 2]
         orders = user.stats.get("orders", 0.0)
         since[:] = orders
-        if user.items.size and ids.size:
-            pos = np.minimum(np.searchsorted(user.items, ids), user.items.size - 1)
-            found = np.flatnonzero(user.items[pos] == ids)
-            times[found] = user.item_stats["times_bought"][pos[found]]
-            since[found] = user.item_stats["orders_since_last_bought"][pos[found]]
+        found, pos = bought_rows(user, ids)
+        if found.size:
+            times[found] = user.item_stats["times_bought"][pos]
+            since[found] = user.item_stats["orders_since_last_bought"][pos]
         np.divide(times, orders if orders > 0 else 1.0, out=share)
         return block
 

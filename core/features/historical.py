@@ -34,8 +34,8 @@ class HistoricalFeatures:
         if missing:
             raise FailedPrecondition(
                 f"the offline feature store has no snapshot for {len(missing)} of the ranker's label days (first "
-                f"{missing[0].date()}): it was built for other label baskets than training.label_baskets asks; "
-                "run 'endcap features' again"
+                f"{missing[0].date()}): it was built from another log, or for fewer label baskets than "
+                "training.label_baskets asks; run 'endcap features' again"
             )
 
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
