@@ -52,6 +52,12 @@ def variants(base: EndcapConfig) -> dict[str, dict[str, Any]]:
         }
     )
     changes["training.label_baskets 3"] = {"training": {"label_baskets": 3}}
+    if "tifuknn" in base.candidates:
+        tifuknn = base.candidates["tifuknn"].model_dump(exclude_none=True)
+        changes["tifuknn approximate neighbour search"] = {
+            "candidates": {"tifuknn": {**tifuknn, "neighbour_search": "approximate"}}
+        }
+        changes["tifuknn keep_per_user 1000"] = {"candidates": {"tifuknn": {**tifuknn, "keep_per_user": 1000}}}
     return changes
 
 
@@ -66,8 +72,8 @@ def configured(raw: dict[str, Any], change: dict[str, Any]) -> EndcapConfig:
 
 
 def workspace_with_log(path: Path | None) -> Workspace:
-    if path is not None and Workspace(path).interactions.exists():
-        return Workspace(path)
+    if path is not None and Workspace.resolve(path).interactions.exists():
+        return Workspace.resolve(path)
     workspace = Workspace.resolve(Path(tempfile.mkdtemp(prefix="endcap-ablations-")))
     ingest(instacart_sample(), workspace)
     return workspace
@@ -77,6 +83,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, default=None, help="a workspace with an ingested log")
     parser.add_argument("--target", choices=("test", "validation"), default="test")
+    parser.add_argument("--only", default="", help="run the full configuration and the variants whose name has this")
     args = parser.parse_args()
     configure_logging("WARNING")
     workspace = workspace_with_log(args.workspace)
@@ -88,6 +95,8 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|")
     full: np.ndarray | None = None
     for name, change in variants(configured(raw, {})).items():
+        if args.only not in name and name != "full configuration":
+            continue
         config = configured(raw, change)
         result = evaluate_target(workspace, config, PluginHost(config), split, baselines=False)
         pipeline = result.systems["pipeline"]

@@ -6,12 +6,12 @@
 
 Generates a purchase log (user_id,item_id,timestamp) with power-law product popularity, per-user
 staples and a few baskets per user over four weeks, then runs each step as the ``endcap``
-command a user would run, each in its own process, and prints wall time and peak memory (the
-largest resident set in the step's process tree) as a table.
+command a user would run, each in its own process, with the **default** configuration (no
+``endcap.yaml``), and prints wall time, peak memory (the largest resident set in the step's
+process tree) and, for the batch steps, users per second as a table.
 
-The workspace uses the generators that scale with the catalogue (popularity, repurchase, ALS,
-item-item) and the linear ranker: TIFU-KNN's neighbour search is quadratic in users, and the
-learned ranker's examples are built one user at a time.
+The reference row is the floor for a batch engine: implicit's own batched ``recommend`` (top
+100, the model's ALS factors, every user) in a process of its own in the same run.
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDCAP = str(Path(sys.executable).parent / "endcap")
-CONFIG = {
-    "candidates": {
-        "replace_defaults": True,
-        **{name: {"type": name} for name in ("popularity", "repurchase", "als", "item2item")},
-    },
-    "ranker": {"type": "linear"},
-    "monitors": {"replace_defaults": True},
-}
+REFERENCE_N = 100
 
 
 def synthetic_log(users: int, items: int, purchases: int, seed: int = 0) -> pa.Table:
@@ -64,7 +56,26 @@ def synthetic_log(users: int, items: int, purchases: int, seed: int = 0) -> pa.T
     )
 
 
-def step(name: str, command: list[str], results: list[tuple[str, float, float]], logs: Path) -> None:
+def implicit_reference(workspace: Path) -> None:
+    """implicit's ``recommend`` for every user of the current model's ALS, in batches of 10,000."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    models = workspace / "models"
+    version = (models / "CURRENT").read_text().strip()
+    model = AlternatingLeastSquares.load(str(models / version / "components" / "candidates" / "als" / "als.npz"))
+    users = model.user_factors.shape[0]
+    started = time.perf_counter()
+    for start in range(0, users, 10_000):
+        ids = np.arange(start, min(start + 10_000, users))
+        model.recommend(ids, None, N=REFERENCE_N, filter_already_liked_items=False)
+    print(f"implicit recommend: {users} users, {users / (time.perf_counter() - started):.0f} users/s")
+
+
+Result = tuple[str, float, float, int]
+"""Step name, wall seconds, peak GiB, users answered (0: not a batch step)."""
+
+
+def step(name: str, command: list[str], results: list[Result], logs: Path, users: int = 0) -> None:
     """Run ``command``; record wall seconds and the peak memory of its whole process tree (the
     sum of resident sets of the process and its descendants, e.g. Spark's JVM and Python
     workers), sampled every 0.2 s."""
@@ -91,7 +102,7 @@ def step(name: str, command: list[str], results: list[tuple[str, float, float]],
         raise SystemExit(f"{name} failed ({output})")
     print("   " + "\n   ".join(text.strip().splitlines()[-1:]), flush=True)
     print(f"   {seconds:.1f} s, peak {peak / 2**30:.2f} GiB", flush=True)
-    results.append((name, seconds, peak / 2**30))
+    results.append((name, seconds, peak / 2**30, users))
 
 
 def main() -> int:
@@ -101,18 +112,22 @@ def main() -> int:
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--write-log", metavar="PATH", help=argparse.SUPPRESS)  # the generate step's own process
+    parser.add_argument("--reference", metavar="WORKSPACE", help=argparse.SUPPRESS)  # the reference's own process
     options = parser.parse_args()
     users, items, purchases = (max(100, int(n * options.scale)) for n in (1_000_000, 100_000, 50_000_000))
     if options.write_log:
         pacsv.write_csv(synthetic_log(users, items, purchases), options.write_log)
         return 0
+    if options.reference:
+        implicit_reference(Path(options.reference))
+        return 0
     workdir = Path(options.workdir)
     workspace = workdir / "ws"
     workspace.mkdir(parents=True, exist_ok=True)
-    (workspace / "endcap.yaml").write_text(yaml.safe_dump(CONFIG))
+    (workspace / "endcap.yaml").unlink(missing_ok=True)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-    results: list[tuple[str, float, float]] = []
+    results: list[Result] = []
     log = workdir / "log.csv"
     generate = [sys.executable, __file__, "--scale", str(options.scale), "--write-log", str(log)]
     step("generate log", generate, results, workdir)
@@ -122,18 +137,22 @@ def main() -> int:
     step("ingest", [ENDCAP, "ingest", str(log), *ws], results, workdir)
     step("features", [ENDCAP, "features", *ws], results, workdir)
     step("train", [ENDCAP, "train", "--no-validate", *ws], results, workdir)
-    step("batch, local engine", [ENDCAP, "batch", "--out", str(workdir / "out-local"), *ws], results, workdir)
+    reference = [sys.executable, __file__, "--reference", str(workspace)]
+    step(f"reference: implicit ALS recommend, top {REFERENCE_N}", reference, results, workdir, users)
+    local = [ENDCAP, "batch", "--out", str(workdir / "out-local"), *ws]
+    step("batch, local engine", local, results, workdir, users)
     if not options.skip_spark:
         spark = [ENDCAP, "batch", "--engine", "spark", "--master", options.master, "--out", str(workdir / "out-spark")]
-        step("batch, Spark local", [*spark, *ws], results, workdir)
+        step("batch, Spark local", [*spark, *ws], results, workdir, users)
 
     print(
         f"\nScale benchmark: {users:,} users x {items:,} products x {purchases:,} purchases, {os.cpu_count()} cores\n"
     )
-    print("| step | wall s | peak memory GiB |")
-    print("|---|---:|---:|")
-    for name, seconds, peak in results:
-        print(f"| {name} | {seconds:.1f} | {peak:.2f} |")
+    print("| step | wall s | peak memory GiB | users/s |")
+    print("|---|---:|---:|---:|")
+    for name, seconds, peak, answered in results:
+        rate = f"{answered / seconds:,.0f}" if answered else ""
+        print(f"| {name} | {seconds:.1f} | {peak:.2f} | {rate} |")
     return 0
 
 

@@ -5,8 +5,11 @@ Information for Next-basket Recommendation", SIGIR 2020).
 A user's baskets are cut into groups of ``group_size`` from the newest backwards; baskets in a
 group are averaged with weights ``within_decay ** age_in_group``, groups with
 ``group_decay ** group_age``. The score is ``alpha * own + (1 - alpha) * mean(neighbours)``,
-neighbours by cosine similarity of those vectors. With ``tune`` the parameters are picked on
-each user's newest training basket (held out), then the model is refitted on everything.
+neighbours by cosine similarity of those vectors, searched exactly for a few thousand users and
+approximately (faiss) for many (:mod:`endcap.plugins.user_neighbours`). With ``tune`` the
+parameters are picked on each user's newest training basket (held out; a seeded sample of
+``tune_users`` of them), then the model is refitted on everything. Each user's
+``keep_per_user`` best items are kept, best first, for serving.
 """
 
 from __future__ import annotations
@@ -21,11 +24,9 @@ import pandas as pd
 import scipy.sparse as sp
 from endcap.evaluation.metrics import ranking_metrics
 from endcap.plugins._shared import BestFirstRows
+from endcap.plugins.user_neighbours import Search, nearest_neighbours
 from endcap.types import TrainingData
 from pydantic import Field
-
-KEEP_PER_USER = 1000
-"""Scores kept per user: enough for any request (k <= 1000)."""
 
 
 class TifuKnnCandidatesConfig(endcap.ComponentConfig):
@@ -34,8 +35,23 @@ class TifuKnnCandidatesConfig(endcap.ComponentConfig):
     group_decay: float = Field(0.7, gt=0, le=1)
     neighbours: int = Field(300, ge=1)
     alpha: float = Field(0.7, ge=0, le=1)
+    keep_per_user: int = Field(400, ge=1, le=10_000)
+    """Scores kept per user: what serving asks of a source (``candidates_per_source`` plus
+    the items a request may leave out) must fit; memory grows with it times the users."""
+    neighbour_search: Search = "auto"
+    """``exact`` (users² work), ``approximate`` (faiss inverted file over a compact SVD of the
+    users' vectors; see :mod:`endcap.plugins.user_neighbours`), or ``auto``: exact below
+    ``exact_below`` users."""
+    exact_below: int = Field(20_000, ge=0)
+    dimensions: int = Field(128, ge=2)
+    """Size of the compact user vectors the approximate search compares."""
+    probes: int = Field(32, ge=1)
+    """Inverted-file cells the approximate search visits per user."""
     tune: bool = True
     """Choose ``group_decay``, ``neighbours`` and ``alpha`` from the grids below on held-out baskets."""
+    tune_users: int = Field(20_000, ge=1)
+    """Users (a seeded sample of those with a held-out basket) the tuning scores; their
+    neighbours are still searched among every user."""
     group_decay_grid: list[float] = [0.6, 0.8]
     neighbours_grid: list[int] = [300]
     alpha_grid: list[float] = [0.7, 0.8, 0.9]
@@ -61,62 +77,48 @@ def personal_vectors(frame: pd.DataFrame, shape: tuple[int, int], config: Any, g
     return vectors
 
 
-def nearest_neighbours(vectors: sp.csr_matrix, k: int, block: int = 2048) -> np.ndarray:
-    """Indices of each user's ``k`` most cosine-similar other users (users × k, -1 padded)."""
-    norms = np.sqrt(np.asarray(vectors.multiply(vectors).sum(axis=1)).ravel())
-    unit = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ vectors
-    n = vectors.shape[0]
-    k = min(k, max(n - 1, 0))
-    result = np.full((n, k), -1, dtype=np.int32)
-    if k == 0:
-        return result
-    for start in range(0, n, block):
-        rows = np.arange(start, min(start + block, n))
-        similarity = (unit[rows] @ unit.T).toarray()
-        similarity[np.arange(rows.size), rows] = -np.inf
-        best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        result[rows] = best
-    return result
-
-
-def _averaging(neighbours: np.ndarray) -> sp.csr_matrix:
-    """Users × users matrix whose product with the vectors is the mean of each user's neighbours."""
-    n, k = neighbours.shape
-    valid = neighbours >= 0
-    return sp.csr_matrix(
-        (np.full(int(valid.sum()), 1.0 / max(k, 1), dtype=np.float32), (np.nonzero(valid)[0], neighbours[valid])),
-        shape=(n, n),
-    )
-
-
-def _blended_top(
-    own: sp.csr_matrix,
-    neighbour_mean: sp.csr_matrix,
+def blended_top(
+    vectors: sp.csr_matrix,
+    neighbours: np.ndarray,
     alpha: float,
     k: int,
-    with_scores: bool = False,
-    block: int = 1024,
-) -> Any:
-    """Top-k item indices of ``alpha * own + (1 - alpha) * neighbour_mean`` per user (users × k,
-    -1 padded), computed in dense blocks; ``with_scores`` returns them as a sparse score matrix."""
-    n, items = own.shape
+    rows: np.ndarray | None = None,
+    block: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each of ``rows``' (default: every user's) ``k`` best items by ``alpha * own + (1 - alpha) *
+    mean(neighbours' vectors)``: item indices (-1 padded) and scores, ``len(rows) × k``, best
+    first, ties by item index. ``neighbours`` is ``len(rows) × K`` (-1 padded); each block of
+    users is scored sparsely, so memory follows the items the block's neighbours bought."""
+    n, items = vectors.shape
+    rows = np.arange(n) if rows is None else np.asarray(rows)
     k = min(k, items)
-    out = np.full((n, k), -1, dtype=np.int64)
-    values = np.zeros((n, k), dtype=np.float32)
-    for start in range(0, n, block):
-        rows = slice(start, min(start + block, n))
-        scores = alpha * own[rows].toarray() + (1 - alpha) * neighbour_mean[rows].toarray()
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-        chosen = np.take_along_axis(best, order, axis=1)
-        chosen_scores = np.take_along_axis(scores, chosen, axis=1)
-        chosen[chosen_scores <= 0] = -1
-        out[rows] = chosen
-        values[rows] = chosen_scores
-    if not with_scores:
-        return out
-    keep = out >= 0
-    return sp.csr_matrix((values[keep], (np.nonzero(keep)[0], out[keep])), shape=(n, items))
+    out = np.full((rows.size, k), -1, dtype=np.int32)
+    values = np.zeros((rows.size, k), dtype=np.float32)
+    width = max(neighbours.shape[1], 1)
+    for start in range(0, rows.size, block):
+        chunk = slice(start, min(start + block, rows.size))
+        near = neighbours[chunk]
+        valid = near >= 0
+        averaging = sp.csr_matrix(
+            (np.full(int(valid.sum()), 1.0 / width, dtype=np.float32), (np.nonzero(valid)[0], near[valid])),
+            shape=(near.shape[0], n),
+        )
+        scores = (alpha * vectors[rows[chunk]] + (1 - alpha) * (averaging @ vectors)).tocsr()
+        scores.eliminate_zeros()
+        owner = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+        order = np.lexsort((scores.indices, -scores.data, owner))
+        owner, item, score = owner[order], scores.indices[order], scores.data[order]
+        rank = np.arange(order.size) - scores.indptr[owner]
+        kept = (rank < k) & (score > 0)
+        out[chunk][owner[kept], rank[kept]] = item[kept]
+        values[chunk][owner[kept], rank[kept]] = score[kept]
+    return out, values
+
+
+def as_sparse(ids: np.ndarray, scores: np.ndarray, items: int) -> sp.csr_matrix:
+    """Users × items matrix of :func:`blended_top`'s answer."""
+    keep = ids >= 0
+    return sp.csr_matrix((scores[keep], (np.nonzero(keep)[0], ids[keep])), shape=(ids.shape[0], items))
 
 
 class _Parameters(TypedDict):
@@ -129,26 +131,35 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
     Config = TifuKnnCandidatesConfig
     config: TifuKnnCandidatesConfig
 
+    def _neighbours(self, vectors: sp.csr_matrix, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+        config = self.config
+        return nearest_neighbours(
+            vectors, k, rows, config.neighbour_search, config.exact_below, config.dimensions, config.probes
+        )
+
     def _tune(self, data: TrainingData) -> dict[str, Any]:
         frame = data.interactions
         newest = frame.groupby("user_index")["basket_index"].transform("max")
         held_out = (frame["basket_index"] == newest) & (newest >= 1)
         fit_part, truth_part = frame[~held_out], frame[held_out]
         shape = data.user_items.shape
+        users = np.unique(truth_part["user_index"].to_numpy())
+        if users.size > self.config.tune_users:
+            users = np.sort(np.random.default_rng(0).choice(users, self.config.tune_users, replace=False))
         truth = sp.csr_matrix(
             (np.ones(len(truth_part), np.float32), (truth_part["user_index"], truth_part["item_index"])), shape=shape
-        )
+        )[users]
         best: tuple[float, dict[str, Any]] = (-1.0, {})
         for group_decay in self.config.group_decay_grid:
             vectors = personal_vectors(fit_part, shape, self.config, group_decay)
             for k in self.config.neighbours_grid:
-                neighbour_mean = _averaging(nearest_neighbours(vectors, k)) @ vectors
+                neighbours = self._neighbours(vectors, k, users)
                 for alpha in self.config.alpha_grid:
-                    rankings = _blended_top(vectors, neighbour_mean, alpha, 10)
+                    rankings, _ = blended_top(vectors, neighbours, alpha, 10, users)
                     ndcg = ranking_metrics(rankings, truth, ks=(10,))["ndcg@10"]
                     if ndcg > best[0]:
                         best = (ndcg, {"group_decay": group_decay, "neighbours": k, "alpha": alpha})
-        return {**best[1], "tuning_ndcg@10": round(best[0], 4)}
+        return {**best[1], "tuning_ndcg@10": round(best[0], 4), "tuning_users": int(users.size)}
 
     def fit(self, data: TrainingData, directory: Path) -> Mapping[str, Any]:
         chosen: _Parameters = {
@@ -165,9 +176,9 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
                 "alpha": tuning["alpha"],
             }
         vectors = personal_vectors(data.interactions, data.user_items.shape, self.config, chosen["group_decay"])
-        neighbour_mean = _averaging(nearest_neighbours(vectors, chosen["neighbours"])) @ vectors
-        best = _blended_top(vectors, neighbour_mean, chosen["alpha"], KEEP_PER_USER, with_scores=True)
-        sp.save_npz(directory / "scores.npz", best, compressed=False)
+        neighbours = self._neighbours(vectors, chosen["neighbours"])
+        ids, scores = blended_top(vectors, neighbours, chosen["alpha"], self.config.keep_per_user)
+        sp.save_npz(directory / "scores.npz", as_sparse(ids, scores, vectors.shape[1]), compressed=False)
         return {
             **self.config.model_dump(exclude={"group_decay_grid", "neighbours_grid", "alpha_grid"}),
             **tuning,

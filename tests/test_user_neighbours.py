@@ -1,0 +1,97 @@
+"""TIFU-KNN's neighbour search (exact and approximate) and its sparse, block-wise blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from endcap.plugins.tifuknn import as_sparse, blended_top
+from endcap.plugins.user_neighbours import compact_users, nearest_neighbours, unit_rows
+
+
+def clustered_users(
+    users: int = 3000, groups: int = 30, items: int = 1500, seed: int = 0
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Users in ``groups`` tastes (and each user's group): each buys a dozen items of their
+    group's 50 and two at random."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, groups, size=users)
+    own = group[:, None] * (items // groups) + rng.integers(0, 50, size=(users, 12))
+    noise = rng.integers(0, items, size=(users, 2))
+    columns = np.concatenate([own, noise], axis=1)
+    rows = np.repeat(np.arange(users), columns.shape[1])
+    weights = rng.random(rows.size).astype(np.float32) + 0.1
+    matrix = sp.csr_matrix((weights, (rows, columns.ravel())), shape=(users, items))
+    matrix.sum_duplicates()
+    return matrix, group
+
+
+def test_exact_search_returns_the_most_similar_other_users() -> None:
+    vectors, _ = clustered_users(users=400)
+    found = nearest_neighbours(vectors, 10, search="exact")
+    unit = unit_rows(vectors)
+    similarity = (unit @ unit.T).toarray()
+    np.fill_diagonal(similarity, -np.inf)
+    tenth_best = -np.sort(-similarity, axis=1)[:, 9]
+    assert found.shape == (400, 10)
+    assert (found != np.arange(400)[:, None]).all(), "a user is not their own neighbour"
+    assert (similarity[np.arange(400)[:, None], found] >= tenth_best[:, None] - 1e-6).all()
+
+
+def test_approximate_search_finds_users_of_the_same_taste_and_most_of_the_similarity() -> None:
+    vectors, group = clustered_users()
+    rows = np.arange(0, 3000, 7)
+    exact = nearest_neighbours(vectors, 50, rows, search="exact")
+    approximate = nearest_neighbours(vectors, 50, rows, search="approximate")
+    assert approximate.shape == exact.shape and (approximate >= 0).all()
+    assert (approximate != rows[:, None]).all()
+    assert (group[approximate] == group[rows][:, None]).mean() >= 0.95
+    unit = unit_rows(vectors)
+    similarity = (unit[rows] @ unit.T).toarray()
+    line = np.arange(rows.size)[:, None]
+    assert similarity[line, approximate].sum() >= 0.9 * similarity[line, exact].sum()
+
+
+def test_auto_search_is_exact_below_the_threshold_and_approximate_above() -> None:
+    vectors, _ = clustered_users(users=600)
+    exact = nearest_neighbours(vectors, 20, search="exact")
+    assert (nearest_neighbours(vectors, 20, search="auto", exact_below=601) == exact).all()
+    approximate = nearest_neighbours(vectors, 20, search="auto", exact_below=600, dimensions=16)
+    assert (approximate == nearest_neighbours(vectors, 20, search="approximate", dimensions=16)).all()
+
+
+def test_compact_users_keep_the_cosine_similarity_when_wide_enough() -> None:
+    vectors, _ = clustered_users(users=200)
+    unit = unit_rows(vectors)
+    exact = (unit @ unit.T).toarray()
+    full = compact_users(unit, 200)  # as many dimensions as users: nothing to lose
+    assert full.shape == (200, 200) and full.dtype == np.float32
+    assert np.allclose(np.linalg.norm(full, axis=1), 1, atol=1e-4)
+    assert np.allclose(full @ full.T, exact, atol=1e-3)
+    narrow = compact_users(unit, 20)
+    assert narrow.shape == (200, 20)
+    assert np.abs(narrow @ narrow.T - exact).mean() > np.abs(full @ full.T - exact).mean()
+
+
+@pytest.mark.parametrize("block", [3, 4096])
+def test_blended_top_matches_the_dense_blend_with_ties_by_item(block: int) -> None:
+    rng = np.random.default_rng(1)
+    vectors = sp.random(40, 30, density=0.2, format="csr", random_state=2, dtype=np.float32)
+    vectors.data = np.round(vectors.data * 4) / 4 + 0.25  # coarse values: many ties
+    neighbours = np.stack([rng.choice(np.delete(np.arange(40), u), 5, replace=False) for u in range(40)])
+    neighbours[0, 3:] = -1  # a user with fewer neighbours
+    ids, scores = blended_top(vectors, neighbours, 0.6, 8, block=block)
+    dense = vectors.toarray()
+    mean = np.stack([dense[row[row >= 0]].sum(axis=0) / 5 for row in neighbours])
+    expected = 0.6 * dense + 0.4 * mean
+    for user in range(40):
+        order = np.lexsort((np.arange(30), -expected[user]))[:8]
+        order = order[expected[user, order] > 0]
+        assert ids[user, : order.size].tolist() == order.tolist()
+        assert (ids[user, order.size :] == -1).all()
+        assert np.allclose(scores[user, : order.size], expected[user, order], atol=1e-6)
+    rows = np.array([5, 17])
+    part, _ = blended_top(vectors, neighbours[rows], 0.6, 8, rows)
+    assert (part == ids[rows]).all(), "scoring some users gives their rows of the whole"
+    kept = as_sparse(ids, scores, 30)
+    assert kept.shape == (40, 30) and kept.nnz == int((ids >= 0).sum())
