@@ -56,7 +56,7 @@ def nearest_neighbours(
 def exact_neighbours(unit: sp.csr_matrix, k: int, rows: np.ndarray, block: int = 2048) -> np.ndarray:
     """Exact search: one block of ``rows`` against every user at a time."""
     result = np.full((rows.size, k), -1, dtype=np.int32)
-    transposed = unit.T.tocsc()
+    transposed = unit.T.tocsr()  # converted once: a CSR × CSC product would convert it per block
     for start in range(0, rows.size, block):
         chunk = rows[start : start + block]
         similarity = (unit[chunk] @ transposed).toarray()

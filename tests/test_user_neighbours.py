@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import endcap
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
-from endcap.plugins.tifuknn import as_sparse, blended_top
+from endcap.data.training_data import build_training_data
+from endcap.plugins.tifuknn import TifuKnnCandidates, TifuKnnCandidatesConfig, as_sparse, blended_top
 from endcap.plugins.user_neighbours import compact_users, nearest_neighbours, unit_rows
 
 
@@ -95,3 +100,40 @@ def test_blended_top_matches_the_dense_blend_with_ties_by_item(block: int) -> No
     assert (part == ids[rows]).all(), "scoring some users gives their rows of the whole"
     kept = as_sparse(ids, scores, 30)
     assert kept.shape == (40, 30) and kept.nnz == int((ids >= 0).sum())
+
+
+def no_repeat_log_of_the_1990s(users: int = 300, tastes: int = 6, seed: int = 3) -> pd.DataFrame:
+    """Shoppers in 1994–95 with ids like ``cust-0007`` / ``sku/12``: three baskets each, never
+    the same product twice, drawn from their taste's 40 products."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(users):
+        taste = user % tastes
+        products = rng.choice(40, size=15, replace=False) + 40 * taste
+        for basket in range(3):
+            when = pd.Timestamp("1994-11-01", tz="UTC") + pd.Timedelta(days=30 * basket + user % 9)
+            rows += [(f"cust-{user:04d}", f"sku/{p}", when, f"b{user}-{basket}", 1) for p in products[basket * 5 :][:5]]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "basket_id", "quantity"])
+
+
+def test_tifuknn_with_the_approximate_search_serves_the_users_taste_on_a_log_of_another_shape(tmp_path: Path) -> None:
+    log = no_repeat_log_of_the_1990s()
+    data = build_training_data(log)
+    settings = {"neighbours_grid": [20], "group_decay_grid": [0.7], "alpha_grid": [0.5], "tune_users": 100}
+    answers = {}
+    for search in ("approximate", "exact"):
+        generator = TifuKnnCandidates("tifuknn", TifuKnnCandidatesConfig(neighbour_search=search, **settings))
+        directory = tmp_path / search
+        directory.mkdir()
+        params = generator.fit(data, directory)
+        assert params["neighbour_search"] == search and params["tuning_users"] == 100
+        generator.load(endcap.ModelContext(data.catalog, data.user_items, directory))
+        answers[search] = generator
+    user = int(np.flatnonzero(data.catalog.user_ids == "cust-0007")[0])
+    query = endcap.Query(user_id="cust-0007", user_index=user, k=10)
+    result = answers["approximate"].generate(query, endcap.UserFeatures(stats={}), 30)
+    assert len(result) == 30
+    taste = {f"sku/{p}" for p in range(40 * (7 % 6), 40 * (7 % 6) + 40)}
+    assert set(data.catalog.item_ids[result.ids]) <= taste, "neighbours of the same taste propose its products"
+    exact = answers["exact"].generate(query, endcap.UserFeatures(stats={}), 30)
+    assert np.intersect1d(result.ids, exact.ids).size >= 20
