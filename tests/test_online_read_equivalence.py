@@ -4,7 +4,11 @@ when a reader disagrees at start-up, reads fall back to Feast's SDK with a warni
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -92,3 +96,39 @@ def test_a_reader_that_disagrees_with_feast_falls_back_to_the_sdk(synthetic_work
     assert online.user_raw("u1") is None  # the direct reader is out of use
     for user_id in ("u1", "u7", "never-seen"):
         assert online.user(user_id) == feast_row(online, user_id)
+
+
+def test_a_writer_killed_mid_write_leaves_a_store_the_reader_recovers(
+    synthetic_workspace: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(synthetic_workspace, workspace)
+    online = OnlineFeatures(Workspace(workspace))
+    rows = online._rows
+    assert rows is not None
+    before = rows.read_raw("u1")
+    # a real writer process inside a transaction that has spilled its changes, killed before it
+    # commits: its journal is left beside the database for the next connection to roll back
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('PRAGMA cache_size=1'); c.execute('BEGIN')\n"
+            f"c.execute('UPDATE \"{rows.table}\" SET value = randomblob(length(value))')\n"
+            "print('written', flush=True); time.sleep(60)\n",
+            str(rows.database),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert Path(f"{rows.database}-journal").exists(), "the killed writer left its journal"
+    fresh = SqliteRows(rows.database, rows.table, rows.key, rows.features)
+    with structlog.testing.capture_logs() as logs:
+        assert fresh.read_raw("u1") == before, "the uncommitted write was rolled back"
+    assert [entry["event"] for entry in logs] == ["online_store_recovered"]
+    assert not Path(f"{rows.database}-journal").exists()

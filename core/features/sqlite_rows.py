@@ -14,15 +14,19 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
 from endcap.errors import FailedPrecondition
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 _PROBE = "endcap-key-probe-√"
+
+log = structlog.get_logger("endcap.features")
 
 
 def string_key_encoder(join_key: str, serialize: Callable[[EntityKeyProto], bytes]) -> Callable[[str], bytes]:
@@ -86,21 +90,38 @@ class SqliteRows:
             self._local.connection = connection
         return connection
 
+    def _fetch(self, sql: str, parameters: Sequence[object]) -> list[Any]:
+        """``sql``'s rows; a store left with a hot journal by a writer that died mid-write
+        (which a read-only connection cannot roll back) is recovered once, then read again."""
+        for attempt in (1, 2):
+            try:
+                return self._connection().execute(sql, parameters).fetchall()
+            except sqlite3.Error as exc:
+                if attempt == 2 or "readonly" not in str(exc):
+                    raise self._unreadable(exc) from exc
+                self._recover(exc)
+        raise AssertionError("unreachable")
+
+    def _recover(self, exc: sqlite3.Error) -> None:
+        """Let SQLite roll back a dead writer's journal on a read-write connection (it does on the
+        first read, under its own locks, so several processes may try at once)."""
+        log.warning("online_store_recovered", database=str(self.database), error=str(exc))
+        self._local.connection = None
+        try:
+            with closing(sqlite3.connect(self.database, timeout=10)) as writer:
+                writer.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.Error as again:
+            raise self._unreadable(again) from again
+
     def read_raw(self, entity: str) -> tuple[float | None, tuple[bytes | None, ...]]:
         """The entity's newest write time (epoch seconds) and its values as stored (serialized
         Feast values in feature order, ``None`` where unset): equal tuples hold equal values."""
-        try:
-            [(newest, *raws)] = self._connection().execute(self._sql, (*self.features, self.key(entity))).fetchall()
-        except sqlite3.Error as exc:
-            raise self._unreadable(exc) from exc
+        [(newest, *raws)] = self._fetch(self._sql, (*self.features, self.key(entity)))
         return _written_at(newest), tuple(raws)
 
     def sample_keys(self, count: int) -> list[bytes]:
         """Up to ``count`` serialized entity keys the table holds, chosen at random."""
-        try:
-            return [bytes(key) for (key,) in self._connection().execute(self._sample_sql, (count,)).fetchall()]
-        except sqlite3.Error as exc:
-            raise self._unreadable(exc) from exc
+        return [bytes(key) for (key,) in self._fetch(self._sample_sql, (count,))]
 
     def values(self, raws: tuple[bytes | None, ...]) -> dict[str, ValueProto]:
         """Stored values (see :meth:`read_raw`) by feature name; unset ones left out."""
