@@ -176,8 +176,10 @@ def test_torn_last_record_is_cut_and_kept_aside(tmp_path: Path) -> None:
 
 
 def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_workspace: Path, tmp_path: Path) -> None:
-    server = start_server(synthetic_workspace, tmp_path)
-    log_path = synthetic_workspace / "events" / "events.jsonl"
+    workspace = tmp_path / "ws"  # its own copy: the kill may leave the online store mid-write
+    shutil.copytree(synthetic_workspace, workspace)
+    server = start_server(workspace, tmp_path)
+    log_path = workspace / "events" / "events.jsonl"
     before = log_path.read_text().count("\n") if log_path.exists() else 0
     acknowledged: list[str] = []
     stop = threading.Event()
@@ -209,7 +211,7 @@ def test_no_acknowledged_event_is_lost_when_the_server_is_killed(synthetic_works
     writer.join()
     assert len(acknowledged) > 10
 
-    restarted = start_server(synthetic_workspace, tmp_path)  # repairs the log on start
+    restarted = start_server(workspace, tmp_path)  # repairs the log on start
     restarted.process.send_signal(signal.SIGTERM)
     restarted.process.wait()
     lines = log_path.read_text().splitlines()
