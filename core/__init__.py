@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from endcap.markers import hookimpl
 from endcap.types import (
+    CandidateBlock,
     CandidateGenerator,
     Candidates,
     Catalog,
@@ -29,10 +30,12 @@ from endcap.types import (
     RankingExamples,
     RequestRecord,
     TrainingData,
+    UserBlock,
     UserFeatures,
 )
 
 __all__ = [
+    "CandidateBlock",
     "CandidateGenerator",
     "Candidates",
     "Catalog",
@@ -49,6 +52,7 @@ __all__ = [
     "RankingExamples",
     "RequestRecord",
     "TrainingData",
+    "UserBlock",
     "UserFeatures",
     "hookimpl",
 ]

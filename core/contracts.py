@@ -219,6 +219,28 @@ class CandidateGeneratorContract(ComponentContract):
         first, second = generator.generate(query, user, 15), generator.generate(query, user, 15)
         assert np.array_equal(first.ids, second.ids) and np.allclose(first.scores, second.scores)
 
+    def test_a_block_gets_what_each_user_gets(self, endcap_training_data: TrainingData, tmp_path: Path) -> None:
+        """``generate_block`` (batch jobs) answers every row exactly as ``generate`` answers it."""
+        generator = self.build(endcap_training_data, tmp_path)
+        block = _block(endcap_training_data)
+        n = np.array([15, 3, 20, 0, 40][: len(block)], dtype=np.int64)
+        answers = self.timed(partial(generator.generate_block, block, n))
+        assert isinstance(answers, endcap.CandidateBlock), f"returned {type(answers).__name__}, not CandidateBlock"
+        assert answers.offsets.size == len(block) + 1, "one run of candidates per row of the block"
+        for row, (query, user) in enumerate(zip(block.queries, block.users, strict=True)):
+            alone = generator.generate(query, user, int(n[row]))
+            assert np.array_equal(answers.row(row).ids, alone.ids), f"row {row}: other items than generate()"
+            assert np.array_equal(answers.row(row).scores, alone.scores), f"row {row}: other scores than generate()"
+
+
+BLOCK_USERS = (0, 1, -1, 2, 3)
+"""A batch job's block in the contracts: known users, a stranger among them."""
+
+
+def _block(data: TrainingData, user_indices: tuple[int, ...] = BLOCK_USERS) -> endcap.UserBlock:
+    users = [u for u in user_indices if u < data.catalog.n_users]
+    return endcap.UserBlock(tuple(_query(data, u) for u in users), tuple(_user(data, u) for u in users))
+
 
 def _features(data: TrainingData, ids: np.ndarray) -> FeatureMatrix:
     rng = np.random.default_rng(1)
@@ -246,6 +268,19 @@ class RankerContract(ComponentContract):
         features = _features(endcap_training_data, np.arange(8))
         query = _query(endcap_training_data, 0)
         assert np.allclose(ranker.score(query, features), ranker.score(query, features))
+
+    def test_a_block_is_scored_as_each_request(self, endcap_training_data: TrainingData, tmp_path: Path) -> None:
+        """``score_block`` (batch jobs) gives every row's candidates the scores ``score`` gives them."""
+        ranker = self.build(endcap_training_data, tmp_path)
+        block = _block(endcap_training_data)
+        offsets = np.concatenate(([0], np.cumsum([6, 0, 3, 9, 1][: len(block)]))).astype(np.int64)
+        features = _features(endcap_training_data, np.arange(int(offsets[-1])) % endcap_training_data.catalog.n_items)
+        scores = np.asarray(self.timed(partial(ranker.score_block, block, features, offsets)))
+        assert scores.shape == features.ids.shape
+        for row, query in enumerate(block.queries):
+            rows = slice(int(offsets[row]), int(offsets[row + 1]))
+            part = FeatureMatrix(features.ids[rows], features.names, features.values[rows])
+            assert np.array_equal(scores[rows], np.asarray(ranker.score(query, part), dtype=np.float32)), f"row {row}"
 
 
 class FilterContract(ComponentContract):
@@ -340,6 +375,23 @@ class FeatureProviderContract(ComponentContract):
         query, user = _query(endcap_training_data, 1), _user(endcap_training_data, 1)
         first = np.asarray(provider.compute(query, user, ids, products))
         assert np.array_equal(first, np.asarray(provider.compute(query, user, ids, products)))
+
+    def test_a_block_gets_what_each_request_gets(self, endcap_training_data: TrainingData, tmp_path: Path) -> None:
+        """``compute_block`` (batch jobs) writes every row's candidates exactly as ``compute`` does."""
+        provider = self.build(endcap_training_data, tmp_path)
+        products = self._products(provider, endcap_training_data, None)
+        block = _block(endcap_training_data)
+        n_items = endcap_training_data.catalog.n_items
+        lengths = [12, 0, 5, n_items, 3][: len(block)]
+        ids = read_only(np.concatenate([np.arange(length) % n_items for length in lengths]).astype(np.int32))
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        values = np.asarray(self.timed(partial(provider.compute_block, block, ids, offsets, products)))
+        assert values.shape == (ids.size, len(provider.names())), f"block shape {values.shape}"
+        for row, (query, user) in enumerate(zip(block.queries, block.users, strict=True)):
+            rows = slice(int(offsets[row]), int(offsets[row + 1]))
+            alone = np.asarray(provider.compute(query, user, ids[rows], products), dtype=np.float32)
+            differ = ~(np.isclose(values[rows], alone, rtol=0, atol=0, equal_nan=True)).all(axis=0)
+            assert not differ.any(), f"row {row}: columns {np.flatnonzero(differ).tolist()} differ from compute()"
 
 
 class MonitorContract(ComponentContract):

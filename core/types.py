@@ -10,6 +10,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -119,6 +120,105 @@ class Candidates:
     @classmethod
     def empty(cls) -> Candidates:
         return cls(EMPTY_INDEX, EMPTY_SCORES)
+
+
+@dataclass(frozen=True)
+class UserBlock:
+    """Many users answered together by a batch job (see :mod:`endcap.batch.block`): row ``j`` of
+    every per-candidate array below belongs to ``queries[j]`` and ``users[j]``."""
+
+    queries: tuple[Query, ...]
+    users: tuple[UserFeatures, ...]
+
+    @property
+    def user_indices(self) -> IndexArray:
+        """Each row's ``Query.user_index`` (-1 for a user the model has not seen)."""
+        return np.fromiter((q.user_index for q in self.queries), dtype=np.int32, count=len(self.queries))
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @cached_property
+    def purchases(self) -> BlockPurchases:
+        """Every row's :attr:`UserFeatures.items` and ``item_stats`` as flat arrays (built once
+        per block, shared by the feature providers)."""
+        return BlockPurchases(self.users)
+
+
+class BlockPurchases:
+    """The purchases of a :class:`UserBlock`'s users, keyed ``row << 32 | item`` (ascending)."""
+
+    def __init__(self, users: Sequence[UserFeatures]) -> None:
+        self._users = users
+        lengths = np.fromiter((u.items.size for u in users), dtype=np.int64, count=len(users))
+        rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
+        items = np.concatenate([u.items for u in users]).astype(np.int64) if lengths.sum() else np.empty(0, np.int64)
+        self.keys = (rows << 32) | items
+        self._stats: dict[str, npt.NDArray[np.float32]] = {}
+
+    def stat(self, name: str) -> npt.NDArray[np.float32]:
+        """``item_stats[name]`` of every purchase, aligned with :attr:`keys`."""
+        if name not in self._stats:
+            parts = [u.item_stats[name] for u in self._users if u.items.size]
+            self._stats[name] = np.concatenate(parts).astype(np.float32, copy=False) if parts else EMPTY_SCORES
+        return self._stats[name]
+
+    def find(
+        self, rows: npt.NDArray[np.int64], ids: IndexArray, at_least: int = 1
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``(positions in ids, positions in the purchase arrays)`` of the candidates (row
+        ``rows[i]``'s item ``ids[i]``) that row's user bought at least ``at_least`` times."""
+        if not (self.keys.size and ids.size):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        wanted = (rows.astype(np.int64) << 32) | ids.astype(np.int64)
+        pos = np.searchsorted(self.keys, wanted)
+        pos[pos == self.keys.size] = 0
+        found = np.flatnonzero(self.keys[pos] == wanted)
+        if at_least > 1:
+            found = found[self.stat("times_bought")[pos[found]] >= at_least]
+        return found, pos[found]
+
+
+def run_offsets(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Offsets of consecutive runs of ``lengths``: ``[0, l0, l0 + l1, …]``."""
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+@dataclass(frozen=True)
+class CandidateBlock:
+    """Candidates for every row of a :class:`UserBlock`, as one pair of arrays: row ``j``'s are
+    ``ids[offsets[j]:offsets[j + 1]]`` (unique, best first as ``generate`` would return them)."""
+
+    ids: IndexArray
+    scores: ScoreArray
+    offsets: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        if self.ids.shape != self.scores.shape:
+            raise ValueError(f"ids {self.ids.shape} and scores {self.scores.shape} differ in shape")
+        if self.offsets.ndim != 1 or self.offsets.size < 1 or self.offsets[0] != 0 or self.offsets[-1] != self.ids.size:
+            raise ValueError(f"offsets must run from 0 to {self.ids.size}; got {self.offsets[:1]}…{self.offsets[-1:]}")
+
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """How many candidates each row has."""
+        return np.diff(self.offsets)
+
+    def row(self, j: int) -> Candidates:
+        """Row ``j``'s candidates."""
+        start, stop = int(self.offsets[j]), int(self.offsets[j + 1])
+        return Candidates(self.ids[start:stop], self.scores[start:stop])
+
+    @classmethod
+    def join(cls, rows: Sequence[Candidates]) -> CandidateBlock:
+        """One block from each row's :class:`Candidates`."""
+        offsets = run_offsets(np.fromiter((len(c) for c in rows), dtype=np.int64, count=len(rows)))
+        if not offsets[-1]:
+            return cls(EMPTY_INDEX, EMPTY_SCORES, offsets)
+        ids = np.concatenate([c.ids for c in rows]).astype(np.int32, copy=False)
+        return cls(ids, np.concatenate([c.scores for c in rows]).astype(np.float32, copy=False), offsets)
 
 
 @dataclass(frozen=True)
@@ -282,9 +382,27 @@ class CandidateGenerator(Component):
         return None
 
     def prefetch(self, user_indices: IndexArray, n: int) -> None:
-        """Batch jobs call this with the next block of known users before asking for each of
-        them: a generator that can answer many users at once (one matrix product for the block)
-        computes and keeps their answers here. The default does nothing."""
+        """Called by the default :meth:`generate_block` with the block's known users before it
+        asks for each of them: a generator that can answer many users at once (one matrix
+        product for the block) computes and keeps their answers here. The default does nothing."""
+
+    def generate_block(self, block: UserBlock, n: npt.NDArray[np.int64]) -> CandidateBlock:
+        """Batch jobs: what :meth:`generate` returns for every row of ``block``, at most
+        ``n[j]`` for row ``j``, in one :class:`CandidateBlock`.
+
+        Override it to answer the block with array operations; the answers must be exactly
+        those of :meth:`generate` (the batch engine is checked against the request pipeline).
+        The default calls :meth:`prefetch`, then :meth:`generate` once per row."""
+        known = block.user_indices
+        known = known[known >= 0]
+        if known.size and n.size:
+            self.prefetch(known, int(n.max()))
+        return CandidateBlock.join(
+            [
+                self.generate(query, user, int(m))
+                for query, user, m in zip(block.queries, block.users, n.tolist(), strict=True)
+            ]
+        )
 
 
 class Ranker(Component):
@@ -293,6 +411,19 @@ class Ranker(Component):
     @abstractmethod
     def score(self, query: Query, features: FeatureMatrix) -> ScoreArray:
         """Return one score per row of ``features`` (higher = better)."""
+
+    def score_block(self, block: UserBlock, features: FeatureMatrix, offsets: npt.NDArray[np.int64]) -> ScoreArray:
+        """Batch jobs: :meth:`score` for every row of ``block`` at once, where row ``j``'s
+        candidates are ``features`` rows ``offsets[j]:offsets[j + 1]``. A ranker that scores each
+        candidate on its own features (no use of ``query``, no comparison across candidates)
+        overrides it with one :meth:`score` call; the default calls :meth:`score` per row."""
+        scores = np.empty(features.ids.size, dtype=np.float32)
+        for j, query in enumerate(block.queries):
+            rows = slice(int(offsets[j]), int(offsets[j + 1]))
+            if rows.stop > rows.start:
+                part = FeatureMatrix(features.ids[rows], features.names, features.values[rows])
+                scores[rows] = self.score(query, part)
+        return scores
 
 
 class Filter(Component):
@@ -336,6 +467,25 @@ class FeatureProvider(Component):
         :param products: ``n_items × len(product_references())`` float32 in catalogue order
             (index it with ``ids``); NaN where the store holds no value for a product.
         """
+
+    def compute_block(
+        self, block: UserBlock, ids: IndexArray, offsets: npt.NDArray[np.int64], products: ScoreArray
+    ) -> ScoreArray:
+        """Batch jobs: :meth:`compute` for every row of ``block`` at once, where row ``j``'s
+        candidates are ``ids[offsets[j]:offsets[j + 1]]``; the blocks stacked in row order.
+
+        Override it with array operations over the whole block; the values must be exactly
+        those :meth:`compute` gives. The default calls :meth:`compute` per row."""
+        width = len(self.names())
+        values = np.empty((ids.size, width), dtype=np.float32)
+        for j, (query, user) in enumerate(zip(block.queries, block.users, strict=True)):
+            rows = slice(int(offsets[j]), int(offsets[j + 1]))
+            if rows.stop > rows.start:
+                part = np.asarray(self.compute(query, user, ids[rows], products), dtype=np.float32)
+                if part.shape != (rows.stop - rows.start, width):
+                    raise ValueError(f"compute returned shape {part.shape}, expected {(rows.stop - rows.start, width)}")
+                values[rows] = part
+        return values
 
 
 class Monitor(Component):

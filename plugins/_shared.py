@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from endcap.types import Candidates, IndexArray, Query, ScoreArray, UserFeatures, read_only
+from endcap.types import CandidateBlock, Candidates, IndexArray, Query, ScoreArray, UserFeatures, read_only, run_offsets
 
 
 def top_n(ids: IndexArray, scores: ScoreArray, n: int) -> Candidates:
@@ -35,6 +35,17 @@ class BestFirstRows:
         self.starts = scores.indptr
         self.ids = read_only(scores.indices[order].astype(np.int32))
         self.scores = read_only(scores.data[order].astype(np.float32))
+
+    def top_block(self, user_indices: IndexArray, n: IndexArray) -> CandidateBlock:
+        """:meth:`top` of every user in ``user_indices`` (with ``n[j]`` for the ``j``-th), gathered
+        in one pass over the ordered arrays."""
+        known = user_indices >= 0
+        starts = np.where(known, self.starts[np.maximum(user_indices, 0)], 0).astype(np.int64)
+        ends = np.where(known, self.starts[np.maximum(user_indices, 0) + 1], 0).astype(np.int64)
+        lengths = np.clip(np.minimum(ends - starts, n.astype(np.int64)), 0, None)
+        offsets = run_offsets(lengths)
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return CandidateBlock(self.ids[positions], self.scores[positions], offsets)
 
     def top(self, user_index: int, n: int) -> Candidates:
         """Row ``user_index``'s ``n`` best entries, best first; none for an unknown user (-1)."""
@@ -113,39 +124,31 @@ class KnownUserMemo:
 
     def __init__(self, users: int) -> None:
         self.users = users
-        self._entries: OrderedDict[tuple[int, int], Candidates] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[int, Candidates]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, user_index: int, n: int, generate: Callable[[int, int], Candidates]) -> Candidates:
-        """The memoised answer for ``(user_index, n)``, else ``generate(user_index, n)`` kept."""
-        key = (user_index, n)
+        """The memoised answer for ``user_index`` cut to ``n`` when one was kept for ``n`` or
+        more (the answers are best first, ties by position, so the first ``n`` of a longer one
+        are the answer for ``n``), else ``generate(user_index, n)`` kept."""
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                return found
+            found = self._entries.get(user_index)
+            if found is not None and found[0] >= n:
+                self._entries.move_to_end(user_index)
+                kept = found[1]
+                return kept if len(kept) <= n else Candidates(kept.ids[:n], kept.scores[:n])
         result = generate(user_index, n)
         self.put(user_index, n, result)
         return result
 
     def put(self, user_index: int, n: int, result: Candidates) -> None:
+        """Keep ``result``, the answer for ``n``."""
         if self.users <= 0:
             return
         result.ids.flags.writeable = False
         result.scores.flags.writeable = False
         with self._lock:
-            self._entries[(user_index, n)] = result
+            self._entries[user_index] = (n, result)
+            self._entries.move_to_end(user_index)
             while len(self._entries) > self.users:
                 self._entries.popitem(last=False)
-
-
-def top_n_per_row(scores: npt.NDArray[np.float32], n: int) -> list[Candidates]:
-    """:func:`top_n` of every row of a users × items score matrix, selected for all rows at once."""
-    if scores.shape[1] > n:
-        columns = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    else:
-        columns = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    picked = np.take_along_axis(scores, columns, axis=1)
-    order = np.argsort(-picked, axis=1, kind="stable")
-    columns, picked = np.take_along_axis(columns, order, axis=1), np.take_along_axis(picked, order, axis=1)
-    return [Candidates(c.astype(np.int32), s.astype(np.float32)) for c, s in zip(columns, picked, strict=True)]

@@ -8,11 +8,17 @@ from typing import Any
 
 import endcap
 import numpy as np
-from endcap.plugins._shared import KnownUserMemo, similar_from, top_n, top_n_per_row, user_row
-from endcap.types import IndexArray, TrainingData
+import numpy.typing as npt
+from endcap.plugins._shared import KnownUserMemo, similar_from, top_n, user_row
+from endcap.types import Candidates, IndexArray, TrainingData
 from implicit.cpu.als import AlternatingLeastSquares
+from implicit.cpu.topk import topk
 from implicit.nearest_neighbours import bm25_weight
 from pydantic import Field
+
+
+def _first(candidates: Candidates, n: int) -> Candidates:
+    return Candidates(candidates.ids[:n], candidates.scores[:n])
 
 
 class AlsCandidatesConfig(endcap.ComponentConfig):
@@ -71,12 +77,36 @@ class AlsCandidates(endcap.CandidateGenerator):
         scores = self.model.item_factors @ self.model.user_factors[user_index]
         return top_n(np.arange(scores.size, dtype=np.int32), scores, n)
 
+    def _block_top(self, user_indices: IndexArray, n: int) -> list[Candidates]:
+        """The ``n`` best items of each known user, scored and selected together by implicit's
+        own batched top-k (the block's scores never exist as one users × catalogue array)."""
+        ids, scores = topk(self.model.item_factors, self.model.user_factors[user_indices], n, num_threads=1)
+        ids, scores = ids.astype(np.int32), scores.astype(np.float32)
+        return [Candidates(i, s) for i, s in zip(ids, scores, strict=True)]
+
     def prefetch(self, user_indices: IndexArray, n: int) -> None:
-        """A block of known users in one matrix product (users × catalogue), kept in the memo."""
+        """A block of known users at once, kept in the memo."""
         n = min(n, self.user_items.shape[1])
-        scores = self.model.user_factors[user_indices] @ self.model.item_factors.T
-        for user_index, candidates in zip(user_indices.tolist(), top_n_per_row(scores, n), strict=True):
+        for user_index, candidates in zip(user_indices.tolist(), self._block_top(user_indices, n), strict=True):
             self._known_user.put(user_index, n, candidates)
+
+    def generate_block(self, block: endcap.UserBlock, n: npt.NDArray[np.int64]) -> endcap.CandidateBlock:
+        """The block's known users scored together (see :meth:`prefetch`); the rows answered
+        from the memo, new users folded in one at a time."""
+        known = block.user_indices
+        known = known[known >= 0]
+        rows = [Candidates.empty()] * len(block)
+        if known.size and n.size:
+            wanted = min(int(n.max()), self.user_items.shape[1])
+            found = dict(zip(known.tolist(), self._block_top(known, wanted), strict=True))
+            for j, (user_index, m) in enumerate(zip(block.user_indices.tolist(), n.tolist(), strict=True)):
+                if user_index >= 0:
+                    self._known_user.put(user_index, wanted, found[user_index])
+                    rows[j] = found[user_index] if m >= wanted else _first(found[user_index], m)
+        for j, (query, user) in enumerate(zip(block.queries, block.users, strict=True)):
+            if query.user_index < 0:
+                rows[j] = self.generate(query, user, int(n[j]))
+        return endcap.CandidateBlock.join(rows)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue

@@ -143,6 +143,12 @@ class LightGbmRanker(endcap.Ranker):
         values = np.ascontiguousarray(features.values[:, self._columns(features.names)], dtype=np.float64)
         return np.asarray(self._predict(values), dtype=np.float32)
 
+    def score_block(
+        self, block: endcap.UserBlock, features: endcap.FeatureMatrix, offsets: npt.NDArray[np.int64]
+    ) -> ScoreArray:
+        """Every candidate is scored on its own row: the whole block in one call."""
+        return self.score(block.queries[0], features) if len(block) else np.empty(0, dtype=np.float32)
+
 
 def _entry_point(compiled: Any) -> Callable[[Rows], Rows]:
     """The compiled trees' entry point, called straight with the array's address.

@@ -49,7 +49,16 @@ class LinearRanker(endcap.Ranker):
 
     def score(self, query: endcap.Query, features: endcap.FeatureMatrix) -> ScoreArray:
         values: npt.NDArray[np.float32] = np.log1p(np.maximum(np.nan_to_num(features.values), 0.0))
-        return (values @ self._weights(features.names)).astype(np.float32)
+        # a sum per row rather than a matrix-vector product: a row's score never depends on how
+        # many rows are scored with it (BLAS may add a row up in another order for another size)
+        scores: ScoreArray = (values * self._weights(features.names)).sum(axis=1, dtype=np.float32)
+        return scores
+
+    def score_block(
+        self, block: endcap.UserBlock, features: endcap.FeatureMatrix, offsets: npt.NDArray[np.int64]
+    ) -> ScoreArray:
+        """Every candidate is scored on its own row: the whole block in one call."""
+        return self.score(block.queries[0], features) if len(block) else np.empty(0, dtype=np.float32)
 
 
 @endcap.hookimpl

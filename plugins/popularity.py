@@ -8,7 +8,7 @@ from typing import Any
 
 import endcap
 import numpy as np
-from endcap.types import TrainingData
+from endcap.types import TrainingData, run_offsets
 from pydantic import Field
 
 
@@ -41,6 +41,13 @@ class PopularityCandidates(endcap.CandidateGenerator):
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         return endcap.Candidates(self.ids[:n], self.scores[:n])
+
+    def generate_block(self, block: endcap.UserBlock, n: np.ndarray) -> endcap.CandidateBlock:
+        """The same head of the list for every row, cut to its ``n``."""
+        lengths = np.clip(n.astype(np.int64), 0, self.ids.size)
+        offsets = run_offsets(lengths)
+        positions = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        return endcap.CandidateBlock(self.ids[positions], self.scores[positions], offsets)
 
 
 @endcap.hookimpl

@@ -42,6 +42,14 @@ class UserStatsFeatures(endcap.FeatureProvider):
         row = np.array([user.stats.get(column, 0.0) for column in USER_STATS_COLUMNS], dtype=np.float32)
         return np.broadcast_to(row, (ids.size, row.size))
 
+    def compute_block(
+        self, block: endcap.UserBlock, ids: np.ndarray, offsets: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        table = np.array(
+            [[user.stats.get(column, 0.0) for column in USER_STATS_COLUMNS] for user in block.users], dtype=np.float32
+        ).reshape(len(block), len(USER_STATS_COLUMNS))
+        return table[np.repeat(np.arange(len(block)), np.diff(offsets))]
+
 
 class ProductStatsFeatures(endcap.FeatureProvider):
     def product_references(self) -> tuple[str, ...]:
@@ -55,6 +63,11 @@ class ProductStatsFeatures(endcap.FeatureProvider):
     ) -> np.ndarray:
         block: np.ndarray = np.nan_to_num(products[ids], copy=False)  # a product the store lacks: zero statistics
         return block
+
+    def compute_block(
+        self, block: endcap.UserBlock, ids: np.ndarray, offsets: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        return self.compute(block.queries[0], block.users[0], ids, products) if len(block) else products[ids]
 
 
 class UserProductFeatures(endcap.FeatureProvider):
@@ -74,6 +87,20 @@ class UserProductFeatures(endcap.FeatureProvider):
             since[found] = user.item_stats["orders_since_last_bought"][pos]
         np.divide(times, orders if orders > 0 else 1.0, out=share)
         return block
+
+    def compute_block(
+        self, block: endcap.UserBlock, ids: np.ndarray, offsets: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        values = np.zeros((ids.size, 3), dtype=np.float32)
+        times, share, since = values[:, 0], values[:, 1], values[:, 2]
+        rows = rows_of(offsets)
+        orders = user_stat(block, "orders", 0.0)
+        since[:] = orders[rows]
+        found, pos = block.purchases.find(rows, ids)
+        times[found] = block.purchases.stat("times_bought")[pos]
+        since[found] = block.purchases.stat("orders_since_last_bought")[pos]
+        np.divide(times, np.where(orders > 0, orders, 1.0).astype(np.float32)[rows], out=share)
+        return values
 
 
 UNKNOWN = -1.0
@@ -95,6 +122,16 @@ def bought_rows(user: endcap.UserFeatures, ids: np.ndarray, at_least: int = 1) -
     return rows, pos[rows]
 
 
+def rows_of(offsets: np.ndarray) -> np.ndarray:
+    """The block row of every candidate, from the rows' ``offsets``."""
+    return np.repeat(np.arange(offsets.size - 1, dtype=np.int64), np.diff(offsets))
+
+
+def user_stat(block: endcap.UserBlock, name: str, missing: float) -> np.ndarray:
+    """Statistic ``name`` of every row's user (float64, as ``UserFeatures.stats`` holds it)."""
+    return np.fromiter((user.stats.get(name, missing) for user in block.users), dtype=np.float64, count=len(block))
+
+
 def _measured(block: np.ndarray) -> np.ndarray:
     """``block`` with whatever could not be measured (NaN or infinite: a row written before an
     array existed, two purchases in one order) as :data:`UNKNOWN`."""
@@ -109,15 +146,26 @@ class CadenceFeatures(endcap.FeatureProvider):
     def compute(
         self, query: endcap.Query, user: endcap.UserFeatures, ids: np.ndarray, products: np.ndarray
     ) -> np.ndarray:
-        block = np.full((ids.size, 3), UNKNOWN, dtype=np.float32)
         rows, pos = bought_rows(user, ids, at_least=2)
-        if not rows.size:
-            return block
-        since_first = user.item_stats["orders_since_first_bought"][pos]
+        return _cadence(ids.size, rows, pos, user.item_stats.__getitem__)
+
+    def compute_block(
+        self, block: endcap.UserBlock, ids: np.ndarray, offsets: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        found, pos = block.purchases.find(rows_of(offsets), ids, at_least=2)
+        return _cadence(ids.size, found, pos, block.purchases.stat)
+
+
+def _cadence(size: int, rows: np.ndarray, pos: np.ndarray, stat: Any) -> np.ndarray:
+    """``cadence``'s block for ``size`` candidates, of which ``rows`` were bought twice or more
+    (``pos``: their positions in the arrays ``stat(name)`` gives)."""
+    block = np.full((size, 3), UNKNOWN, dtype=np.float32)
+    if rows.size:
+        since_first = stat("orders_since_first_bought")[pos]
         known = since_first >= 0  # negative: a row written before Endcap counted it
         rows, pos, since_first = rows[known], pos[known], since_first[known]
-        times = user.item_stats["times_bought"][pos]
-        since_last = user.item_stats["orders_since_last_bought"][pos]
+        times = stat("times_bought")[pos]
+        since_last = stat("orders_since_last_bought")[pos]
         bought = np.full((rows.size, 3), UNKNOWN, dtype=np.float32)
         interval = (since_first - since_last) / (times - 1)
         bought[:, 0] = interval
@@ -125,7 +173,7 @@ class CadenceFeatures(endcap.FeatureProvider):
         bought[spaced, 1] = (since_last[spaced] + 1) / interval[spaced]
         bought[:, 2] = times / (since_first + 1)
         block[rows] = _measured(bought)
-        return block
+    return block
 
 
 CALENDAR_NAMES = ("days_since_last_order", "order_due", "days_since_bought", "item_due")
@@ -186,6 +234,46 @@ class CalendarFeatures(endcap.FeatureProvider):
             bought[spaced, 1] = bought[spaced, 0] / interval[spaced]
             block[rows, 2:] = _measured(bought)
         return block
+
+    def compute_block(
+        self, block: endcap.UserBlock, ids: np.ndarray, offsets: np.ndarray, products: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`compute`'s arithmetic on arrays of every row's clock and statistics."""
+        values = np.full((ids.size, 4), UNKNOWN, dtype=np.float32)
+        rows = rows_of(offsets)
+        last_order = user_stat(block, "last_order_day", math.nan)
+        as_of = np.fromiter((query.as_of for query in block.queries), dtype=np.float64, count=len(block))
+        newest = (
+            last_order
+            if math.isnan(self.data_until)
+            else np.where(last_order > self.data_until, last_order, self.data_until)
+        )
+        elapsed = np.where(np.isfinite(as_of), as_of / SECONDS_PER_DAY, newest) - last_order
+        since_order = np.where(elapsed < 0.0, 0.0, elapsed)
+        gap = user_stat(block, "avg_days_between_orders", 0.0)
+        dated = ~np.isnan(last_order)
+        live = np.flatnonzero(dated[rows])
+        values[live, 0] = since_order[rows[live]]
+        due = np.flatnonzero((dated & (gap > 0))[rows])
+        values[due, 1] = (since_order / np.where(gap > 0, gap, 1.0))[rows[due]]
+        found, pos = block.purchases.find(rows, ids)
+        alive = dated[rows[found]]
+        found, pos = found[alive], pos[alive]
+        if found.size:
+            stat = block.purchases.stat
+            last_day, first_day, times = (
+                stat("last_bought_day")[pos],
+                stat("first_bought_day")[pos],
+                stat("times_bought")[pos],
+            )
+            bought = np.full((found.size, 2), UNKNOWN, dtype=np.float32)
+            bought[:, 0] = np.maximum((since_order + last_order).astype(np.float32)[rows[found]] - last_day, 0.0)
+            interval = (last_day - first_day) / np.maximum(times - 1, 1)
+            spaced = (times >= 2) & (interval > 0) & (first_day >= 0)
+            bought[last_day < 0] = UNKNOWN
+            bought[spaced, 1] = bought[spaced, 0] / interval[spaced]
+            values[found, 2:] = _measured(bought)
+        return values
 
 
 @endcap.hookimpl

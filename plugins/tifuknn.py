@@ -192,6 +192,9 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         return self._ranked.top(query.user_index, n)
 
+    def generate_block(self, block: endcap.UserBlock, n: np.ndarray) -> endcap.CandidateBlock:
+        return self._ranked.top_block(block.user_indices, n)
+
 
 @endcap.hookimpl
 def endcap_register_components(registry: Any) -> None:

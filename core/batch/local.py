@@ -1,10 +1,10 @@
 """``endcap batch``, local engine: top-k for every user the model knows.
 
-Users go through the serving pipeline in blocks: before a block, every candidate generator that
-can answer many users at once (``prefetch``: ALS scores the whole block with one matrix product)
-does so, then the block's users are answered on a pool of threads. A progress bar shows on a
-terminal. Output columns are ``user_id,item_id,rank,score`` (plus ``user_bucket`` in a
-partitioned Parquet directory); see :mod:`endcap.batch.output` for how it is put in place.
+Users are answered in blocks by the block engine (:mod:`endcap.batch.block`: every stage for
+the whole block at once, the same answers as the request pipeline), the blocks on a pool of
+threads. A progress bar shows on a terminal. Output columns are ``user_id,item_id,rank,score``
+(plus ``user_bucket`` in a partitioned Parquet directory); see :mod:`endcap.batch.output` for
+how it is put in place.
 """
 
 from __future__ import annotations
@@ -14,33 +14,40 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
-from endcap.serving.pipeline import Pipeline, Recommendation
+import structlog
+from endcap.batch.block import answer_block
+from endcap.serving.pipeline import Pipeline
 
 BLOCK_USERS = 512
+log = structlog.get_logger("endcap.batch")
 
 
 def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.DataFrame:
     """The pipeline's top-``k`` for ``user_ids``, one row per recommended item, in input order.
 
-    Prefetching goes block by block: a block's scores are users × catalogue, so a whole Spark
+    Blocks of :data:`BLOCK_USERS`: a block's ALS scores are users × catalogue, so a whole Spark
     batch at once would need gigabytes."""
-    answers: list[Recommendation] = []
-    wanted = max(pipeline.serving.candidates_per_source, k)
+    users, items, scores, counts = [], [], [], []
+    one_by_one = 0
     for start in range(0, len(user_ids), BLOCK_USERS):
-        block = user_ids[start : start + BLOCK_USERS]
-        indices = np.array([pipeline.model.user_index.get(u, -1) for u in block], dtype=np.int32)
-        known = indices[indices >= 0]
-        if known.size:
-            for _, generator in pipeline.sources:
-                generator.prefetch(known, wanted)
-        answers.extend(pipeline.recommend(pipeline.make_query(user_id, k))[0] for user_id in block)
-    counts = np.array([len(a.item_ids) for a in answers], dtype=np.int64)
+        block = list(user_ids[start : start + BLOCK_USERS])
+        answers = answer_block(pipeline, block, k)
+        lengths = np.diff(answers.offsets)
+        users.append(np.repeat(np.array(block, dtype=np.object_), lengths))
+        items.append(answers.item_ids)
+        scores.append(answers.scores)
+        counts.append(lengths)
+        one_by_one += answers.one_by_one
+    if one_by_one:
+        log.info("batch_users_one_by_one", users=one_by_one, of=len(user_ids))
+    lengths = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    ranks = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 1
     return pd.DataFrame(
         {
-            "user_id": np.repeat(np.array(list(user_ids), dtype=np.object_), counts),
-            "item_id": np.array([i for a in answers for i in a.item_ids], dtype=np.object_),
-            "rank": np.concatenate([np.arange(1, c + 1) for c in counts]).astype(np.int32) if counts.size else [],
-            "score": np.concatenate([a.scores for a in answers]).astype(np.float32) if answers else [],
+            "user_id": np.concatenate(users) if users else np.empty(0, np.object_),
+            "item_id": np.concatenate(items) if items else np.empty(0, np.object_),
+            "rank": ranks.astype(np.int32),
+            "score": np.concatenate(scores).astype(np.float32) if scores else np.empty(0, np.float32),
         }
     )
 

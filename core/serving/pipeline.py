@@ -69,7 +69,7 @@ class Prepared:
     """Every source came back empty and the fallback source served."""
 
 
-def _scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
+def scaled_per_source(scores: np.ndarray, sizes: list[int]) -> np.ndarray:
     """Each source's scores (consecutive runs of ``sizes``) mapped to (0, 1]: its best is 1, its
     worst just above 0; a source whose scores are all equal gets 1 throughout."""
     scores = scores.astype(np.float32, copy=False)
@@ -101,11 +101,15 @@ def _check_deadline(stage: str) -> None:
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` best scores, best first."""
+    """Positions of the ``k`` best scores, best first; equal scores by position, NaN last (the
+    batch engine's segmented top-k orders them the same way)."""
+    negated = -scores
     if scores.size > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        return part[np.argsort(-scores[part], kind="stable")]
-    return np.argsort(-scores, kind="stable")
+        bound = np.partition(negated, k - 1)[k - 1]
+        if not np.isnan(bound):  # every score at or above the k-th best; ties may add a few
+            kept = np.flatnonzero(negated <= bound)
+            return kept[np.argsort(negated[kept], kind="stable")[:k]]
+    return np.argsort(negated, kind="stable")[:k]
 
 
 class Pipeline:
@@ -355,7 +359,7 @@ class Pipeline:
         if not any(sizes):
             return np.empty(0, dtype=np.int32), np.zeros((0, len(results)), dtype=np.float32)
         ids = np.concatenate([c.ids for c in results])
-        scaled = _scaled_per_source(np.concatenate([c.scores for c in results]), sizes)
+        scaled = scaled_per_source(np.concatenate([c.scores for c in results]), sizes)
         unique = np.sort(ids)
         unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
         matrix = np.zeros((unique.size, len(results)), dtype=np.float32)

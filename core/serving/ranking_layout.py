@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 from endcap.serving.component_calls import ComponentCalls
-from endcap.types import FeatureMatrix, FeatureProvider, IndexArray, Query, UserFeatures
+from endcap.types import FeatureMatrix, FeatureProvider, IndexArray, Query, UserBlock, UserFeatures, read_only
 
 NO_PRODUCTS = np.zeros((0, 0), dtype=np.float32)
 
@@ -90,3 +90,24 @@ class RankingLayout:
             values[:, block.columns] = 0.0 if computed is None else computed
         values.flags.writeable = False
         return FeatureMatrix(ids=ids, names=self.names, values=values)
+
+    def block_matrix(
+        self, block: UserBlock, ids: IndexArray, offsets: npt.NDArray[np.int64], source_scores: npt.NDArray[np.float32]
+    ) -> FeatureMatrix:
+        """:meth:`matrix` for every row of ``block`` at once (row ``j``'s candidates are
+        ``ids[offsets[j]:offsets[j + 1]]``), each provider called once through
+        :meth:`FeatureProvider.compute_block`. A provider that fails raises: the batch engine
+        then answers the block's users one at a time, where a failure stays with its request."""
+        values = np.empty((ids.size, len(self.names)), dtype=np.float32)
+        values[:, : self.sources] = source_scores
+        ids = read_only(ids.copy())
+        for block_part in self.blocks:
+            computed = block_part.provider.compute_block(block, ids, offsets, block_part.products)
+            width = block_part.columns.stop - block_part.columns.start
+            if np.shape(computed) != (ids.size, width):
+                raise ValueError(
+                    f"features:{block_part.name}.compute_block returned shape {np.shape(computed)}, "
+                    f"expected {(ids.size, width)}"
+                )
+            values[:, block_part.columns] = computed
+        return FeatureMatrix(ids=ids, names=self.names, values=read_only(values))
