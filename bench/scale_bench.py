@@ -105,6 +105,24 @@ def step(name: str, command: list[str], results: list[Result], logs: Path, users
     results.append((name, seconds, peak / 2**30, users))
 
 
+def same_rows(local: Path, spark: Path) -> str:
+    """Whether two batch outputs hold the same users, items and ranks (scores to float32 rounding)."""
+    import pandas as pd
+
+    columns = ["user_id", "item_id", "rank", "score"]
+    frames = [
+        pd.read_parquet(path, columns=columns).sort_values(["user_id", "rank"], ignore_index=True)
+        for path in (local, spark)
+    ]
+    if len(frames[0]) != len(frames[1]):
+        return f"different: {len(frames[0]):,} rows locally, {len(frames[1]):,} on Spark"
+    same = (frames[0][columns[:3]] == frames[1][columns[:3]]).all(axis=1)
+    close = np.isclose(frames[0]["score"], frames[1]["score"], rtol=1e-6)
+    if same.all() and close.all():
+        return f"identical ({len(same):,} rows)"
+    return f"different: {int((~same).sum()):,} of {len(same):,} rows differ in user, item or rank"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of 1M users / 100k products / 50M lines")
@@ -148,6 +166,8 @@ def main() -> int:
     print(
         f"\nScale benchmark: {users:,} users x {items:,} products x {purchases:,} purchases, {os.cpu_count()} cores\n"
     )
+    if not options.skip_spark:
+        print(f"Spark's rows against the local engine's: {same_rows(workdir / 'out-local', workdir / 'out-spark')}\n")
     print("| step | wall s | peak memory GiB | users/s |")
     print("|---|---:|---:|---:|")
     for name, seconds, peak, answered in results:
