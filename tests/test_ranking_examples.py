@@ -69,3 +69,30 @@ def test_a_store_built_for_fewer_label_baskets_is_refused(synthetic_workspace: P
     config = EndcapConfig(training={"label_baskets": 3})
     with pytest.raises(FailedPrecondition, match="run 'endcap features' again"):
         build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+
+
+def test_examples_prepared_a_block_at_a_time_equal_one_shopper_at_a_time(
+    synthetic_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block-wise build (one candidate merge, one feature matrix per block of shoppers) gives
+    the examples :meth:`Pipeline.prepare` gives shopper by shopper, which is what a block whose
+    preparation fails falls back to."""
+    import endcap.training.ranking_examples as ranking_examples
+
+    workspace = Workspace(synthetic_workspace)
+    log = load_interactions(workspace)
+    config = EndcapConfig()
+    blockwise = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("prepared one shopper at a time")
+
+    monkeypatch.setattr(ranking_examples, "prepare_block", refuse)
+    alone = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    assert blockwise.user_ids == alone.user_ids and blockwise.names == alone.names
+    np.testing.assert_array_equal(blockwise.groups, alone.groups)
+    np.testing.assert_array_equal(blockwise.labels, alone.labels)
+    assert blockwise.labels.sum() > 0
+    # ALS scores a block with one matrix product and a shopper with a matrix-vector product: the
+    # same numbers up to float32 rounding
+    np.testing.assert_allclose(blockwise.values, alone.values, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,10 @@ from endcap.features.tables import day_cutoffs, label_depths
 from endcap.model_versions import Manifest, component_dir
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
+from endcap.serving.block_prepare import prepare_block
 from endcap.serving.model import ProductReader, ServingModel, assemble, load_components
 from endcap.serving.pipeline import Pipeline
-from endcap.types import Query, RankingExamples, TrainingData
+from endcap.types import Query, RankingExamples, TrainingData, UserBlock, UserFeatures
 from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.training")
@@ -121,17 +123,18 @@ class DepthExamples:
             stub = Manifest(
                 "history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=self.exclude_purchased
             )
+            shoppers = [
+                Shopper(str(user_id), when.timestamp(), row, items_by_user[str(user_id)])
+                for user_id, when, row in zip(labels["user_id"], labels["label_time"], user_rows, strict=True)
+            ]
             for cutoff in cutoffs:
                 model = assemble(stub, catalog, components, products.reader(cutoff))
                 pipeline = Pipeline(model, lambda user_id: {}, self.config.serving, budgets=False)
-                for row in np.flatnonzero(cutoff_of_user == cutoff):
-                    user_id = str(labels["user_id"].iloc[row])
-                    label_items = items_by_user[user_id]
-                    as_of = labels["label_time"].iloc[row].timestamp()
-                    block, names = user_block(
-                        pipeline, model, self.config, (user_id, as_of), user_rows[row], label_items
-                    )
-                    blocks.append(block)
+                on_day = np.flatnonzero(cutoff_of_user == cutoff)
+                for start in range(0, on_day.size, BLOCK_USERS):
+                    chunk = [shoppers[row] for row in on_day[start : start + BLOCK_USERS]]
+                    examples, names = block_examples(pipeline, model, self.config.serving.default_k, chunk)
+                    blocks.extend(examples)
         return blocks, names, len(label_lines)
 
 
@@ -182,22 +185,58 @@ def train_serving_side(
     load_components(serving_side, directory, history.catalog, history.user_items, products)
 
 
-def user_block(
-    pipeline: Pipeline,
-    model: ServingModel,
-    config: EndcapConfig,
-    shopper: tuple[str, float],
-    user_row: dict[str, Any],
-    label_items: set[str],
-) -> tuple[Block, tuple[str, ...]]:
-    """The candidates and features of ``shopper`` (user id, label time in seconds since 1970) as
-    serving prepares them at that time, labelled by ``label_items``; and the feature names."""
-    user_id, as_of = shopper
-    query = Query(user_id, model.user_index[user_id], config.serving.default_k, as_of=as_of)
-    prepared = pipeline.prepare(query, model.user_features(user_row), errors={})
-    positives = model.item_indices(sorted(label_items))
-    labels = np.isin(prepared.features.ids, positives).astype(np.float32)
-    return (prepared.features.values, labels, user_id), prepared.features.names
+BLOCK_USERS = 512
+"""Shoppers whose examples are prepared together (see :func:`block_examples`)."""
+
+
+@dataclass(frozen=True)
+class Shopper:
+    """One query group to build: the user, the label basket's time (seconds since 1970), their
+    feature-store row as of just before it, and the items of the basket."""
+
+    user_id: str
+    as_of: float
+    row: dict[str, Any]
+    label_items: set[str]
+
+
+def block_examples(
+    pipeline: Pipeline, model: ServingModel, k: int, shoppers: Sequence[Shopper]
+) -> tuple[list[Block], tuple[str, ...]]:
+    """The candidates and features of ``shoppers`` as serving prepares them at their label
+    times, labelled by their baskets; and the feature names. Prepared for all of them at once
+    (:func:`endcap.serving.block_prepare.prepare_block`); a shopper the request pipeline treats
+    as a special case (no statistics, every candidate excluded), or every shopper when a
+    component fails on the block, goes through :meth:`Pipeline.prepare` on their own."""
+    queries = tuple(Query(s.user_id, model.user_index[s.user_id], k, as_of=s.as_of) for s in shoppers)
+    block = UserBlock(queries, tuple(model.user_features(s.row) for s in shoppers))
+    try:
+        prepared = prepare_block(pipeline, block, k)
+    except Exception as exc:
+        log.warning("ranking_examples_one_by_one", users=len(block), error=f"{type(exc).__name__}: {exc}")
+        return [
+            _alone(pipeline, model, query, user, s)
+            for query, user, s in zip(queries, block.users, shoppers, strict=True)
+        ], pipeline.feature_names
+    features = prepared.features
+    positives = [model.item_indices(sorted(s.label_items)) for s in shoppers]
+    label_keys = np.concatenate([(row << 32) | p[p >= 0].astype(np.int64) for row, p in enumerate(positives)])
+    labels = np.isin((prepared.rows << 32) | features.ids.astype(np.int64), label_keys).astype(np.float32)
+    examples: list[Block] = []
+    for row, (query, user, shopper) in enumerate(zip(queries, block.users, shoppers, strict=True)):
+        if prepared.prepared[row]:
+            span = slice(int(prepared.offsets[row]), int(prepared.offsets[row + 1]))
+            examples.append((features.values[span], labels[span], shopper.user_id))
+        else:
+            examples.append(_alone(pipeline, model, query, user, shopper))
+    return examples, features.names
+
+
+def _alone(pipeline: Pipeline, model: ServingModel, query: Query, user: UserFeatures, shopper: Shopper) -> Block:
+    """One shopper's examples through :meth:`Pipeline.prepare`."""
+    prepared = pipeline.prepare(query, user, errors={})
+    labels = np.isin(prepared.features.ids, model.item_indices(sorted(shopper.label_items))).astype(np.float32)
+    return prepared.features.values, labels, shopper.user_id
 
 
 def stack_blocks(blocks: list[Block], names: tuple[str, ...]) -> RankingExamples:
