@@ -124,8 +124,10 @@ class Candidates:
 
 @dataclass(frozen=True)
 class UserBlock:
-    """Many users answered together by a batch job (see :mod:`endcap.batch.block`): row ``j`` of
-    every per-candidate array below belongs to ``queries[j]`` and ``users[j]``."""
+    """Many users answered together, by a batch job or while building training examples: row
+    ``j`` is ``queries[j]`` for ``users[j]``. The block methods' per-candidate arrays hold row 0's
+    candidates, then row 1's and so on, delimited by ``offsets``; ``purchases`` gives every
+    row's purchase arrays flattened (:class:`BlockPurchases`), built once per block."""
 
     queries: tuple[Query, ...]
     users: tuple[UserFeatures, ...]

@@ -47,8 +47,9 @@ deals = "endcap_deals"
   something for a user it was trained on (`proposes_for_known_users = False` opts out), a
   filter drops exactly `expected_dropped` (item ids of the generated log, `i0` … `i39`), a
   provider writes one finite block of its `names()` and the same values in point-in-time
-  training examples as in serving, what `fit` returns fits the model manifest, and a fresh
-  instance serves from what `fit` saved. A plugin with Feast data of its own overrides
+  training examples as in serving, the batch methods (`generate_block`, `compute_block`,
+  `score_block`) give every row of a block exactly what the per-request method gives it, what
+  `fit` returns fits the model manifest, and a fresh instance serves from what `fit` saved. A plugin with Feast data of its own overrides
   `write_feature_data(features_dir, log)` to write its files for the generated log (rows stamped
   within the log's time span): the checks then build a real workspace with the plugin's hooks and
   load the component with `ModelContext.product_features` from that store. Fixtures:
@@ -221,6 +222,8 @@ def render() -> str:
         types.UserFeatures,
         types.Candidates,
         types.FeatureMatrix,
+        types.UserBlock,
+        types.CandidateBlock,
         types.RequestRecord,
         types.Event,
         types.TrainingData,
