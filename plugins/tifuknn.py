@@ -103,16 +103,27 @@ def blended_top(
             (np.full(int(valid.sum()), 1.0 / width, dtype=np.float32), (np.nonzero(valid)[0], near[valid])),
             shape=(near.shape[0], n),
         )
-        scores = (alpha * vectors[rows[chunk]] + (1 - alpha) * (averaging @ vectors)).tocsr()
+        scores = (alpha * vectors[rows[chunk]] + (1 - alpha) * (averaging @ vectors)).tocsr().astype(np.float32)
         scores.eliminate_zeros()
-        owner = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
-        order = np.lexsort((scores.indices, -scores.data, owner))
+        scores.sort_indices()
+        owner = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
+        order = _best_first(owner, scores.data)
         owner, item, score = owner[order], scores.indices[order], scores.data[order]
         rank = np.arange(order.size) - scores.indptr[owner]
         kept = (rank < k) & (score > 0)
         out[chunk][owner[kept], rank[kept]] = item[kept]
         values[chunk][owner[kept], rank[kept]] = score[kept]
     return out, values
+
+
+def _best_first(owner: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The order of entries by owner, then score descending, then position: one stable radix
+    sort of a 64-bit key (owner, then the float32 score's bits inverted, which order positive
+    floats as their values do) instead of a three-key lexsort, several times slower."""
+    if scores.size and scores.min() <= 0:  # the bit trick holds for positive scores only
+        return np.lexsort((np.arange(scores.size), -scores, owner))
+    inverted = np.int64(0xFFFFFFFF) - scores.astype(np.float32).view(np.uint32).astype(np.int64)
+    return np.argsort((owner << 32) | inverted, kind="stable")
 
 
 def as_sparse(ids: np.ndarray, scores: np.ndarray, items: int) -> sp.csr_matrix:
