@@ -96,3 +96,14 @@ def test_examples_prepared_a_block_at_a_time_equal_one_shopper_at_a_time(
     # ALS scores a block with one matrix product and a shopper with a matrix-vector product: the
     # same numbers up to float32 rounding
     np.testing.assert_allclose(blockwise.values, alone.values, rtol=1e-5, atol=1e-6)
+
+
+def test_a_log_with_more_users_than_ranking_users_gives_examples_for_a_seeded_sample(synthetic_workspace: Path) -> None:
+    workspace = Workspace(synthetic_workspace)
+    log = load_interactions(workspace)
+    config = EndcapConfig(training={"ranking_users": 7})
+    first = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    again = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    assert len(set(first.user_ids)) == 7 < log["user_id"].nunique()
+    assert first.user_ids == again.user_ids
+    np.testing.assert_array_equal(first.values, again.values)

@@ -49,10 +49,11 @@ deals = "endcap_deals"
   provider writes one finite block of its `names()` and the same values in point-in-time
   training examples as in serving, the batch methods (`generate_block`, `compute_block`,
   `score_block`) give every row of a block exactly what the per-request method gives it, what
-  `fit` returns fits the model manifest, and a fresh instance serves from what `fit` saved. A plugin with Feast data of its own overrides
-  `write_feature_data(features_dir, log)` to write its files for the generated log (rows stamped
-  within the log's time span): the checks then build a real workspace with the plugin's hooks and
-  load the component with `ModelContext.product_features` from that store. Fixtures:
+  `fit` returns fits the model manifest, and a fresh instance serves from what `fit` saved. A
+  plugin with Feast data of its own overrides `write_feature_data(features_dir, log)` to write
+  its files for the generated log (rows stamped within the log's time span): the checks then
+  build a real workspace with the plugin's hooks and load the component with
+  `ModelContext.product_features` from that store. Fixtures:
   * `endcap_training_data`: the generated log (30 users, 40 products, `u0`…, `i0`…) as
     components see it in `fit`, with synthetic ranking examples;
   * `endcap_workspace`: a workspace directory with that log ingested and Endcap's features in a

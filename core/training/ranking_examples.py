@@ -67,9 +67,12 @@ def build_ranking_examples(
     blocks: list[Block] = []
     names: tuple[str, ...] = ()
     label_items = 0
+    sampled = sampled_users(log_frame["user_id"], config.training.ranking_users)
     for level, (truncated, labels) in enumerate(
         label_depths(log_frame, label_share(log_frame), config.training.label_baskets)
     ):
+        if sampled is not None:
+            labels = labels[labels["user_id"].isin(sampled)]
         historical.require_snapshots(day_cutoffs(labels["label_time"]))
         depth = DepthExamples(host, config, data, historical, exclude_purchased)
         depth_blocks, names, lines = depth.build(truncated, labels)
@@ -86,6 +89,16 @@ def build_ranking_examples(
         label_items=label_items,
     )
     return examples
+
+
+def sampled_users(user_ids: pd.Series, most: int) -> np.ndarray | None:
+    """A seeded sample of ``most`` of the distinct ``user_ids``; ``None`` (everyone) when there
+    are no more than that. Logged when it samples, with how many users it left out."""
+    distinct = np.sort(user_ids.unique())
+    if distinct.size <= most:
+        return None
+    log.info("ranking_examples_sampled", users=most, of=int(distinct.size), setting="training.ranking_users")
+    return np.sort(np.random.default_rng(0).choice(distinct, most, replace=False))
 
 
 class DepthExamples:
