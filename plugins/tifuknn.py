@@ -8,7 +8,8 @@ group are averaged with weights ``within_decay ** age_in_group``, groups with
 neighbours by cosine similarity of those vectors, searched exactly for a few thousand users and
 approximately (faiss) for many (:mod:`endcap.plugins.user_neighbours`). With ``tune`` the
 parameters are picked on each user's newest training basket (held out; a seeded sample of
-``tune_users`` of them), then the model is refitted on everything. Each user's
+``tune_users`` of them among themselves when there are more), then the model is refitted on
+everything. Each user's
 ``keep_per_user`` best items are kept, best first, for serving.
 """
 
@@ -50,8 +51,9 @@ class TifuKnnCandidatesConfig(endcap.ComponentConfig):
     tune: bool = True
     """Choose ``group_decay``, ``neighbours`` and ``alpha`` from the grids below on held-out baskets."""
     tune_users: int = Field(20_000, ge=1)
-    """Users (a seeded sample of those with a held-out basket) the tuning scores; their
-    neighbours are still searched among every user."""
+    """Users the tuning scores: every user with a held-out basket up to this many (their
+    neighbours searched among every user), else a seeded sample of this many, whose neighbours
+    are searched among the sample itself, so that tuning costs the same at any number of users."""
     group_decay_grid: list[float] = [0.6, 0.8]
     neighbours_grid: list[int] = [300]
     alpha_grid: list[float] = [0.7, 0.8, 0.9]
@@ -132,6 +134,12 @@ def as_sparse(ids: np.ndarray, scores: np.ndarray, items: int) -> sp.csr_matrix:
     return sp.csr_matrix((scores[keep], (np.nonzero(keep)[0], ids[keep])), shape=(ids.shape[0], items))
 
 
+def _only(frame: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
+    """``frame``'s lines of ``users`` (sorted user indices), renumbered ``0 .. len(users) - 1``."""
+    kept = frame[np.isin(frame["user_index"].to_numpy(), users)]
+    return kept.assign(user_index=np.searchsorted(users, kept["user_index"].to_numpy()).astype(np.int32))
+
+
 class _Parameters(TypedDict):
     group_decay: float
     neighbours: int
@@ -155,8 +163,10 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         fit_part, truth_part = frame[~held_out], frame[held_out]
         shape = data.user_items.shape
         users = np.unique(truth_part["user_index"].to_numpy())
-        if users.size > self.config.tune_users:
+        if users.size > self.config.tune_users:  # the sample among themselves: work follows the sample
             users = np.sort(np.random.default_rng(0).choice(users, self.config.tune_users, replace=False))
+            fit_part, truth_part = _only(fit_part, users), _only(truth_part, users)
+            shape, users = (users.size, shape[1]), np.arange(users.size)
         truth = sp.csr_matrix(
             (np.ones(len(truth_part), np.float32), (truth_part["user_index"], truth_part["item_index"])), shape=shape
         )[users]
