@@ -197,7 +197,8 @@ def _batch_pipeline(workspace: Path, users: object = None) -> object:
     config = load_config(space.root)
     online = OnlineFeatures(space, config.feature_store)
     model = load_serving_model(space, PluginHost(config), online)
-    return Pipeline(model, online.user, config.serving, budgets=False, users=users)  # type: ignore[arg-type]
+    read_users = online.users if users is None else None  # a block's rows in one read, as batch jobs do
+    return Pipeline(model, online.user, config.serving, budgets=False, users=users, read_users=read_users)  # type: ignore[arg-type]
 
 
 def _same_as_each_request(pipeline: object, block: list[str], k: int) -> int:

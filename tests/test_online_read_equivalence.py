@@ -53,6 +53,17 @@ def test_after_materialization_the_direct_read_equals_feasts(online: OnlineFeatu
         assert online.user(user_id) == feast_row(online, user_id), user_id
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(users=st.lists(st.sampled_from([*USERS, "nobody", "u1"]), min_size=0, max_size=12))
+def test_a_batch_read_of_many_users_equals_reading_each(online: OnlineFeatures, users: list[str]) -> None:
+    """Batch jobs read a block's rows in one query: in order, repeats kept, strangers unknown."""
+    together = online.users(users)
+    assert together == [online.user(user_id) for user_id in users]
+    rows = dict(zip(users, together, strict=True))
+    assert "nobody" not in rows or rows["nobody"]["orders"] is None
+    assert "u1" not in rows or rows["u1"]["orders"] is not None
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     orders=st.lists(

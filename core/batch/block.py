@@ -55,7 +55,7 @@ def answer_block(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> BlockAn
     """The pipeline's top-``k`` for ``user_ids``, the same items, order and scores as
     :meth:`Pipeline.recommend` gives for each."""
     queries = tuple(pipeline.make_query(user_id, k) for user_id in user_ids)
-    block = UserBlock(queries, tuple(pipeline.users(user_id) for user_id in user_ids))
+    block = UserBlock(queries, pipeline.users_of(user_ids))
     try:
         ranked = _rank_block(pipeline, block, k)
     except Exception as exc:

@@ -72,7 +72,7 @@ def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str
         with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
             registry = ModelRegistry(unpack_version(files(), version, Path(local)))
             model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)
-        _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False)
+        _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False, read_users=online.users)
     return _PIPELINES[key]
 
 

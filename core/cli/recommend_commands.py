@@ -95,7 +95,7 @@ def _local_batch(args: argparse.Namespace, workspace: Workspace, out: Path) -> t
     config, host = load_host(workspace)
     online = OnlineFeatures(workspace, config.feature_store)
     model = load_serving_model(workspace, host, online)
-    pipeline = Pipeline(model, online.user, config.serving, budgets=False)
+    pipeline = Pipeline(model, online.user, config.serving, budgets=False, read_users=online.users)
     frame = recommend_all(pipeline, pipeline.resolve_k(args.k), threads=args.threads)
     write_frame(frame, out)
     return len(frame), frame["user_id"].nunique(), model.version

@@ -81,6 +81,9 @@ class SqliteRows:
         columns = ", ".join("max(CASE WHEN feature_name = ? THEN value END)" for _ in self.features)
         self._sql = f"SELECT max(event_ts), {columns} FROM {quoted} WHERE entity_key = ?"
         self._sample_sql = f"SELECT entity_key FROM {quoted} GROUP BY entity_key ORDER BY random() LIMIT ?"
+        self._many_sql = (
+            f"SELECT entity_key, max(event_ts), {columns} FROM {quoted} WHERE entity_key IN (%s) GROUP BY entity_key"
+        )
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -118,6 +121,17 @@ class SqliteRows:
         Feast values in feature order, ``None`` where unset): equal tuples hold equal values."""
         [(newest, *raws)] = self._fetch(self._sql, (*self.features, self.key(entity)))
         return _written_at(newest), tuple(raws)
+
+    def read_many(self, entities: Sequence[str]) -> list[tuple[float | None, dict[str, ValueProto]]]:
+        """:meth:`read` of every entity, in order, in one ``SELECT`` per 500 (batch jobs)."""
+        found: dict[bytes, tuple[float | None, dict[str, ValueProto]]] = {}
+        keys = [self.key(entity) for entity in entities]
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            sql = self._many_sql % ", ".join("?" * len(part))
+            for key, newest, *raws in self._fetch(sql, (*self.features, *part)):
+                found[bytes(key)] = (_written_at(newest), self.values(tuple(raws)))
+        return [found.get(key, (None, {})) for key in keys]
 
     def sample_keys(self, count: int) -> list[bytes]:
         """Up to ``count`` serialized entity keys the table holds, chosen at random."""

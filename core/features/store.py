@@ -341,6 +341,15 @@ class OnlineFeatures:
         written, values = self._read_user_row(user_id)
         return self._row(values, self.fresh(written, bool(values)))
 
+    def users(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """:meth:`user` of each of ``user_ids``, in order: one query per few hundred users from
+        SQLite (batch jobs), one lookup each from any other store."""
+        if self._rows is None:
+            return [self.user(user_id) for user_id in user_ids]
+        return [
+            self._row(values, self.fresh(written, bool(values))) for written, values in self._rows.read_many(user_ids)
+        ]
+
     def user_row(self, user_id: str) -> tuple[float | None, dict[str, Any]]:
         """When the user's row was written (epoch seconds, ``None`` without a row) and its values
         as stored, whatever their age: what a read-modify-write of the row starts from."""

@@ -123,11 +123,14 @@ class Pipeline:
         skip_sources: frozenset[str] = frozenset(),
         budgets: bool = True,
         users: Callable[[str], UserFeatures] | None = None,
+        read_users: Callable[[Sequence[str]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.model = model
         self.users = users or (lambda user_id: model.user_features(read_user(user_id)))
         """``user_id → UserFeatures`` for a request: the server's memo of parsed rows (see
         :mod:`endcap.serving.user_memo`), else ``read_user`` and a parse every time."""
+        self._read_users = read_users if users is None else None
+        """Many users' rows in one read (batch jobs: :meth:`OnlineFeatures.users`)."""
         self.serving = serving
         self.requests = RequestValidator(serving)
         self.tracer = tracer() if serving.opentelemetry else None
@@ -152,6 +155,13 @@ class Pipeline:
         self._source_sets: dict[int, tuple[str, ...]] = {}
         """Source names by bit set, filled as sets occur: the sources behind an item are looked
         up, not rebuilt per item."""
+
+    def users_of(self, user_ids: Sequence[str]) -> tuple[UserFeatures, ...]:
+        """:attr:`users` of each of ``user_ids``, read together when the pipeline was given
+        ``read_users``."""
+        if self._read_users is None:
+            return tuple(self.users(user_id) for user_id in user_ids)
+        return tuple(self.model.user_features(row) for row in self._read_users(user_ids))
 
     @property
     def budgets(self) -> bool:
