@@ -323,6 +323,11 @@ class TrainingData:
     """Set when a configured component declares ``needs_ranking_examples``."""
     reference_scores: npt.NDArray[np.float32] | None = None
     """The trained ranker's scores on ``ranking_examples`` (set for components fitted after it)."""
+    asked_users: IndexArray | None = None
+    """The users this training's model will be asked about, when not all of them: while the
+    ranker's examples are built, only their shoppers' (a sample at scale, see
+    ``training.ranking_users``). A generator that computes every user's answers at ``fit`` may
+    compute only these; ``None``: any user may be asked."""
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,14 @@ def _best_first(owner: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.argsort((owner << 32) | inverted, kind="stable")
 
 
-def as_sparse(ids: np.ndarray, scores: np.ndarray, items: int) -> sp.csr_matrix:
-    """Users × items matrix of :func:`blended_top`'s answer."""
+def as_sparse(
+    ids: np.ndarray, scores: np.ndarray, shape: tuple[int, int], rows: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """Users × items matrix (``shape``) of :func:`blended_top`'s answer for ``rows`` (default:
+    every user); the other users' rows are empty."""
     keep = ids >= 0
-    return sp.csr_matrix((scores[keep], (np.nonzero(keep)[0], ids[keep])), shape=(ids.shape[0], items))
+    owners = np.nonzero(keep)[0]
+    return sp.csr_matrix((scores[keep], (owners if rows is None else rows[owners], ids[keep])), shape=shape)
 
 
 def _only(frame: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
@@ -197,9 +201,10 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
                 "alpha": tuning["alpha"],
             }
         vectors = personal_vectors(data.interactions, data.user_items.shape, self.config, chosen["group_decay"])
-        neighbours = self._neighbours(vectors, chosen["neighbours"])
-        ids, scores = blended_top(vectors, neighbours, chosen["alpha"], self.config.keep_per_user)
-        sp.save_npz(directory / "scores.npz", as_sparse(ids, scores, vectors.shape[1]), compressed=False)
+        asked = data.asked_users  # only these users' answers are wanted (their neighbours: anyone)
+        neighbours = self._neighbours(vectors, chosen["neighbours"], asked)
+        ids, scores = blended_top(vectors, neighbours, chosen["alpha"], self.config.keep_per_user, asked)
+        sp.save_npz(directory / "scores.npz", as_sparse(ids, scores, vectors.shape, asked), compressed=False)
         return {
             **self.config.model_dump(exclude={"group_decay_grid", "neighbours_grid", "alpha_grid"}),
             **tuning,

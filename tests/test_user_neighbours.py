@@ -98,8 +98,11 @@ def test_blended_top_matches_the_dense_blend_with_ties_by_item(block: int) -> No
     rows = np.array([5, 17])
     part, _ = blended_top(vectors, neighbours[rows], 0.6, 8, rows)
     assert (part == ids[rows]).all(), "scoring some users gives their rows of the whole"
-    kept = as_sparse(ids, scores, 30)
+    kept = as_sparse(ids, scores, (40, 30))
     assert kept.shape == (40, 30) and kept.nnz == int((ids >= 0).sum())
+    some = as_sparse(*blended_top(vectors, neighbours[rows], 0.6, 8, rows), (40, 30), rows)
+    assert some.shape == (40, 30) and some.getnnz(axis=1)[rows].sum() == some.nnz > 0
+    np.testing.assert_array_equal(some[rows].toarray(), kept[rows].toarray())
 
 
 def no_repeat_log_of_the_1990s(users: int = 300, tastes: int = 6, seed: int = 3) -> pd.DataFrame:

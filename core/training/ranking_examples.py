@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,8 @@ class DepthExamples:
         labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
         catalog = self.data.catalog
         history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=catalog)
+        asked = pd.Index(catalog.user_ids).get_indexer(pd.Index(labels["user_id"].astype(str)))
+        history = replace(history, asked_users=np.unique(asked[asked >= 0]).astype(np.int32))
         components = self.host.build_components()
         blocks: list[Block] = []
         names: tuple[str, ...] = ()
