@@ -32,6 +32,9 @@ class LightGbmRankerConfig(endcap.ComponentConfig):
     validation_share: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of users held out of fitting to stop boosting when it stops helping (0: no early stopping)."""
     seed: int = 42
+    threads: int = Field(2, ge=1)
+    """Threads LightGBM fits with. The fit is deterministic for a given number of threads (and
+    differs slightly between numbers), so it is a setting rather than the machine's core count."""
     compiled: bool = True
     """Score with the trees compiled to machine code by lleaves (the same scores as LightGBM's
     ``predict``, about ten times faster for a request's few hundred candidates; compiling takes
@@ -61,7 +64,7 @@ class LightGbmRanker(endcap.Ranker):
             "min_child_samples": self.config.min_child_samples,
             "seed": self.config.seed,
             "deterministic": True,
-            "num_threads": 1,
+            "num_threads": self.config.threads,
             "verbosity": -1,
             **({"eval_at": [10], "metric": "ndcg"} if self.config.objective == "lambdarank" else {}),
         }
