@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import endcap
 import numpy as np
@@ -38,12 +38,11 @@ class RepurchaseCandidates(endcap.CandidateGenerator):
             (weights, (users, frame["item_index"].to_numpy())), shape=(data.catalog.n_users, data.catalog.n_items)
         )
         scores.sum_duplicates()
-        sp.save_npz(directory / "scores.npz", scores, compressed=False)
+        BestFirstRows.ordered(scores).save(directory)
         return {"half_life_orders": self.config.half_life_orders}
 
     def load(self, context: endcap.ModelContext) -> None:
-        # load_npz is typed for any sparse container; fit saved a CSR matrix, which loads as one.
-        self._ranked = BestFirstRows(cast(sp.csr_matrix, sp.load_npz(context.directory / "scores.npz")).tocsr())
+        self._ranked = BestFirstRows.load(context.directory)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         return self._ranked.top(query.user_index, n)

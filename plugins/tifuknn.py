@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict
 
 import endcap
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from endcap.evaluation.metrics import ranking_metrics
-from endcap.plugins._shared import BestFirstRows
+from endcap.plugins._shared import BestFirstRows, best_first_order
 from endcap.plugins.user_neighbours import Search, nearest_neighbours
 from endcap.types import TrainingData
 from pydantic import Field
@@ -109,23 +109,13 @@ def blended_top(
         scores.eliminate_zeros()
         scores.sort_indices()
         owner = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
-        order = _best_first(owner, scores.data)
+        order = best_first_order(owner, scores.data)
         owner, item, score = owner[order], scores.indices[order], scores.data[order]
         rank = np.arange(order.size) - scores.indptr[owner]
         kept = (rank < k) & (score > 0)
         out[chunk][owner[kept], rank[kept]] = item[kept]
         values[chunk][owner[kept], rank[kept]] = score[kept]
     return out, values
-
-
-def _best_first(owner: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The order of entries by owner, then score descending, then position: one stable radix
-    sort of a 64-bit key (owner, then the float32 score's bits inverted, which order positive
-    floats as their values do) instead of a three-key lexsort, several times slower."""
-    if scores.size and scores.min() <= 0:  # the bit trick holds for positive scores only
-        return np.lexsort((np.arange(scores.size), -scores, owner))
-    inverted = np.int64(0xFFFFFFFF) - scores.astype(np.float32).view(np.uint32).astype(np.int64)
-    return np.argsort((owner << 32) | inverted, kind="stable")
 
 
 def as_sparse(
@@ -204,7 +194,7 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         asked = data.asked_users  # only these users' answers are wanted (their neighbours: anyone)
         neighbours = self._neighbours(vectors, chosen["neighbours"], asked)
         ids, scores = blended_top(vectors, neighbours, chosen["alpha"], self.config.keep_per_user, asked)
-        sp.save_npz(directory / "scores.npz", as_sparse(ids, scores, vectors.shape, asked), compressed=False)
+        BestFirstRows.ordered(as_sparse(ids, scores, vectors.shape, asked)).save(directory)
         return {
             **self.config.model_dump(exclude={"group_decay_grid", "neighbours_grid", "alpha_grid"}),
             **tuning,
@@ -212,8 +202,7 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         }
 
     def load(self, context: endcap.ModelContext) -> None:
-        # load_npz is typed for any sparse container; fit saved a CSR matrix, which loads as one.
-        self._ranked = BestFirstRows(cast(sp.csr_matrix, sp.load_npz(context.directory / "scores.npz")).tocsr())
+        self._ranked = BestFirstRows.load(context.directory)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         return self._ranked.top(query.user_index, n)

@@ -249,3 +249,25 @@ def test_als_folds_in_a_new_user_like_the_same_history_seen_in_training(
     )
     folded = generator.generate(query_for(data, "newcomer"), history, 20)
     assert len(set(folded.ids.tolist()) & set(known.ids.tolist())) >= 15
+
+
+def test_best_first_rows_load_what_was_saved_and_a_version_saved_before_as_a_matrix(tmp_path: Path) -> None:
+    """Repurchase and TIFU-KNN save their rows ordered at fit; a model version saved before that
+    (a ``scores.npz`` matrix) still loads, ordered at load, to the same rows."""
+    import scipy.sparse as sp
+    from endcap.plugins._shared import BestFirstRows
+
+    rng = np.random.default_rng(4)
+    matrix = sp.random(30, 50, density=0.2, format="csr", random_state=4, dtype=np.float32)
+    matrix.data = np.round(rng.random(matrix.nnz) * 4 + 0.5).astype(np.float32)  # ties, broken by position
+    (tmp_path / "new").mkdir()
+    BestFirstRows.ordered(matrix).save(tmp_path / "new")
+    (tmp_path / "old").mkdir()
+    sp.save_npz(tmp_path / "old" / "scores.npz", matrix)
+    new, old = BestFirstRows.load(tmp_path / "new"), BestFirstRows.load(tmp_path / "old")
+    for user in range(30):
+        top, before = new.top(user, 8), old.top(user, 8)
+        assert np.array_equal(top.ids, before.ids) and np.array_equal(top.scores, before.scores)
+        row = matrix[user].toarray()[0]
+        expected = np.lexsort((np.arange(50), -row))[: len(top)]
+        assert top.ids.tolist() == expected.tolist(), "best first, equal scores by item index"
