@@ -94,7 +94,8 @@ def main() -> int:
         stages["ranker"] += time.perf_counter() - tick
 
     print("\n| engine | users/s |\n|---|---:|")
-    print(f"| block engine, {options.threads} threads | {block_rate:,.0f} |")
+    threads = 1 if options.users else options.threads  # --users answers its blocks one after another
+    print(f"| block engine, {threads} thread{'s' if threads > 1 else ''} | {block_rate:,.0f} |")
     print(f"| request pipeline once per user, 1 thread | {request_rate:,.0f} |")
     if reference:
         print(f"| implicit ALS recommend (top 100), the floor | {reference} |")
