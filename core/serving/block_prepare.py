@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from endcap.serving.pipeline import Pipeline, scaled_per_source
-from endcap.types import EMPTY_INDEX, CandidateBlock, Candidates, FeatureMatrix, IndexArray, UserBlock, run_offsets
+from endcap.types import CandidateBlock, Candidates, FeatureMatrix, IndexArray, UserBlock, run_offsets
 
 
 class MalformedBlock(ValueError):
@@ -101,26 +101,22 @@ class PreparedBlock:
 def prepare_block(pipeline: Pipeline, block: UserBlock, k: int) -> PreparedBlock:
     """Candidates → merge → exclusions and filters → features for every row of ``block``."""
     n_items = pipeline.model.catalog.n_items
-    per_source = max(pipeline.serving.candidates_per_source, k)
-    purchased = [user.items if pipeline.exclude_purchased else EMPTY_INDEX for user in block.users]
-    wanted = np.array(
-        [per_source + q.exclude.size + p.size for q, p in zip(block.queries, purchased, strict=True)], dtype=np.int64
-    )
+    asked = [pipeline.asked(query, user) for query, user in zip(block.queries, block.users, strict=True)]
+    purchased = [bought for bought, _ in asked]
+    wanted = np.array([n for _, n in asked], dtype=np.int64)
     keys, source_scores = _merged(_proposals(pipeline, block, wanted), n_items)
     rows = keys // n_items
-    proposed = np.bincount(rows, minlength=len(block)) > 0
-    prepared = proposed & np.fromiter((user.known for user in block.users), dtype=bool, count=len(block))
+    known = np.fromiter((user.known for user in block.users), dtype=bool, count=len(block))
 
-    keep = prepared[rows]
+    keep = known[rows]
     if pipeline.rules:
         keep &= _kept_by_rules(pipeline, block, keys, purchased, n_items)
     else:
         excluded = _excluded(block, purchased, n_items)
         if excluded.size:
             keep &= ~np.isin(keys, excluded)
-    keys, source_scores, rows = keys[keep], source_scores[keep], rows[keep]
-    prepared &= np.bincount(rows, minlength=len(block)) > 0  # all excluded: the fallback source serves
-    keep = prepared[rows]
+    # a known user with nothing left (nothing proposed, or all of it excluded): the fallback source serves
+    prepared = known & (np.bincount(rows[keep], minlength=len(block)) > 0)
     keys, source_scores, rows = keys[keep], source_scores[keep], rows[keep]
 
     ids = (keys - rows * n_items).astype(np.int32)

@@ -198,6 +198,14 @@ class Pipeline:
 
     # -- Recommend ---------------------------------------------------------------------------
 
+    def asked(self, query: Query, user: UserFeatures) -> tuple[IndexArray, int]:
+        """What the answer leaves out of the user's own purchases (sorted; none unless the model
+        excludes them), and how many candidates each source is asked for: enough for ``k``
+        after the caller's exclusions and those purchases."""
+        purchased = user.items if self.exclude_purchased else EMPTY_INDEX
+        wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size) + int(purchased.size)
+        return purchased, wanted
+
     def prepare(
         self, query: Query, user: UserFeatures, errors: dict[str, str], watch: Stopwatch | None = None
     ) -> Prepared:
@@ -207,8 +215,7 @@ class Pipeline:
         feature layout it is served with.
         """
         watch = watch or Stopwatch()
-        purchased = user.items if self.exclude_purchased else EMPTY_INDEX
-        wanted = max(self.serving.candidates_per_source, query.k) + int(query.exclude.size) + int(purchased.size)
+        purchased, wanted = self.asked(query, user)
         results = self._generate(query, user, wanted, errors)
         fallback = not any(len(c) for c in results)
         if fallback:
