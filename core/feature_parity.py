@@ -105,7 +105,7 @@ def parity_rows(
     log = same_day_log() if log is None else log
     full = feature_workspace(root / "full", log, host, write_data, log)
     lines = load_interactions(full)
-    examples = build_ranking_examples(full, host, host.config, build_training_data(lines), lines)
+    examples = build_ranking_examples(full, host, host.config, build_training_data(lines))
 
     times = pd.to_datetime(log["timestamp"], utc=True)
     last_day = pd.DatetimeIndex(times).floor("D").max()

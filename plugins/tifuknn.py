@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 from endcap.evaluation.metrics import ranking_metrics
 from endcap.plugins._shared import BestFirstRows, best_first_order
-from endcap.plugins.user_neighbours import Search, nearest_neighbours
+from endcap.plugins.user_neighbours import NeighbourSearch, Search, nearest_neighbours
 from endcap.types import TrainingData
 from pydantic import Field
 
@@ -118,14 +118,25 @@ def blended_top(
     return out, values
 
 
-def as_sparse(
-    ids: np.ndarray, scores: np.ndarray, shape: tuple[int, int], rows: np.ndarray | None = None
-) -> sp.csr_matrix:
-    """Users × items matrix (``shape``) of :func:`blended_top`'s answer for ``rows`` (default:
-    every user); the other users' rows are empty."""
-    keep = ids >= 0
-    owners = np.nonzero(keep)[0]
-    return sp.csr_matrix((scores[keep], (owners if rows is None else rows[owners], ids[keep])), shape=shape)
+def ranked_rows(
+    vectors: sp.csr_matrix, search: NeighbourSearch, alpha: float, k: int, rows: np.ndarray, block: int = 32_768
+) -> BestFirstRows:
+    """:func:`blended_top` of ``rows`` (sorted user indices; the other users' rows stay empty)
+    as :class:`BestFirstRows`, searched and blended ``block`` users at a time, so that memory
+    follows the block and the answers kept, not the users times the neighbours."""
+    lengths = np.zeros(vectors.shape[0], dtype=np.int64)
+    ids: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for start in range(0, rows.size, block):
+        chunk = rows[start : start + block]
+        top_ids, top_scores = blended_top(vectors, search.neighbours(chunk), alpha, k, chunk)
+        kept = top_ids >= 0  # a prefix of each row: best first, padded with -1
+        lengths[chunk] = kept.sum(axis=1)
+        ids.append(top_ids[kept])
+        scores.append(top_scores[kept])
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)])
+    empty = [np.zeros(0, dtype=np.int32)]
+    return BestFirstRows(starts, np.concatenate(ids or empty), np.concatenate(scores or empty).astype(np.float32))
 
 
 def _only(frame: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
@@ -191,10 +202,13 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
                 "alpha": tuning["alpha"],
             }
         vectors = personal_vectors(data.interactions, data.user_items.shape, self.config, chosen["group_decay"])
+        config = self.config
+        search = NeighbourSearch(
+            vectors, chosen["neighbours"], config.neighbour_search, config.exact_below, config.dimensions, config.probes
+        )
         asked = data.asked_users  # only these users' answers are wanted (their neighbours: anyone)
-        neighbours = self._neighbours(vectors, chosen["neighbours"], asked)
-        ids, scores = blended_top(vectors, neighbours, chosen["alpha"], self.config.keep_per_user, asked)
-        BestFirstRows.ordered(as_sparse(ids, scores, vectors.shape, asked)).save(directory)
+        rows = np.arange(vectors.shape[0]) if asked is None else np.unique(asked)
+        ranked_rows(vectors, search, chosen["alpha"], config.keep_per_user, rows).save(directory)
         return {
             **self.config.model_dump(exclude={"group_decay_grid", "neighbours_grid", "alpha_grid"}),
             **tuning,

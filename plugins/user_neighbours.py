@@ -14,7 +14,7 @@ answer is the true one) and approximate above.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,27 +42,53 @@ def nearest_neighbours(
 ) -> np.ndarray:
     """Indices of the ``k`` users most cosine-similar to each of ``rows`` (default: every
     user), the user itself left out: ``len(rows) × k``, -1 where there are fewer."""
-    n = vectors.shape[0]
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    k = min(k, max(n - 1, 0))
-    if k == 0 or rows.size == 0:
-        return np.full((rows.size, k), -1, dtype=np.int32)
-    unit = unit_rows(vectors)
-    if search == "exact" or (search == "auto" and n < exact_below):
-        return exact_neighbours(unit, k, rows)
-    return approximate_neighbours(unit, k, rows, dimensions, probes)
+    rows = np.arange(vectors.shape[0]) if rows is None else np.asarray(rows)
+    return NeighbourSearch(vectors, k, search, exact_below, dimensions, probes).neighbours(rows)
 
 
-def exact_neighbours(unit: sp.csr_matrix, k: int, rows: np.ndarray, block: int = 2048) -> np.ndarray:
-    """Exact search: one block of ``rows`` against every user at a time."""
-    result = np.full((rows.size, k), -1, dtype=np.int32)
-    transposed = unit.T.tocsr()  # converted once: a CSR × CSC product would convert it per block
-    for start in range(0, rows.size, block):
-        chunk = rows[start : start + block]
-        similarity = (unit[chunk] @ transposed).toarray()
-        similarity[np.arange(chunk.size), chunk] = -np.inf
-        result[start : start + chunk.size] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    return result
+class NeighbourSearch:
+    """:func:`nearest_neighbours` prepared once over every user (unit rows; for the approximate
+    search the compact vectors and the faiss index), then asked for any rows, a block at a time:
+    memory follows the block, not the users asked."""
+
+    def __init__(
+        self,
+        vectors: sp.csr_matrix,
+        k: int,
+        search: Search = "auto",
+        exact_below: int = 20_000,
+        dimensions: int = 128,
+        probes: int = 32,
+    ) -> None:
+        n = vectors.shape[0]
+        self.k = min(k, max(n - 1, 0))
+        self._exact: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
+        self._index: tuple[Any, np.ndarray] | None = None
+        if self.k == 0:
+            return
+        unit = unit_rows(vectors)
+        if search == "exact" or (search == "auto" and n < exact_below):
+            self._exact = (unit, unit.T.tocsr())  # transposed once: a CSR × CSC product converts per block
+        else:
+            self._index = inverted_file(compact_users(unit, dimensions), probes)
+
+    def neighbours(self, rows: np.ndarray, block: int = 2048) -> np.ndarray:
+        """``len(rows) × k`` neighbour indices of ``rows`` (-1 where there are fewer)."""
+        result = np.full((rows.size, self.k), -1, dtype=np.int32)
+        for start in range(0, rows.size if self.k else 0, block):
+            chunk = rows[start : start + block]
+            if self._exact is not None:
+                result[start : start + chunk.size] = exact_neighbours(*self._exact, self.k, chunk)
+            elif self._index is not None:
+                result[start : start + chunk.size] = searched_neighbours(*self._index, self.k, chunk)
+        return result
+
+
+def exact_neighbours(unit: sp.csr_matrix, transposed: sp.csr_matrix, k: int, rows: np.ndarray) -> np.ndarray:
+    """Exact search of ``rows`` against every user (``transposed`` is ``unit.T`` as CSR)."""
+    similarity = (unit[rows] @ transposed).toarray()
+    similarity[np.arange(rows.size), rows] = -np.inf
+    return np.argpartition(-similarity, k - 1, axis=1)[:, :k].astype(np.int32)
 
 
 def compact_users(unit: sp.csr_matrix, dimensions: int, power_iterations: int = 2, seed: int = 0) -> np.ndarray:
@@ -83,11 +109,10 @@ def compact_users(unit: sp.csr_matrix, dimensions: int, power_iterations: int = 
     return users
 
 
-def approximate_neighbours(unit: sp.csr_matrix, k: int, rows: np.ndarray, dimensions: int, probes: int) -> np.ndarray:
-    """Inverted-file search (faiss ``IndexIVFFlat``, inner product) over :func:`compact_users`."""
+def inverted_file(users: np.ndarray, probes: int) -> tuple[Any, np.ndarray]:
+    """A faiss inverted-file index (``IndexIVFFlat``, inner product) holding ``users``, and them."""
     import faiss
 
-    users = compact_users(unit, dimensions)
     n, width = users.shape
     # 2·√n cells of about √n/2 users: k-means on 48 users per cell (faiss wants at least 39)
     cells = max(1, min(int(2 * math.sqrt(n)), n // 39))
@@ -97,6 +122,12 @@ def approximate_neighbours(unit: sp.csr_matrix, k: int, rows: np.ndarray, dimens
     index.train(users[np.sort(sample)])
     index.add(users)
     index.nprobe = min(probes, cells)
+    log.info("user_neighbours_approximate", users=n, dimensions=width, cells=cells, probes=index.nprobe)
+    return index, users
+
+
+def searched_neighbours(index: Any, users: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
+    """``rows``' ``k`` nearest in :func:`inverted_file`'s ``index``, the user itself left out."""
     _, found = index.search(users[rows], k + 1)
     found[found == rows[:, None]] = -1  # the user itself
     result = np.full((rows.size, k), -1, dtype=np.int32)
@@ -104,5 +135,4 @@ def approximate_neighbours(unit: sp.csr_matrix, k: int, rows: np.ndarray, dimens
     position = np.cumsum(valid, axis=1) - 1
     keep = valid & (position < k)
     result[np.nonzero(keep)[0], position[keep]] = found[keep]
-    log.info("user_neighbours_approximate", users=n, dimensions=width, cells=cells, probes=index.nprobe)
     return result

@@ -24,7 +24,7 @@ def test_features_are_read_as_of_before_each_label_basket(tmp_path: Path) -> Non
     workspace = prepared_workspace(tmp_path, host=PluginHost(config), users=16, items=30, baskets=6)
     log = load_interactions(workspace)
     # The offline store holds the serving snapshot too: the one that would leak the label basket.
-    examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
 
     indexed = add_basket_index(log)
     newest = indexed.groupby("user_id")["basket_index"].max()
@@ -54,7 +54,7 @@ def test_one_label_basket_per_user_is_the_newest(synthetic_workspace: Path) -> N
     log = load_interactions(workspace)
     config = EndcapConfig()
     assert config.training.label_baskets == 1
-    examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
     labels = label_baskets(log).set_index("user_id")
     orders = examples.values[:, examples.names.index("user.orders")]
     bounds = np.concatenate([[0], np.cumsum(examples.groups)])
@@ -68,7 +68,7 @@ def test_a_store_built_for_fewer_label_baskets_is_refused(synthetic_workspace: P
     log = load_interactions(workspace)
     config = EndcapConfig(training={"label_baskets": 3})
     with pytest.raises(FailedPrecondition, match="run 'endcap features' again"):
-        build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+        build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
 
 
 def test_examples_prepared_a_block_at_a_time_equal_one_shopper_at_a_time(
@@ -82,13 +82,13 @@ def test_examples_prepared_a_block_at_a_time_equal_one_shopper_at_a_time(
     workspace = Workspace(synthetic_workspace)
     log = load_interactions(workspace)
     config = EndcapConfig()
-    blockwise = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    blockwise = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError("prepared one shopper at a time")
 
     monkeypatch.setattr(ranking_examples, "prepare_block", refuse)
-    alone = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    alone = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
     assert blockwise.user_ids == alone.user_ids and blockwise.names == alone.names
     np.testing.assert_array_equal(blockwise.groups, alone.groups)
     np.testing.assert_array_equal(blockwise.labels, alone.labels)
@@ -102,8 +102,8 @@ def test_a_log_with_more_users_than_ranking_users_gives_examples_for_a_seeded_sa
     workspace = Workspace(synthetic_workspace)
     log = load_interactions(workspace)
     config = EndcapConfig(training={"ranking_users": 7})
-    first = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
-    again = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log), log)
+    first = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
+    again = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
     assert len(set(first.user_ids)) == 7 < log["user_id"].nunique()
     assert first.user_ids == again.user_ids
     np.testing.assert_array_equal(first.values, again.values)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from endcap.data.training_data import build_training_data
-from endcap.plugins.tifuknn import TifuKnnCandidates, TifuKnnCandidatesConfig, as_sparse, blended_top
-from endcap.plugins.user_neighbours import compact_users, nearest_neighbours, unit_rows
+from endcap.plugins._shared import BestFirstRows
+from endcap.plugins.tifuknn import TifuKnnCandidates, TifuKnnCandidatesConfig, blended_top, ranked_rows
+from endcap.plugins.user_neighbours import NeighbourSearch, compact_users, nearest_neighbours, unit_rows
 
 
 def clustered_users(
@@ -103,6 +104,35 @@ def test_blended_top_matches_the_dense_blend_with_ties_by_item(block: int) -> No
     some = as_sparse(*blended_top(vectors, neighbours[rows], 0.6, 8, rows), (40, 30), rows)
     assert some.shape == (40, 30) and some.getnnz(axis=1)[rows].sum() == some.nnz > 0
     np.testing.assert_array_equal(some[rows].toarray(), kept[rows].toarray())
+
+
+def as_sparse(
+    ids: np.ndarray, scores: np.ndarray, shape: tuple[int, int], rows: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """Users × items matrix (``shape``) of :func:`blended_top`'s answer for ``rows`` (default:
+    every user); the other users' rows are empty."""
+    keep = ids >= 0
+    owners = np.nonzero(keep)[0]
+    return sp.csr_matrix((scores[keep], (owners if rows is None else rows[owners], ids[keep])), shape=shape)
+
+
+@pytest.mark.parametrize("search", ["exact", "approximate"])
+def test_searched_and_blended_a_block_at_a_time_gives_the_whole_answer(search: str) -> None:
+    vectors = sp.random(700, 90, density=0.05, format="csr", random_state=4, dtype=np.float32)
+    vectors.data = np.round(vectors.data * 4) / 4 + 0.25  # coarse values: many ties
+    prepared = NeighbourSearch(vectors, 15, search, dimensions=16)
+    whole = nearest_neighbours(vectors, 15, search=search, dimensions=16)
+    np.testing.assert_array_equal(prepared.neighbours(np.arange(700), block=64), whole)
+    rows = np.array([0, 3, 4, 250, 251, 699])
+    np.testing.assert_array_equal(prepared.neighbours(rows, block=4), whole[rows])
+    for asked in (np.arange(700), rows):
+        ids, scores = blended_top(vectors, whole[asked], 0.7, 12, asked)
+        expected = BestFirstRows.ordered(as_sparse(ids, scores, vectors.shape, asked).tocsr())
+        ranked = ranked_rows(vectors, prepared, 0.7, 12, asked, block=5)
+        np.testing.assert_array_equal(ranked.starts, expected.starts)
+        np.testing.assert_array_equal(ranked.ids, expected.ids)
+        np.testing.assert_array_equal(ranked.scores, expected.scores)
+        assert ranked.ids.size > 0 and (np.diff(ranked.starts)[np.setdiff1d(np.arange(700), asked)] == 0).all()
 
 
 def no_repeat_log_of_the_1990s(users: int = 300, tastes: int = 6, seed: int = 3) -> pd.DataFrame:

@@ -62,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from endcap.cli.arrow_memory import prefer_jemalloc
     from endcap.logs import configure_logging
 
     args = build_parser().parse_args(argv)
     configure_logging()
+    prefer_jemalloc()
     if getattr(args, "trace_hooks", False):
         os.environ["ENDCAP_TRACE_HOOKS"] = "1"
     workspace = Workspace.resolve(args.workspace)

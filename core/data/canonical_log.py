@@ -43,30 +43,51 @@ class IngestSummary:
 
 def canonical(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (user, basket, item) — repeated lines add their quantities — sorted by user,
-    time, basket and item, with the canonical column types.
+    time, basket and item, with the canonical column types (:class:`CodedLines`)."""
+    return CodedLines.of(frame).canonical()
 
-    Works on integer codes: each id column is numbered in string order, so sorting the codes
-    sorts the strings, and the strings are only taken back (in Arrow) for the final rows."""
-    ids = {column: sorted_codes(_strings(frame[column])) for column in ID_COLUMNS}
-    times = utc_microseconds(frame["timestamp"])
-    quantity = frame["quantity"].to_numpy(dtype=np.int64)
-    user, basket, item = (ids[column][0] for column in ("user_id", "basket_id", "item_id"))
-    order = np.lexsort((item, basket, user))
-    user, basket, item = user[order], basket[order], item[order]
-    first = run_starts(user, basket, item)
-    times = np.minimum.reduceat(times[order], first) if first.size else times
-    quantity = np.add.reduceat(quantity[order], first) if first.size else quantity
-    user, basket, item = user[first], basket[first], item[first]
-    final = np.lexsort((item, basket, times, user))
-    return pd.DataFrame(
-        {
-            "user_id": ids["user_id"][1].take(user[final]),
-            "item_id": ids["item_id"][1].take(item[final]),
-            "basket_id": ids["basket_id"][1].take(basket[final]),
-            "timestamp": pd.DatetimeIndex(times[final].astype("datetime64[us]")).tz_localize("UTC"),
-            "quantity": quantity[final].astype(np.int32),
-        }
-    )
+
+@dataclass(frozen=True)
+class CodedLines:
+    """A log's lines as integer codes: each id column numbered in string order (so sorting the
+    codes sorts the strings), with the distinct strings kept in Arrow to take back only for the
+    final rows. Once built, the caller can drop the frame it came from before the sort."""
+
+    codes: dict[str, np.ndarray]
+    strings: dict[str, pd.Index]
+    times: np.ndarray
+    quantity: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> CodedLines:
+        ids = {column: sorted_codes(_strings(frame[column])) for column in ID_COLUMNS}
+        return cls(
+            codes={column: codes for column, (codes, _) in ids.items()},
+            strings={column: uniques for column, (_, uniques) in ids.items()},
+            times=utc_microseconds(frame["timestamp"]),
+            quantity=frame["quantity"].to_numpy(dtype=np.int64),
+        )
+
+    def canonical(self) -> pd.DataFrame:
+        """The canonical log of these lines."""
+        user, basket, item = (self.codes[column] for column in ("user_id", "basket_id", "item_id"))
+        order = np.lexsort((item, basket, user))
+        user, basket, item = user[order], basket[order], item[order]
+        first = run_starts(user, basket, item)
+        times = np.minimum.reduceat(self.times[order], first) if first.size else self.times
+        quantity = np.add.reduceat(self.quantity[order], first) if first.size else self.quantity
+        del order
+        user, basket, item = user[first], basket[first], item[first]
+        final = np.lexsort((item, basket, times, user))
+        return pd.DataFrame(
+            {
+                "user_id": self.strings["user_id"].take(user[final]),
+                "item_id": self.strings["item_id"].take(item[final]),
+                "basket_id": self.strings["basket_id"].take(basket[final]),
+                "timestamp": pd.DatetimeIndex(times[final].astype("datetime64[us]")).tz_localize("UTC"),
+                "quantity": quantity[final].astype(np.int32),
+            }
+        )
 
 
 def _strings(values: pd.Series) -> pd.Series:

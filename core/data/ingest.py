@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from endcap.data.canonical_log import (
     CANONICAL_COLUMNS,
     ID_DTYPE,
+    CodedLines,
     IngestSummary,
     canonical,
     load_interactions,
@@ -95,7 +96,12 @@ class _Table:
                 "reason": [self.problems[r][1] for r in rows],
             }
         )
-        return pd.concat([located, self.frame.iloc[rows].reset_index(drop=True)], axis=1)
+        return pd.concat([located, self.frame.loc[rows].reset_index(drop=True)], axis=1)
+
+    def drop_accepted(self) -> None:
+        """Once every column is read: keep only the rejected rows' raw cells (what
+        :meth:`rejected` reports), so the raw table's memory is not held beside the parsed one."""
+        self.frame = self.frame.loc[sorted(self.problems)]
 
     def integers(self, column: str, minimum: int, default: int | None = None) -> np.ndarray:
         if column not in self.frame.columns:
@@ -229,6 +235,7 @@ def _instacart(table: _Table) -> pd.DataFrame:
             "quantity": table.integers("quantity", 1, default=1),
         }
     )
+    table.drop_accepted()
     frame = frame.drop(index=sorted(table.problems))  # quarantined rows must not shape the timeline
     orders = frame.drop_duplicates("basket_id")[["basket_id", "user_id", "order_number", "gap_days", "hour"]]
     owners = frame.groupby("basket_id", sort=False)["user_id"].nunique()
@@ -249,13 +256,16 @@ def _instacart(table: _Table) -> pd.DataFrame:
 def _generic(table: _Table) -> pd.DataFrame:
     timestamps = table.timestamps("timestamp")
     users = table.ids("user_id")
+    items = table.ids("item_id")
+    quantity = table.integers("quantity", 1, default=1)
+    table.drop_accepted()
     return pd.DataFrame(
         {
             "user_id": users,
-            "item_id": table.ids("item_id"),
+            "item_id": items,
             "basket_id": users + "@" + _utc_days(timestamps),
             "timestamp": timestamps,
-            "quantity": table.integers("quantity", 1, default=1),
+            "quantity": quantity,
         }
     )
 
@@ -293,11 +303,14 @@ def read_purchase_log_quarantining(
     rejected = table.rejected()
     if table.problems:
         frame = frame.drop(index=sorted(table.problems)).reset_index(drop=True)
+    del table  # the raw cells: at scale, gigabytes the sort below does not need
     if frame.empty:
         raise InputFileError(
             str(path), 0, 0, f"no valid rows ({len(rejected)} rejected; the first: {rejected['reason'].iloc[0]})"
         )
-    return canonical(frame), chosen, rejected
+    lines = CodedLines.of(frame)
+    del frame  # the codes hold everything the canonical log is built from
+    return lines.canonical(), chosen, rejected
 
 
 def ignored_columns(path: Path, fmt: str) -> list[str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import structlog
 import yaml
 from endcap.errors import FailedPrecondition
 from endcap.feature_repo import definitions
@@ -39,6 +40,8 @@ USER_COLUMNS = (*USER_STATS_COLUMNS, *USER_CLOCK_COLUMNS, "item_ids", *USER_PROD
 USER_FEATURES = [f"{definitions.USER_STATS}:{c}" for c in USER_COLUMNS]
 PRODUCT_FEATURES = [f"{definitions.PRODUCT_STATS}:{c}" for c in PRODUCT_STATS_COLUMNS]
 
+
+log = structlog.get_logger("endcap.features")
 
 PROFILE_FILES = {"local": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
 
@@ -90,20 +93,33 @@ class MaterializeSummary:
     """Start of the materialized window: the previous run's newest snapshot when incremental."""
 
 
-def write_tables(
-    workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataFrame]]
-) -> tuple[Mapping[str, int], pd.Timestamp, pd.Timestamp]:
+@dataclass(frozen=True)
+class WrittenTables:
+    rows: Mapping[str, int]
+    """Rows per table, over every snapshot."""
+    oldest: pd.Timestamp
+    as_of: pd.Timestamp
+    """The newest snapshot's time."""
+    newest: Mapping[str, pd.DataFrame]
+    """The newest snapshot (every user and product of the log): what the online store holds."""
+
+
+def write_tables(workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataFrame]]) -> WrittenTables:
     """Write the offline tables one snapshot at a time (a row group each), so memory holds one
-    snapshot, not all of them; each file is moved into place when complete. Returns the rows per
-    table and the oldest and newest snapshot times."""
+    snapshot, not all of them (and the newest, kept for the online store); each file is moved
+    into place when complete."""
     import pyarrow.parquet as pq
 
     workspace.features.mkdir(parents=True, exist_ok=True)
     writers: dict[str, pq.ParquetWriter] = {}
     rows: dict[str, int] = {}
     oldest, as_of = pd.Timestamp.max.tz_localize("UTC"), pd.Timestamp.min.tz_localize("UTC")
+    newest: Mapping[str, pd.DataFrame] = {}
     try:
         for snapshot in snapshots:
+            stamped = max(frame["event_timestamp"].max() for frame in snapshot.values())
+            if stamped >= as_of:
+                newest = snapshot
             for name, frame in snapshot.items():
                 table = _offline_table(frame)
                 if name not in writers:
@@ -113,12 +129,25 @@ def write_tables(
                 rows[name] = rows.get(name, 0) + len(frame)
                 oldest = min(oldest, frame["event_timestamp"].min())
                 as_of = max(as_of, frame["event_timestamp"].max())
+            log.info("feature_snapshot_written", **{name: len(frame) for name, frame in snapshot.items()})
     finally:
         for writer in writers.values():
             writer.close()
     for name in writers:
         os.replace(workspace.features / f"{name}.parquet.partial", workspace.features / f"{name}.parquet")
-    return rows, oldest, as_of
+    return WrittenTables(rows, oldest, as_of, newest)
+
+
+ONLINE_BATCH_ROWS = 20_000
+"""Rows converted and written to the online store at a time: Feast turns each value into a
+protobuf object, so memory follows the batch, not the million users."""
+
+
+def write_online(store: FeatureStore, snapshot: Mapping[str, pd.DataFrame]) -> None:
+    """``snapshot``'s tables into the online store through their views, a batch at a time."""
+    for view, frame in snapshot.items():
+        for start in range(0, len(frame), ONLINE_BATCH_ROWS):
+            store.write_to_online_store(view, frame.iloc[start : start + ONLINE_BATCH_ROWS])
 
 
 def _offline_table(frame: pd.DataFrame) -> Any:
@@ -147,14 +176,16 @@ def write_and_materialize(
     feature_store: FeatureStoreConfig | None = None,
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
-    plugins), and materialize to the online store.
+    plugins), and fill the online store.
 
     Every window is on the log's own timeline, never the machine's clock: it ends just after the
-    newest snapshot, whatever year the log is from. Incremental: the newest snapshot holds every
-    user and product, so Endcap's views are materialized from the newest snapshot the previous
-    run wrote (a first run: from the newest snapshot itself): a run moves only what is new.
-    ``full`` takes every snapshot. Plugins' views always take all of time: the newest row per
-    entity wins, whatever its timestamp.
+    newest snapshot, whatever year the log is from. The newest snapshot holds every user and
+    product, and the online store keeps one row per entity, so Endcap's views are written from
+    that snapshot as computed (:func:`write_online`), without reading it back from the offline
+    store; ``materialized_from`` reports the window a materialization would have moved (from the
+    newest snapshot the previous run wrote; ``full``: from the oldest). Plugins' views are
+    materialized by Feast and always take all of time: the newest row per entity wins, whatever
+    its timestamp.
 
     ``expected`` (view name → the ids the log has) is checked against the online store once it
     is written: when ids are missing the run fails with :class:`IncompleteMaterialization`
@@ -162,7 +193,8 @@ def write_and_materialize(
     """
     from endcap.features.coverage import IncompleteMaterialization, missing_ids
 
-    rows, oldest, as_of = write_tables(workspace, snapshots)
+    written = write_tables(workspace, snapshots)
+    as_of = written.as_of
     store = open_store(workspace, feature_store)
     endcap_views = definitions.build(workspace.root)
     store.apply([*endcap_views.all(), *extra_objects])
@@ -170,13 +202,14 @@ def write_and_materialize(
     state_file = workspace.feast / "materialized.json"
     previous = None if not state_file.exists() else pd.Timestamp(json.loads(state_file.read_text())["as_of"])
     if full:
-        start = oldest - pd.Timedelta(seconds=1)
+        start = written.oldest - pd.Timedelta(seconds=1)
     elif previous is not None and previous <= as_of:
         start = previous
     else:
         start = as_of
     ours = [view.name for view in endcap_views.views()]
-    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=ours)
+    log.info("writing_online_store", views=ours, as_of=as_of.isoformat())
+    write_online(store, {view: frame for view, frame in written.newest.items() if view in ours})
     theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
     if theirs:
         store.materialize(start_date=ALL_TIME[0], end_date=ALL_TIME[1], feature_views=theirs)
@@ -184,7 +217,7 @@ def write_and_materialize(
     if any(missing.values()):
         raise IncompleteMaterialization(missing, {view: len(ids) for view, ids in (expected or {}).items()}, start, end)
     state_file.write_text(json.dumps({"as_of": as_of.isoformat()}))
-    return MaterializeSummary(rows, as_of, start)
+    return MaterializeSummary(written.rows, as_of, start)
 
 
 ALL_TIME = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))

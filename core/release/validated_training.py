@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from endcap.data.training_data import build_training_data
 from endcap.evaluation.evaluate import holdout_split, holdout_validation
 from endcap.model_versions import Manifest
 from endcap.plugin_host import PluginHost
@@ -26,7 +27,9 @@ def train(workspace: Workspace, host: PluginHost, promote: bool = True, validate
     """
     purchases = load_training_log(workspace, host.config.feature_store)
     validation = validate_configuration(workspace, host, purchases) if validate else None
-    return fit_version(workspace, host, purchases, promote=promote, validation=validation)
+    data = build_training_data(purchases)
+    del purchases  # the strings are not needed to fit: at scale they are gigabytes
+    return fit_version(workspace, host, data, promote=promote, validation=validation)
 
 
 def validate_configuration(workspace: Workspace, host: PluginHost, purchases: pd.DataFrame) -> Validation:

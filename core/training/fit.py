@@ -17,7 +17,7 @@ import pandas as pd
 import structlog
 from endcap.config import FeatureStoreConfig
 from endcap.data.ingest import load_interactions
-from endcap.data.training_data import build_training_data
+from endcap.data.training_data import build_training_data, coded_log
 from endcap.feature_repo.definitions import USER_STATS
 from endcap.features import repeat_purchases
 from endcap.features.coverage import check_users_stored, missing_ids
@@ -72,19 +72,20 @@ def train(
     (current when ``promote``): what an evaluation rebuilds on each holdout's training lines.
     ``feature_store`` is the workspace's store (default: the one ``host``'s configuration names)."""
     feature_store = feature_store or host.config.feature_store
-    purchases = load_training_log(workspace, feature_store)
-    return fit_version(workspace, host, purchases, promote, feature_store=feature_store)
+    data = build_training_data(load_training_log(workspace, feature_store))
+    return fit_version(workspace, host, data, promote, feature_store=feature_store)
 
 
 def fit_version(
     workspace: Workspace,
     host: PluginHost,
-    purchases: pd.DataFrame,
+    data: TrainingData,
     promote: bool = True,
     validation: Validation | None = None,
     feature_store: FeatureStoreConfig | None = None,
 ) -> Manifest:
-    """Fit all components on ``purchases`` and commit a new model version; make it current when
+    """Fit all components on ``data`` (:func:`build_training_data` of the log; the caller need
+    not keep the log's strings) and commit a new model version; make it current when
     ``promote``. ``validation`` (figures, holdout fingerprint, per-user values) is written with it.
 
     The log's repeat share decides, under ``serving.exclude_purchased: auto``, whether answers
@@ -92,10 +93,9 @@ def fit_version(
     records both. ``feature_store`` is the workspace's store (default: the one ``host``'s
     configuration names), read for the ranker's point-in-time examples."""
     setting = host.config.serving.exclude_purchased
-    profile = repeat_purchases.measure(purchases)
+    profile = repeat_purchases.measure(coded_log(data))
     excluded = repeat_purchases.exclude_purchased(setting, profile)
     log.info("repeat_purchases", summary=repeat_purchases.describe(setting, profile, excluded))
-    data = build_training_data(purchases)
     ingest = json.loads(workspace.ingest_manifest.read_text()) if workspace.ingest_manifest.exists() else {}
     registry = ModelRegistry(workspace.models)
     staging = registry.staging_dir()
@@ -103,7 +103,7 @@ def fit_version(
         built = host.build_components()
         if any(c.needs_ranking_examples for c in built.all()):
             examples = build_ranking_examples(
-                workspace, host, host.config, data, purchases, excluded, feature_store or host.config.feature_store
+                workspace, host, host.config, data, excluded, feature_store or host.config.feature_store
             )
             data = replace(data, ranking_examples=examples)
         save_catalog(staging, data.catalog, data.user_items)
@@ -115,7 +115,7 @@ def fit_version(
             trained_at=datetime.now(UTC).isoformat(),
             data_fingerprint=ingest.get("fingerprint", ""),
             data_source=ingest.get("source", str(workspace.interactions)),
-            training_rows=len(purchases),
+            training_rows=len(data.interactions),
             users=data.catalog.n_users,
             items=data.catalog.n_items,
             components=components,

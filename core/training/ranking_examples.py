@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 import structlog
 from endcap.config import EndcapConfig, FeatureStoreConfig
-from endcap.data.baskets import add_basket_index
-from endcap.data.training_data import build_training_data
+from endcap.data.training_data import coded_log, indexed_training_data
 from endcap.features.historical import HistoricalFeatures
 from endcap.features.repeat_purchases import label_share
 from endcap.features.tables import day_cutoffs, label_depths
@@ -40,11 +39,11 @@ log = structlog.get_logger("endcap.training")
 
 
 def split_history(log_frame: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(history, label lines)``: the log without the ``labels`` baskets (see
-    :func:`endcap.features.tables.label_baskets`), and those baskets' lines."""
-    log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
-    key = log_frame.set_index(["user_id", "basket_index"]).index
-    is_label = key.isin(labels.set_index(["user_id", "basket_index"]).index)
+    """``(history, label lines)``: the log (:func:`coded_log`) without the ``labels`` baskets
+    (see :func:`endcap.features.tables.label_baskets`), and those baskets' lines."""
+    key = (log_frame["user_id"].to_numpy(np.int64) << 32) | log_frame["basket_index"].to_numpy(np.int64)
+    label_key = (labels["user_id"].to_numpy(np.int64) << 32) | labels["basket_index"].to_numpy(np.int64)
+    is_label = np.isin(key, label_key)
     return log_frame[~is_label], log_frame[is_label]
 
 
@@ -53,7 +52,6 @@ def build_ranking_examples(
     host: PluginHost,
     config: EndcapConfig,
     data: TrainingData,
-    log_frame: pd.DataFrame,
     exclude_purchased: bool = False,
     feature_store: FeatureStoreConfig | None = None,
 ) -> RankingExamples:
@@ -61,8 +59,9 @@ def build_ranking_examples(
     (:func:`label_depths`: at depth ``k`` the log without each user's newest ``k`` baskets, and
     its newest basket, or newest quarter of lines in a no-repeat log); with ``exclude_purchased``
     the candidates leave out what the user bought before, as serving will, so the ranker learns
-    among the rest."""
-    log_frame = add_basket_index(log_frame) if "basket_index" not in log_frame.columns else log_frame
+    among the rest. The log is ``data``'s, grouped and split by its integer indices (see
+    :func:`coded_log`): no string id is hashed until a label basket's user is read."""
+    log_frame = coded_log(data)
     historical = HistoricalFeatures(workspace, feature_store or config.feature_store)
     blocks: list[Block] = []
     names: tuple[str, ...] = ()
@@ -121,9 +120,11 @@ class DepthExamples:
         history_log, label_lines = split_history(log_frame, label_rows)
         labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
         catalog = self.data.catalog
-        history = build_training_data(history_log.drop(columns=["basket_index"]), catalog=catalog)
-        asked = pd.Index(catalog.user_ids).get_indexer(pd.Index(labels["user_id"].astype(str)))
-        history = replace(history, asked_users=np.unique(asked[asked >= 0]).astype(np.int32))
+        history = indexed_training_data(
+            history_log.rename(columns={"user_id": "user_index", "item_id": "item_index"}), catalog
+        )
+        asked = labels["user_id"].to_numpy(np.int32)
+        history = replace(history, asked_users=np.unique(asked))
         components = self.host.build_components()
         blocks: list[Block] = []
         names: tuple[str, ...] = ()
@@ -132,15 +133,20 @@ class DepthExamples:
         with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
             first = products.reader(min(cutoffs, default=None))
             train_serving_side(self.host, components, history, Path(tmp), first)
-            user_rows = self.historical.users(labels["user_id"].tolist(), labels["label_time"].tolist())
-            items_by_user = label_lines.groupby("user_id")["item_id"].agg(_as_str_set)
+            user_ids = catalog.user_ids[asked]
+            user_rows = self.historical.users(user_ids.tolist(), labels["label_time"].tolist())
+            label_starts = np.searchsorted(label_lines["user_id"].to_numpy(), asked)  # lines sorted by user
+            label_ends = np.searchsorted(label_lines["user_id"].to_numpy(), asked, side="right")
+            label_items = label_lines["item_id"].to_numpy(np.int32)
             cutoff_of_user = pd.DatetimeIndex(labels["label_time"]).floor("D")
             stub = Manifest(
                 "history", "", "", "", len(history_log), 0, 0, {}, "", exclude_purchased=self.exclude_purchased
             )
             shoppers = [
-                Shopper(str(user_id), when.timestamp(), row, items_by_user[str(user_id)])
-                for user_id, when, row in zip(labels["user_id"], labels["label_time"], user_rows, strict=True)
+                Shopper(str(user_id), when.timestamp(), row, np.unique(label_items[start:end]))
+                for user_id, when, row, start, end in zip(
+                    user_ids, labels["label_time"], user_rows, label_starts, label_ends, strict=True
+                )
             ]
             for cutoff in cutoffs:
                 model = assemble(stub, catalog, components, products.reader(cutoff))
@@ -155,10 +161,6 @@ class DepthExamples:
 
 Block = tuple[np.ndarray, np.ndarray, str]
 """One user's examples: feature rows, labels (1.0 for an item of the label basket), user id."""
-
-
-def _as_str_set(items: pd.Series) -> set[str]:
-    return set(items.astype(str))
 
 
 class PointInTimeProducts:
@@ -212,7 +214,8 @@ class Shopper:
     user_id: str
     as_of: float
     row: dict[str, Any]
-    label_items: set[str]
+    label_items: np.ndarray
+    """The basket's item indices (sorted, distinct)."""
 
 
 def block_examples(
@@ -234,8 +237,7 @@ def block_examples(
             for query, user, s in zip(queries, block.users, shoppers, strict=True)
         ], pipeline.feature_names
     features = prepared.features
-    positives = [model.item_indices(sorted(s.label_items)) for s in shoppers]
-    label_keys = np.concatenate([(row << 32) | p[p >= 0].astype(np.int64) for row, p in enumerate(positives)])
+    label_keys = np.concatenate([(row << 32) | s.label_items.astype(np.int64) for row, s in enumerate(shoppers)])
     labels = np.isin((prepared.rows << 32) | features.ids.astype(np.int64), label_keys).astype(np.float32)
     examples: list[Block] = []
     for row, (query, user, shopper) in enumerate(zip(queries, block.users, shoppers, strict=True)):
@@ -250,7 +252,7 @@ def block_examples(
 def _alone(pipeline: Pipeline, model: ServingModel, query: Query, user: UserFeatures, shopper: Shopper) -> Block:
     """One shopper's examples through :meth:`Pipeline.prepare`."""
     prepared = pipeline.prepare(query, user, errors={})
-    labels = np.isin(prepared.features.ids, model.item_indices(sorted(shopper.label_items))).astype(np.float32)
+    labels = np.isin(prepared.features.ids, shopper.label_items).astype(np.float32)
     return prepared.features.values, labels, shopper.user_id
 
 
