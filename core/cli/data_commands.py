@@ -65,5 +65,7 @@ def add_commands(commands: CommandTable) -> None:
         "features", cmd_features, "compute feature tables, feast apply, and materialize to the online store"
     )
     features.add_argument(
-        "--full", action="store_true", help="materialize the whole retention window, not only the new snapshots"
+        "--full",
+        action="store_true",
+        help="report every snapshot as materialized (the online store always gets the newest, which holds everyone)",
     )
