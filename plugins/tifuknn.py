@@ -15,7 +15,9 @@ everything. Each user's
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -26,7 +28,7 @@ import scipy.sparse as sp
 from endcap.evaluation.metrics import ranking_metrics
 from endcap.plugins._shared import BestFirstRows, best_first_order
 from endcap.plugins.user_neighbours import NeighbourSearch, Search, nearest_neighbours
-from endcap.types import TrainingData
+from endcap.types import TrainingData, run_offsets
 from pydantic import Field
 
 
@@ -48,6 +50,9 @@ class TifuKnnCandidatesConfig(endcap.ComponentConfig):
     """Size of the compact user vectors the approximate search compares."""
     probes: int = Field(32, ge=1)
     """Inverted-file cells the approximate search visits per user."""
+    threads: int = Field(2, ge=1)
+    """Threads blending users' neighbours at fit (each block of users on one; the answer is the
+    same for any number)."""
     tune: bool = True
     """Choose ``group_decay``, ``neighbours`` and ``alpha`` from the grids below on held-out baskets."""
     tune_users: int = Field(20_000, ge=1)
@@ -60,7 +65,8 @@ class TifuKnnCandidatesConfig(endcap.ComponentConfig):
 
 
 def personal_vectors(frame: pd.DataFrame, shape: tuple[int, int], config: Any, group_decay: float) -> sp.csr_matrix:
-    """Users × items time-decayed frequency vectors from (user_index, item_index, basket_index) lines."""
+    """Users × items time-decayed frequency vectors from (user_index, item_index, basket_index)
+    lines, in float64 (:func:`blended_top` mixes them without a rounding per step)."""
     users = frame["user_index"].to_numpy()
     baskets = frame["basket_index"].to_numpy().astype(np.int64)
     newest = np.zeros(shape[0], dtype=np.int64)
@@ -74,7 +80,7 @@ def personal_vectors(frame: pd.DataFrame, shape: tuple[int, int], config: Any, g
     normaliser = group_len.astype(np.float64) if r == 1.0 else (1 - r**group_len) / (1 - r)
     groups = np.ceil(count / config.group_size)
     weights = (r**in_group / normaliser) * (group_decay**group / groups)
-    vectors = sp.csr_matrix((weights.astype(np.float32), (users, frame["item_index"].to_numpy())), shape=shape)
+    vectors = sp.csr_matrix((weights, (users, frame["item_index"].to_numpy())), shape=shape)
     vectors.sum_duplicates()
     return vectors
 
@@ -97,46 +103,95 @@ def blended_top(
     out = np.full((rows.size, k), -1, dtype=np.int32)
     values = np.zeros((rows.size, k), dtype=np.float32)
     width = max(neighbours.shape[1], 1)
+    wide = vectors if vectors.dtype == np.float64 else vectors.astype(np.float64)
     for start in range(0, rows.size, block):
         chunk = slice(start, min(start + block, rows.size))
         near = neighbours[chunk]
         valid = near >= 0
-        averaging = sp.csr_matrix(
-            (np.full(int(valid.sum()), 1.0 / width, dtype=np.float32), (np.nonzero(valid)[0], near[valid])),
-            shape=(near.shape[0], n),
+        users = near.shape[0]
+        # one product: each user's own row weighted alpha, each neighbour's (1 - alpha) / K
+        mixing = sp.csr_matrix(
+            (
+                np.r_[np.full(users, alpha), np.full(int(valid.sum()), (1 - alpha) / width)],
+                (np.r_[np.arange(users), np.nonzero(valid)[0]], np.r_[rows[chunk], near[valid]]),
+            ),
+            shape=(users, n),
         )
-        scores = (alpha * vectors[rows[chunk]] + (1 - alpha) * (averaging @ vectors)).tocsr().astype(np.float32)
+        scores = mixing @ wide  # in float64, then rounded: equal blends stay equal in float32
+        scores.data = scores.data.astype(np.float32)
         scores.eliminate_zeros()
         scores.sort_indices()
-        owner = np.repeat(np.arange(scores.shape[0], dtype=np.int64), np.diff(scores.indptr))
-        order = best_first_order(owner, scores.data)
-        owner, item, score = owner[order], scores.indices[order], scores.data[order]
-        rank = np.arange(order.size) - scores.indptr[owner]
-        kept = (rank < k) & (score > 0)
-        out[chunk][owner[kept], rank[kept]] = item[kept]
-        values[chunk][owner[kept], rank[kept]] = score[kept]
+        owner, rank, item, score = top_of_rows(scores, k)
+        out[chunk][owner, rank] = item
+        values[chunk][owner, rank] = score
     return out, values
 
 
+def top_of_rows(scores: sp.csr_matrix, k: int, rows_at_once: int = 1024) -> tuple[np.ndarray, ...]:
+    """Each row's ``k`` largest positive entries of ``scores`` (sorted indices), best first, ties
+    by column: ``(row, rank, column, score)``. Only entries at or above their row's ``k``-th
+    largest are sorted, the floor found by one partition of the longer rows, ``rows_at_once``
+    at a time."""
+    counts = np.diff(scores.indptr)
+    floor = np.zeros(scores.shape[0], dtype=scores.data.dtype)
+    longer = np.flatnonzero(counts > k)
+    for start in range(0, longer.size, rows_at_once):
+        part = longer[start : start + rows_at_once]
+        lengths = counts[part]
+        width = int(lengths.max())
+        offsets = run_offsets(lengths)
+        column = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        padded = np.zeros((part.size, width), dtype=scores.data.dtype)  # scores are positive: 0 never rises
+        padded[np.repeat(np.arange(part.size), lengths), column] = scores.data[
+            np.repeat(scores.indptr[part], lengths) + column
+        ]
+        floor[part] = np.partition(padded, width - k, axis=1)[:, width - k]
+    kept = (scores.data >= np.repeat(floor, counts)) & (scores.data > 0)
+    owner = np.repeat(np.arange(scores.shape[0], dtype=np.int64), counts)[kept]
+    item, score = scores.indices[kept], scores.data[kept]
+    order = best_first_order(owner, score)
+    owner, item, score = owner[order], item[order], score[order]
+    rank = np.arange(owner.size) - run_offsets(np.bincount(owner, minlength=scores.shape[0]))[owner]
+    top = rank < k
+    return owner[top], rank[top], item[top], score[top]
+
+
 def ranked_rows(
-    vectors: sp.csr_matrix, search: NeighbourSearch, alpha: float, k: int, rows: np.ndarray, block: int = 32_768
+    vectors: sp.csr_matrix,
+    search: NeighbourSearch,
+    alpha: float,
+    k: int,
+    rows: np.ndarray,
+    block: int = 8192,
+    threads: int = 1,
 ) -> BestFirstRows:
     """:func:`blended_top` of ``rows`` (sorted user indices; the other users' rows stay empty)
     as :class:`BestFirstRows`, searched and blended ``block`` users at a time, so that memory
-    follows the block and the answers kept, not the users times the neighbours."""
+    follows the block and the answers kept, not the users times the neighbours. With
+    ``threads`` > 1 the blocks' blends run on that many threads while the next block is
+    searched (the sparse products and sorts release the GIL); the answer is the same."""
     lengths = np.zeros(vectors.shape[0], dtype=np.int64)
-    ids: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    for start in range(0, rows.size, block):
-        chunk = rows[start : start + block]
-        top_ids, top_scores = blended_top(vectors, search.neighbours(chunk), alpha, k, chunk)
+    chunks = [rows[start : start + block] for start in range(0, rows.size, block)]
+
+    def blend(chunk: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top_ids, top_scores = blended_top(vectors, near, alpha, k, chunk)
         kept = top_ids >= 0  # a prefix of each row: best first, padded with -1
         lengths[chunk] = kept.sum(axis=1)
-        ids.append(top_ids[kept])
-        scores.append(top_scores[kept])
+        return top_ids[kept], top_scores[kept]
+
+    answers: list[tuple[np.ndarray, np.ndarray]] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(blend, chunk, search.neighbours(chunk)))
+            if len(pending) > threads:  # at most ``threads`` blocks' neighbours waiting
+                answers.append(pending.popleft().result())
+        answers += [future.result() for future in pending]
     starts = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)])
-    empty = [np.zeros(0, dtype=np.int32)]
-    return BestFirstRows(starts, np.concatenate(ids or empty), np.concatenate(scores or empty).astype(np.float32))
+    empty = np.zeros(0, dtype=np.int32)
+    ids = np.concatenate([a[0] for a in answers]) if answers else empty
+    scores = np.concatenate([a[1] for a in answers]) if answers else empty.astype(np.float32)
+    return BestFirstRows(starts, ids, scores.astype(np.float32))
 
 
 def _only(frame: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
@@ -208,7 +263,9 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         )
         asked = data.asked_users  # only these users' answers are wanted (their neighbours: anyone)
         rows = np.arange(vectors.shape[0]) if asked is None else np.unique(asked)
-        ranked_rows(vectors, search, chosen["alpha"], config.keep_per_user, rows).save(directory)
+        ranked_rows(vectors, search, chosen["alpha"], config.keep_per_user, rows, threads=config.threads).save(
+            directory
+        )
         return {
             **self.config.model_dump(exclude={"group_decay_grid", "neighbours_grid", "alpha_grid"}),
             **tuning,

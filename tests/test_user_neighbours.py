@@ -11,7 +11,13 @@ import pytest
 import scipy.sparse as sp
 from endcap.data.training_data import build_training_data
 from endcap.plugins._shared import BestFirstRows
-from endcap.plugins.tifuknn import TifuKnnCandidates, TifuKnnCandidatesConfig, blended_top, ranked_rows
+from endcap.plugins.tifuknn import (
+    TifuKnnCandidates,
+    TifuKnnCandidatesConfig,
+    blended_top,
+    ranked_rows,
+    top_of_rows,
+)
 from endcap.plugins.user_neighbours import NeighbourSearch, compact_users, nearest_neighbours, unit_rows
 
 
@@ -116,8 +122,8 @@ def as_sparse(
     return sp.csr_matrix((scores[keep], (owners if rows is None else rows[owners], ids[keep])), shape=shape)
 
 
-@pytest.mark.parametrize("search", ["exact", "approximate"])
-def test_searched_and_blended_a_block_at_a_time_gives_the_whole_answer(search: str) -> None:
+@pytest.mark.parametrize(("search", "threads"), [("exact", 1), ("approximate", 1), ("approximate", 3)])
+def test_searched_and_blended_a_block_at_a_time_gives_the_whole_answer(search: str, threads: int) -> None:
     vectors = sp.random(700, 90, density=0.05, format="csr", random_state=4, dtype=np.float32)
     vectors.data = np.round(vectors.data * 4) / 4 + 0.25  # coarse values: many ties
     prepared = NeighbourSearch(vectors, 15, search, dimensions=16)
@@ -128,7 +134,7 @@ def test_searched_and_blended_a_block_at_a_time_gives_the_whole_answer(search: s
     for asked in (np.arange(700), rows):
         ids, scores = blended_top(vectors, whole[asked], 0.7, 12, asked)
         expected = BestFirstRows.ordered(as_sparse(ids, scores, vectors.shape, asked).tocsr())
-        ranked = ranked_rows(vectors, prepared, 0.7, 12, asked, block=5)
+        ranked = ranked_rows(vectors, prepared, 0.7, 12, asked, block=5, threads=threads)
         np.testing.assert_array_equal(ranked.starts, expected.starts)
         np.testing.assert_array_equal(ranked.ids, expected.ids)
         np.testing.assert_array_equal(ranked.scores, expected.scores)
@@ -170,3 +176,18 @@ def test_tifuknn_with_the_approximate_search_serves_the_users_taste_on_a_log_of_
     assert set(data.catalog.item_ids[result.ids]) <= taste, "neighbours of the same taste propose its products"
     exact = answers["exact"].generate(query, endcap.UserFeatures(stats={}), 30)
     assert np.intersect1d(result.ids, exact.ids).size >= 20
+
+
+@pytest.mark.parametrize("rows_at_once", [2, 1024])
+def test_top_of_rows_keeps_each_rows_best_with_ties_by_column(rows_at_once: int) -> None:
+    scores = sp.random(9, 40, density=0.5, format="csr", random_state=5, dtype=np.float32)
+    scores.data = np.ceil(scores.data * 3) / 3  # three values: ties at every row's floor
+    scores.sort_indices()
+    owner, rank, item, score = top_of_rows(scores, 6, rows_at_once)
+    dense = scores.toarray()
+    for row in range(9):
+        expected = np.lexsort((np.arange(40), -dense[row]))[:6]
+        expected = expected[dense[row, expected] > 0]
+        mine = owner == row
+        assert item[mine].tolist() == expected.tolist() and rank[mine].tolist() == list(range(expected.size))
+        np.testing.assert_array_equal(score[mine], dense[row, expected])
