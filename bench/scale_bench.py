@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,7 +131,10 @@ def main() -> int:
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "scale-work"))
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument(
-        "--from-step", choices=["generate", "train", "batch"], default="generate", help="resume a run in --workdir"
+        "--from-step",
+        choices=["generate", "ingest", "train", "batch"],
+        default="generate",
+        help="resume a run in --workdir (ingest: on the log already generated there, into a new workspace)",
     )
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--write-log", metavar="PATH", help=argparse.SUPPRESS)  # the generate step's own process
@@ -145,6 +149,8 @@ def main() -> int:
         return 0
     workdir = Path(options.workdir)
     workspace = workdir / "ws"
+    if options.from_step == "ingest":
+        shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "endcap.yaml").unlink(missing_ok=True)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -155,10 +161,11 @@ def main() -> int:
     if options.from_step == "generate":
         generate = [sys.executable, __file__, "--scale", str(options.scale), "--write-log", str(log)]
         step("generate log", generate, results, workdir)
+    if options.from_step in ("generate", "ingest"):
         print(f"-- log: {purchases:,} lines, {log.stat().st_size / 2**30:.2f} GiB", flush=True)
         step("ingest", [ENDCAP, "ingest", str(log), *ws], results, workdir)
         step("features", [ENDCAP, "features", *ws], results, workdir)
-    if options.from_step in ("generate", "train"):
+    if options.from_step in ("generate", "ingest", "train"):
         step("train", [ENDCAP, "train", "--no-validate", *ws], results, workdir)
         # a model trained without validation is not promoted by the gate; the benchmark serves it anyway
         step("promote (unvalidated)", [ENDCAP, "promote", "--force", *ws], results, workdir)

@@ -14,6 +14,7 @@ answer is the true one) and approximate above.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +47,11 @@ def nearest_neighbours(
     return NeighbourSearch(vectors, k, search, exact_below, dimensions, probes).neighbours(rows)
 
 
+def is_approximate(users: int, search: Search, exact_below: int) -> bool:
+    """Whether ``search`` among ``users`` users is the approximate one."""
+    return search == "approximate" or (search == "auto" and users >= exact_below)
+
+
 class NeighbourSearch:
     """:func:`nearest_neighbours` prepared once over every user (unit rows; for the approximate
     search the compact vectors and the faiss index), then asked for any rows, a block at a time:
@@ -67,7 +73,7 @@ class NeighbourSearch:
         if self.k == 0:
             return
         unit = unit_rows(vectors)
-        if search == "exact" or (search == "auto" and n < exact_below):
+        if not is_approximate(n, search, exact_below):
             self._exact = (unit, unit.T.tocsr())  # transposed once: a CSR × CSC product converts per block
         else:
             self._index = inverted_file(compact_users(unit, dimensions), probes)
@@ -91,22 +97,40 @@ def exact_neighbours(unit: sp.csr_matrix, transposed: sp.csr_matrix, k: int, row
     return np.argpartition(-similarity, k - 1, axis=1)[:, :k].astype(np.int32)
 
 
-def compact_users(unit: sp.csr_matrix, dimensions: int, power_iterations: int = 2, seed: int = 0) -> np.ndarray:
+def compact_users(
+    unit: sp.csr_matrix, dimensions: int, power_iterations: int = 2, seed: int = 0, threads: int = 2
+) -> np.ndarray:
     """Users × ``dimensions`` unit vectors whose inner products approximate the cosine
-    similarities of ``unit``'s rows: its randomized truncated SVD (Halko et al. 2011)."""
+    similarities of ``unit``'s rows: its randomized truncated SVD (Halko et al. 2011), in
+    float32, each sparse product split by rows over ``threads`` threads."""
     n, items = unit.shape
     width = min(dimensions + 16, n, items)
     rng = np.random.default_rng(seed)
-    sketch = unit @ rng.standard_normal((items, width)).astype(np.float32)
-    for _ in range(power_iterations):
-        basis, _ = np.linalg.qr(sketch)
-        sketch = unit @ (unit.T @ basis)
-    basis, _ = np.linalg.qr(sketch)
-    small = np.asarray((unit.T @ basis).T)
+    transposed = unit.T.tocsr()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+
+        def times(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
+            parts = [rows for rows in np.array_split(np.arange(matrix.shape[0]), threads) if rows.size]
+            return np.vstack(list(pool.map(lambda rows: matrix[rows[0] : rows[-1] + 1] @ dense, parts)))
+
+        sketch = times(unit, rng.standard_normal((items, width)).astype(np.float32))
+        for _ in range(power_iterations):
+            basis = orthonormal(sketch)
+            sketch = times(unit, times(transposed, basis))
+        basis = orthonormal(sketch)
+        small = times(transposed, basis).T
     left, singular, _ = np.linalg.svd(small, full_matrices=False)
     users = np.ascontiguousarray((basis @ left[:, :dimensions]) * singular[:dimensions], dtype=np.float32)
     users /= np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
     return users
+
+
+def orthonormal(columns: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of ``columns``' span (economic QR in their own precision)."""
+    import scipy.linalg
+
+    basis: np.ndarray = scipy.linalg.qr(columns, mode="economic", overwrite_a=True, check_finite=False)[0]
+    return basis
 
 
 def inverted_file(users: np.ndarray, probes: int) -> tuple[Any, np.ndarray]:

@@ -48,7 +48,7 @@ def test_train_writes_a_complete_version_and_makes_it_current(workspace: Workspa
     assert saved["users"] == 12 and saved["training_rows"] > 0
     assert saved["components"]["candidates/als"]["params"]["factors"] == 64
     # what a rescore trains with
-    assert saved["configuration"]["training"] == {"label_baskets": 1, "ranking_users": 50_000}
+    assert saved["configuration"]["training"] == {"label_baskets": 1, "ranking_users": 20_000}
     assert saved["components"]["candidates/popularity"]["params"] == {"trained_by": "hook"}
     assert (directory / "components/candidates/popularity/extra.txt").exists()
     monitors = {"request_log", "metrics", "health", "online_quality", "drift", "recorder"}

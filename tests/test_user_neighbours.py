@@ -158,7 +158,13 @@ def no_repeat_log_of_the_1990s(users: int = 300, tastes: int = 6, seed: int = 3)
 def test_tifuknn_with_the_approximate_search_serves_the_users_taste_on_a_log_of_another_shape(tmp_path: Path) -> None:
     log = no_repeat_log_of_the_1990s()
     data = build_training_data(log)
-    settings = {"neighbours_grid": [20], "group_decay_grid": [0.7], "alpha_grid": [0.5], "tune_users": 100}
+    settings = {
+        "neighbours_grid": [20],
+        "group_decay_grid": [0.7],
+        "alpha_grid": [0.5],
+        "tune_users": 100,
+        "approximate_neighbours": 12,
+    }
     answers = {}
     for search in ("approximate", "exact"):
         generator = TifuKnnCandidates("tifuknn", TifuKnnCandidatesConfig(neighbour_search=search, **settings))
@@ -166,6 +172,7 @@ def test_tifuknn_with_the_approximate_search_serves_the_users_taste_on_a_log_of_
         directory.mkdir()
         params = generator.fit(data, directory)
         assert params["neighbour_search"] == search and params["tuning_users"] == 100
+        assert params["neighbours"] == 20 and params["neighbours_blended"] == (12 if search == "approximate" else 20)
         generator.load(endcap.ModelContext(data.catalog, data.user_items, directory))
         answers[search] = generator
     user = int(np.flatnonzero(data.catalog.user_ids == "cust-0007")[0])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from endcap.data.baskets import add_basket_index
+from endcap.data.integer_codes import utc_microseconds
 from endcap.types import Catalog, TrainingData
 
 
@@ -19,8 +20,8 @@ def build_training_data(log: pd.DataFrame, catalog: Catalog | None = None) -> Tr
             user_ids=np.sort(log["user_id"].unique().astype(str)),
             item_ids=np.sort(log["item_id"].unique().astype(str)),
         )
-    user_index = pd.Index(catalog.user_ids).get_indexer(pd.Index(log["user_id"])).astype(np.int32)
-    item_index = pd.Index(catalog.item_ids).get_indexer(pd.Index(log["item_id"])).astype(np.int32)
+    user_index = catalog_indices(log["user_id"], catalog.user_ids)
+    item_index = catalog_indices(log["item_id"], catalog.item_ids)
     interactions = pd.DataFrame(
         {
             "user_index": user_index,
@@ -29,8 +30,25 @@ def build_training_data(log: pd.DataFrame, catalog: Catalog | None = None) -> Tr
             "timestamp": log["timestamp"].array,  # tz-aware, not an object array of Timestamps
             "quantity": log["quantity"].to_numpy(np.int32),
         }
-    ).sort_values(["user_index", "timestamp"], kind="stable", ignore_index=True)
+    )
+    if not _by_user_and_time(interactions):  # the canonical log already is
+        interactions = interactions.sort_values(["user_index", "timestamp"], kind="stable", ignore_index=True)
     return indexed_training_data(interactions, catalog)
+
+
+def _by_user_and_time(interactions: pd.DataFrame) -> bool:
+    """Whether the lines are sorted by user, then time."""
+    users = np.diff(interactions["user_index"].to_numpy())
+    times = np.diff(utc_microseconds(interactions["timestamp"]))
+    return bool(((users > 0) | ((users == 0) & (times >= 0))).all())
+
+
+def catalog_indices(values: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Each of ``values``' index in ``ids`` (-1 when absent): each distinct value looked up once,
+    so a column of millions of Arrow strings never becomes millions of Python strings."""
+    codes, distinct = pd.factorize(values)
+    found = pd.Index(ids).get_indexer(pd.Index(np.asarray(distinct, dtype=object)))
+    return np.append(found, -1).astype(np.int32)[codes]  # code -1 (a missing value): index -1
 
 
 def indexed_training_data(interactions: pd.DataFrame, catalog: Catalog) -> TrainingData:
