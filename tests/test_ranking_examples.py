@@ -107,3 +107,18 @@ def test_a_log_with_more_users_than_ranking_users_gives_examples_for_a_seeded_sa
     assert len(set(first.user_ids)) == 7 < log["user_id"].nunique()
     assert first.user_ids == again.user_ids
     np.testing.assert_array_equal(first.values, again.values)
+
+
+def test_the_training_snapshots_hold_the_sampled_users_and_training_asks_for_the_same(tmp_path: Path) -> None:
+    config = EndcapConfig(training={"ranking_users": 7})
+    workspace = prepared_workspace(tmp_path, host=PluginHost(config), users=20, items=30, baskets=5)
+    log = load_interactions(workspace)
+    stats = pd.read_parquet(workspace.features / "user_stats.parquet", columns=["user_id", "event_timestamp"])
+    newest = stats["event_timestamp"] == stats["event_timestamp"].max()
+    assert stats.loc[newest, "user_id"].nunique() == 20, "the serving snapshot holds everyone"
+    assert stats.loc[~newest, "user_id"].nunique() == 7, "the training snapshots hold the sample only"
+    examples = build_ranking_examples(workspace, PluginHost(config), config, build_training_data(log))
+    assert set(examples.user_ids) == set(stats.loc[~newest, "user_id"])
+    other = EndcapConfig(training={"ranking_users": 9})
+    with pytest.raises(FailedPrecondition, match=r"7 of 20 users' rows.*asks for 9 of 20.*run 'endcap features' again"):
+        build_ranking_examples(workspace, PluginHost(other), other, build_training_data(log))

@@ -38,6 +38,26 @@ class HistoricalFeatures:
                 "training.label_baskets asks; run 'endcap features' again"
             )
 
+    def require_training_users(self, ranking_users: int, users: int) -> None:
+        """Refuse to build examples for ``training.ranking_users`` (of ``users``) unless the
+        training snapshots hold those users' rows: ``endcap features`` writes them for the
+        sample its configuration named, and a missing row would silently read an older one."""
+        import json
+
+        from endcap.features.store import TRAINING_USERS_FILE
+
+        marker = self.workspace.features / TRAINING_USERS_FILE
+        if not marker.exists():  # written before the sample: every user's rows
+            return
+        written = json.loads(marker.read_text())
+        if written["users"] == users and written["ranking_users"] in (users, min(ranking_users, users)):
+            return  # everyone's rows, or the same sample's
+        raise FailedPrecondition(
+            f"the offline feature store's training snapshots hold {written['ranking_users']:,} of "
+            f"{written['users']:,} users' rows (training.ranking_users when 'endcap features' ran); "
+            f"training now asks for {min(ranking_users, users):,} of {users:,}: run 'endcap features' again"
+        )
+
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:
         """For each (user, time) pair, the newest snapshot at or before that time, in input order;
         feature values are ``None`` where no snapshot is old enough."""

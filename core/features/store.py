@@ -240,20 +240,31 @@ def build_features(
     ``log``. ``feature_store``: see :func:`feature_store_settings`."""
     from endcap.config import TrainingConfig
     from endcap.features.pushed_rows import keeping_pushed_rows
-    from endcap.features.tables import feature_cutoffs, iter_snapshots
+    from endcap.features.tables import feature_cutoffs, iter_snapshots, sampled_users
 
     extra = host.feast_objects(plugin_data or workspace.features) if host is not None else []
     expected = {
         definitions.USER_STATS: log["user_id"].unique(),
         definitions.PRODUCT_STATS: log["item_id"].unique(),
     }
-    depths = host.config.training.label_baskets if host is not None else TrainingConfig().label_baskets
-    cutoffs = _after_previous_run(workspace, feature_cutoffs(log, depths))
+    training = host.config.training if host is not None else TrainingConfig()
+    sample = sampled_users(log["user_id"], training.ranking_users)
+    cutoffs = _after_previous_run(workspace, feature_cutoffs(log, training.label_baskets, sample))
     with keeping_pushed_rows(
         workspace, feature_store
     ):  # real-time purchases not yet in the log stay in the online rows
-        snapshots = iter_snapshots(log, cutoffs=cutoffs)
-        return write_and_materialize(workspace, snapshots, extra, full, expected, feature_store)
+        snapshots = iter_snapshots(log, cutoffs=cutoffs, training_users=sample)
+        summary = write_and_materialize(workspace, snapshots, extra, full, expected, feature_store)
+    users = len(expected[definitions.USER_STATS])
+    (workspace.features / TRAINING_USERS_FILE).write_text(
+        json.dumps({"ranking_users": min(training.ranking_users, users), "users": users})
+    )
+    return summary
+
+
+TRAINING_USERS_FILE = "training_users.json"
+"""Whose rows the offline store's training snapshots hold: ``training.ranking_users`` of how many
+users, when ``endcap features`` ran (see :meth:`HistoricalFeatures.require_training_users`)."""
 
 
 def _after_previous_run(workspace: Workspace, cutoffs: list[pd.Timestamp]) -> list[pd.Timestamp]:

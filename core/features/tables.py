@@ -51,20 +51,27 @@ def day_cutoffs(times: pd.Series) -> list[pd.Timestamp]:
 
 
 def iter_snapshots(
-    log: pd.DataFrame, cutoffs: list[pd.Timestamp] | None = None, created: pd.Timestamp | None = None
+    log: pd.DataFrame,
+    cutoffs: list[pd.Timestamp] | None = None,
+    created: pd.Timestamp | None = None,
+    training_users: np.ndarray | None = None,
 ) -> Iterator[dict[str, pd.DataFrame]]:
     """``user_stats`` (statistics and purchase arrays) and ``product_stats`` of one snapshot at a time.
 
     A snapshot at ``t`` is computed from the lines strictly before ``t`` and stamped
     ``event_timestamp = t``, so a point-in-time join at ``t`` or later can see it and nothing
-    earlier can. The default is the single serving snapshot (:func:`serving_cutoff`).
+    earlier can. The default is the single serving snapshot (:func:`serving_cutoff`). With
+    ``training_users`` (user ids), every snapshot but the last (the serving one) holds only
+    their rows: the ones the ranker's examples read (see ``training.ranking_users``).
     """
     created = created if created is not None else pd.Timestamp.now(tz="UTC")
     if log.empty:
         return
     coded = _CodedLog.of(log)
-    for cutoff in cutoffs or [serving_cutoff(log)]:
-        snapshot = coded.snapshot(cutoff)
+    wanted = None if training_users is None else coded.user_ids.isin(training_users)
+    every = cutoffs or [serving_cutoff(log)]
+    for position, cutoff in enumerate(every):
+        snapshot = coded.snapshot(cutoff, wanted if position < len(every) - 1 else None)
         if snapshot is not None:
             yield {name: _stamp(frame, cutoff, created) for name, frame in snapshot.items()}
 
@@ -115,60 +122,76 @@ class _CodedLog:
             basket_user=np.repeat(np.arange(len(user_ids)), baskets_per_user),
         )
 
-    def snapshot(self, cutoff: pd.Timestamp) -> dict[str, pd.DataFrame] | None:
+    def snapshot(self, cutoff: pd.Timestamp, users: np.ndarray | None = None) -> dict[str, pd.DataFrame] | None:
+        """The tables from the lines before ``cutoff``; ``users`` (a mask over the user codes)
+        keeps only those users' rows (the products' statistics still count every line)."""
         before = self.time < utc_microseconds([cutoff])[0]
         if not before.any():
             return None
-        user, item, basket_index, time, basket = (
-            a[before] for a in (self.user, self.item, self.basket_index, self.time, self.basket)
-        )
-        n_users, n_items = len(self.user_ids), len(self.item_ids)
+        every = self._pairs(before)
+        mine = every if users is None else self._pairs(before & users[self.user])
+        return {"user_stats": self._user_stats(mine), "product_stats": self._product_stats(every)}
 
+    def _pairs(self, lines: np.ndarray) -> _Pairs:
+        user, item, basket_index, time, basket = (
+            a[lines] for a in (self.user, self.item, self.basket_index, self.time, self.basket)
+        )
+        pair_start = run_starts(user, item)
+        return _Pairs(user, item, basket_index, time, basket, pair_start, np.diff(np.r_[pair_start, len(user)]))
+
+    def _user_stats(self, lines: _Pairs) -> pd.DataFrame:
+        user, basket_index, basket, pair_start = lines.user, lines.basket_index, lines.basket, lines.pair_start
+        n_users = len(self.user_ids)
         size = np.bincount(basket, minlength=len(self.basket_user))
         basket_time = np.full(len(size), np.iinfo(np.int64).max)
-        np.minimum.at(basket_time, basket, time)
+        np.minimum.at(basket_time, basket, lines.time)
         held = np.flatnonzero(size)
         owner = self.basket_user[held]
         orders = np.bincount(owner, minlength=n_users)
-        lines = np.bincount(owner, weights=size[held], minlength=n_users)
+        basket_lines = np.bincount(owner, weights=size[held], minlength=n_users)
         first, last = np.full(n_users, np.iinfo(np.int64).max), np.zeros(n_users, np.int64)
         np.minimum.at(first, owner, basket_time[held])
         np.maximum.at(last, owner, basket_time[held])
 
-        pair_start = run_starts(user, item)
-        pair_user, pair_item = user[pair_start], item[pair_start]
-        times_bought = np.diff(np.r_[pair_start, len(user)])
-        last_basket = np.maximum.reduceat(basket_index, pair_start)
-        first_basket = np.minimum.reduceat(basket_index, pair_start)
+        pair_user, pair_item = user[pair_start], lines.item[pair_start]
+        last_basket = np.maximum.reduceat(basket_index, pair_start) if pair_start.size else pair_start
+        first_basket = np.minimum.reduceat(basket_index, pair_start) if pair_start.size else pair_start
         line_day = basket_time[basket] / DAY_MICROSECONDS  # a line's day is its basket's
         distinct_items = np.bincount(pair_user, minlength=n_users)
 
         buyers = np.flatnonzero(orders)
         span_days = (last - first)[buyers] / 1e6 / 86400.0
-        user_stats = pd.DataFrame(
+        return pd.DataFrame(
             {
                 "user_id": self.user_ids[buyers],
                 "orders": orders[buyers].astype(np.int64),
-                "avg_basket_size": (lines[buyers] / orders[buyers]).astype(np.float32),
+                "avg_basket_size": (basket_lines[buyers] / orders[buyers]).astype(np.float32),
                 "avg_days_between_orders": (span_days / np.maximum(orders[buyers] - 1, 1)).astype(np.float32),
                 "distinct_items": distinct_items[buyers].astype(np.int64),
                 "last_order_day": (last[buyers] / DAY_MICROSECONDS).astype(np.float64),
                 **_per_user_lists(
                     distinct_items[buyers],
                     item_ids=_arrow(self.item_ids[pair_item].array),
-                    times_bought=pa.array(times_bought.astype(np.int64)),
+                    times_bought=pa.array(lines.times_bought.astype(np.int64)),
                     orders_since_last_bought=pa.array((orders[pair_user] - 1 - last_basket).astype(np.int64)),
                     orders_since_first_bought=pa.array((orders[pair_user] - 1 - first_basket).astype(np.int64)),
-                    last_bought_day=pa.array(np.maximum.reduceat(line_day, pair_start)),
-                    first_bought_day=pa.array(np.minimum.reduceat(line_day, pair_start)),
+                    last_bought_day=pa.array(
+                        np.maximum.reduceat(line_day, pair_start) if pair_start.size else line_day
+                    ),
+                    first_bought_day=pa.array(
+                        np.minimum.reduceat(line_day, pair_start) if pair_start.size else line_day
+                    ),
                 ),
             }
         )
 
-        purchases = np.bincount(pair_item, weights=times_bought, minlength=n_items).astype(np.int64)
+    def _product_stats(self, lines: _Pairs) -> pd.DataFrame:
+        pair_item = lines.item[lines.pair_start]
+        n_items = len(self.item_ids)
+        purchases = np.bincount(pair_item, weights=lines.times_bought, minlength=n_items).astype(np.int64)
         distinct_buyers = np.bincount(pair_item, minlength=n_items)
         sold = np.flatnonzero(distinct_buyers)
-        product_stats = pd.DataFrame(
+        return pd.DataFrame(
             {
                 "item_id": self.item_ids[sold],
                 "purchases": purchases[sold],
@@ -176,7 +199,19 @@ class _CodedLog:
                 "reorder_rate": ((purchases[sold] - distinct_buyers[sold]) / purchases[sold]).astype(np.float32),
             }
         )
-        return {"user_stats": user_stats, "product_stats": product_stats}
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """Some of the log's lines (sorted by user, item, basket), with the runs of each user × item."""
+
+    user: np.ndarray
+    item: np.ndarray
+    basket_index: np.ndarray
+    time: np.ndarray
+    basket: np.ndarray
+    pair_start: np.ndarray
+    times_bought: np.ndarray
 
 
 def _arrow(values: object) -> pa.Array:
@@ -240,13 +275,27 @@ def label_depths(
         yield truncated, labels
 
 
-def feature_cutoffs(log: pd.DataFrame, label_baskets_per_user: int = 1) -> list[pd.Timestamp]:
-    """The snapshots ``endcap features`` writes: one per day on which a user's label baskets
-    start, at every depth of :func:`label_depths` (for point-in-time training joins), and the
-    serving snapshot."""
+def feature_cutoffs(
+    log: pd.DataFrame, label_baskets_per_user: int = 1, training_users: np.ndarray | None = None
+) -> list[pd.Timestamp]:
+    """The snapshots ``endcap features`` writes: one per day on which a user's (of
+    ``training_users``, default everyone) label baskets start, at every depth of
+    :func:`label_depths` (for point-in-time training joins), and the serving snapshot."""
     from endcap.features.repeat_purchases import label_share
 
     days: set[pd.Timestamp] = set()
     for _, labels in label_depths(log, label_share(log), label_baskets_per_user):
+        if training_users is not None:
+            labels = labels[labels["user_id"].isin(training_users)]
         days.update(day_cutoffs(labels["label_time"]))
     return [*sorted(days), serving_cutoff(log)]
+
+
+def sampled_users(user_ids: pd.Series, most: int) -> np.ndarray | None:
+    """A seeded sample of ``most`` of the distinct ``user_ids`` (``training.ranking_users``);
+    ``None`` (everyone) when there are no more than that. Ids numbered in string order (the
+    training data's indices) give the same sample as the strings."""
+    distinct = np.sort(user_ids.unique())
+    if distinct.size <= most:
+        return None
+    return np.sort(np.random.default_rng(0).choice(distinct, most, replace=False))

@@ -25,7 +25,7 @@ from endcap.config import EndcapConfig, FeatureStoreConfig
 from endcap.data.training_data import coded_log, indexed_training_data
 from endcap.features.historical import HistoricalFeatures
 from endcap.features.repeat_purchases import label_share
-from endcap.features.tables import day_cutoffs, label_depths
+from endcap.features.tables import day_cutoffs, label_depths, sampled_users
 from endcap.model_versions import Manifest, component_dir
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
@@ -67,6 +67,11 @@ def build_ranking_examples(
     names: tuple[str, ...] = ()
     label_items = 0
     sampled = sampled_users(log_frame["user_id"], config.training.ranking_users)
+    historical.require_training_users(config.training.ranking_users, data.catalog.n_users)
+    if sampled is not None:
+        log.info(
+            "ranking_examples_sampled", users=sampled.size, of=data.catalog.n_users, setting="training.ranking_users"
+        )
     for level, (truncated, labels) in enumerate(
         label_depths(log_frame, label_share(log_frame), config.training.label_baskets)
     ):
@@ -88,16 +93,6 @@ def build_ranking_examples(
         label_items=label_items,
     )
     return examples
-
-
-def sampled_users(user_ids: pd.Series, most: int) -> np.ndarray | None:
-    """A seeded sample of ``most`` of the distinct ``user_ids``; ``None`` (everyone) when there
-    are no more than that. Logged when it samples, with how many users it left out."""
-    distinct = np.sort(user_ids.unique())
-    if distinct.size <= most:
-        return None
-    log.info("ranking_examples_sampled", users=most, of=int(distinct.size), setting="training.ranking_users")
-    return np.sort(np.random.default_rng(0).choice(distinct, most, replace=False))
 
 
 class DepthExamples:
