@@ -132,7 +132,9 @@ class TrainingConfig(BaseModel):
     seeded sample of this many (the same users at every depth). The candidate sources and
     features still learn from every user; the examples grow with the users times the candidates
     per user: a million shoppers' would not fit in memory, 20,000 users' are about 5 million
-    rows at 250 candidates each, which LightGBM fits in about a minute and a half on two cores."""
+    rows at 250 candidates each, which LightGBM fits in about a minute and a half on two cores.
+    ``endcap features`` writes the point-in-time training snapshots for the same sample only
+    (the serving snapshot holds everyone): after changing it, run ``endcap features`` again."""
 
 
 class LimitsConfig(BaseModel):
