@@ -52,12 +52,12 @@ class TifuKnnCandidatesConfig(endcap.ComponentConfig):
     """Inverted-file cells the approximate search visits per user (of about 2·√users): at a
     million users 16 find 92 % of the neighbours 32 find, in 57 % of the time."""
     approximate_neighbours: int = Field(100, ge=1)
-    """The most neighbours blended when the search is approximate (above ``exact_below`` users):
-    the blend's cost grows with them, and among a million users the 100 nearest are closer
-    than the 300 nearest among the 20,000 the tuning scores."""
+    """The most neighbours blended when the search is approximate (from ``exact_below`` users):
+    the blend's cost grows with them. Tuning still chooses ``alpha`` and ``group_decay`` with
+    ``neighbours`` among its sample; among a million users the 100 nearest are closer than the
+    300 nearest among those 20,000."""
     threads: int = Field(2, ge=1)
-    """Threads blending users' neighbours at fit (each block of users on one; the answer is the
-    same for any number)."""
+    """Threads the fit's compact SVD and blends run on (the answer is the same for any number)."""
     tune: bool = True
     """Choose ``group_decay``, ``neighbours`` and ``alpha`` from the grids below on held-out baskets."""
     tune_users: int = Field(20_000, ge=1)
@@ -172,9 +172,9 @@ def ranked_rows(
 ) -> BestFirstRows:
     """:func:`blended_top` of ``rows`` (sorted user indices; the other users' rows stay empty)
     as :class:`BestFirstRows`, searched and blended ``block`` users at a time, so that memory
-    follows the block and the answers kept, not the users times the neighbours. With
-    ``threads`` > 1 the blocks' blends run on that many threads while the next block is
-    searched (the sparse products and sorts release the GIL); the answer is the same."""
+    follows the block and the answers kept, not the users times the neighbours. The blends run
+    on ``threads`` threads while the next blocks are searched (the sparse products and sorts
+    release the GIL); the answer is the same for any number."""
     lengths = np.zeros(vectors.shape[0], dtype=np.int64)
     chunks = [rows[start : start + block] for start in range(0, rows.size, block)]
 
@@ -267,7 +267,13 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
         if is_approximate(vectors.shape[0], config.neighbour_search, config.exact_below):
             blended = min(blended, config.approximate_neighbours)
         search = NeighbourSearch(
-            vectors, blended, config.neighbour_search, config.exact_below, config.dimensions, config.probes
+            vectors,
+            blended,
+            config.neighbour_search,
+            config.exact_below,
+            config.dimensions,
+            config.probes,
+            config.threads,
         )
         asked = data.asked_users  # only these users' answers are wanted (their neighbours: anyone)
         rows = np.arange(vectors.shape[0]) if asked is None else np.unique(asked)

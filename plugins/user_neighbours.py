@@ -39,7 +39,7 @@ def nearest_neighbours(
     search: Search = "auto",
     exact_below: int = 20_000,
     dimensions: int = 128,
-    probes: int = 32,
+    probes: int = 16,
 ) -> np.ndarray:
     """Indices of the ``k`` users most cosine-similar to each of ``rows`` (default: every
     user), the user itself left out: ``len(rows) × k``, -1 where there are fewer."""
@@ -64,7 +64,8 @@ class NeighbourSearch:
         search: Search = "auto",
         exact_below: int = 20_000,
         dimensions: int = 128,
-        probes: int = 32,
+        probes: int = 16,
+        threads: int = 2,
     ) -> None:
         n = vectors.shape[0]
         self.k = min(k, max(n - 1, 0))
@@ -76,7 +77,7 @@ class NeighbourSearch:
         if not is_approximate(n, search, exact_below):
             self._exact = (unit, unit.T.tocsr())  # transposed once: a CSR × CSC product converts per block
         else:
-            self._index = inverted_file(compact_users(unit, dimensions), probes)
+            self._index = inverted_file(compact_users(unit, dimensions, threads=threads), probes)
 
     def neighbours(self, rows: np.ndarray, block: int = 2048) -> np.ndarray:
         """``len(rows) × k`` neighbour indices of ``rows`` (-1 where there are fewer)."""

@@ -305,3 +305,29 @@ def test_quarantine_sets_bad_rows_aside_and_ingests_the_rest(
     assert quarantined[["line", "column"]].values.tolist() == [[3, 2], [4, 3], [5, 4]]
     assert quarantined["reason"].tolist()[0] == "item_id is empty"
     assert main(["ingest", str(path), "--workspace", str(workspace)]) == 2  # the default still refuses the file
+
+
+def test_quarantine_of_an_instacart_log_keeps_every_valid_line(tmp_path: Path) -> None:
+    from endcap.data.ingest import read_purchase_log_quarantining
+
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,user_id,order_number,product_id\n"
+        "1,u1,1,p1\n2,u1,x,p2\n3,u1,2,p4\n3,u1,2,p5\n4,u2,1,p1\n5,u2,2,p3\n6,u3,1,p9\n"
+    )
+    frame, chosen, rejected = read_purchase_log_quarantining(path)
+    assert chosen == "instacart" and rejected["line"].tolist() == [3]
+    kept = sorted(zip(frame["basket_id"], frame["item_id"], strict=True))
+    assert kept == [("1", "p1"), ("3", "p4"), ("3", "p5"), ("4", "p1"), ("5", "p3"), ("6", "p9")]
+
+
+def test_an_order_with_two_owners_is_reported_at_its_own_line_after_a_quarantined_row(tmp_path: Path) -> None:
+    from endcap.data.ingest import read_purchase_log_quarantining
+
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,user_id,order_number,product_id\n1,u1,x,p1\n2,u1,1,p2\n3,u2,1,p3\n3,u9,1,p4\n")
+    with pytest.raises(InputFileError) as error:
+        read_purchase_log_quarantining(path)
+    assert (error.value.line, error.value.column) == (4, 1) and "order 3 belongs to more than one user_id" in str(
+        error.value
+    )

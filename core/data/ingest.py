@@ -241,7 +241,7 @@ def _instacart(table: _Table) -> pd.DataFrame:
     owners = frame.groupby("basket_id", sort=False)["user_id"].nunique()
     if (owners > 1).any():
         basket = owners.index[int(np.argmax((owners > 1).to_numpy()))]
-        row = int(np.flatnonzero(frame["basket_id"].to_numpy() == basket)[0])
+        row = int(frame.index[np.flatnonzero(frame["basket_id"].to_numpy() == basket)[0]])  # the input's row
         raise table.fail(row, "order_id", f"order {basket} belongs to more than one user_id")
     orders = orders.sort_values(["user_id", "order_number"], kind="stable")
     gaps = orders["gap_days"].fillna(0.0)
@@ -259,7 +259,7 @@ def _generic(table: _Table) -> pd.DataFrame:
     items = table.ids("item_id")
     quantity = table.integers("quantity", 1, default=1)
     table.drop_accepted()
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "user_id": users,
             "item_id": items,
@@ -268,6 +268,7 @@ def _generic(table: _Table) -> pd.DataFrame:
             "quantity": quantity,
         }
     )
+    return frame.drop(index=sorted(table.problems)).reset_index(drop=True)
 
 
 def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]:
@@ -300,9 +301,7 @@ def read_purchase_log_quarantining(
     if missing:
         raise InputFileError(str(path), 1, 0, f"{chosen} format needs column(s) {', '.join(missing)}")
     frame = _instacart(table) if chosen == "instacart" else _generic(table)
-    rejected = table.rejected()
-    if table.problems:
-        frame = frame.drop(index=sorted(table.problems)).reset_index(drop=True)
+    rejected = table.rejected()  # each format's frame already leaves the rejected rows out
     del table  # the raw cells: at scale, gigabytes the sort below does not need
     if frame.empty:
         raise InputFileError(

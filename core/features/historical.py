@@ -38,24 +38,29 @@ class HistoricalFeatures:
                 "training.label_baskets asks; run 'endcap features' again"
             )
 
-    def require_training_users(self, ranking_users: int, users: int) -> None:
-        """Refuse to build examples for ``training.ranking_users`` (of ``users``) unless the
-        training snapshots hold those users' rows: ``endcap features`` writes them for the
-        sample its configuration named, and a missing row would silently read an older one."""
+    def require_training_users(self, users: int, sample: np.ndarray | None) -> None:
+        """Refuse to build examples for ``sample`` (the ``training.ranking_users`` sample's ids,
+        ``None``: everyone) of ``users`` unless the training snapshots hold their rows:
+        ``endcap features`` writes them for the sample its configuration named, and a missing
+        row would silently read an older one."""
         import json
 
-        from endcap.features.store import TRAINING_USERS_FILE
+        from endcap.features.store import TRAINING_USERS_FILE, training_users_record
 
         marker = self.workspace.features / TRAINING_USERS_FILE
-        if not marker.exists():  # written before the sample: every user's rows
+        if not marker.exists():  # written before samples were: every user's rows
             return
         written = json.loads(marker.read_text())
-        if written["users"] == users and written["ranking_users"] in (users, min(ranking_users, users)):
+        written.setdefault("sampled", written.get("ranking_users"))  # a record without the ids' digest
+        wanted = training_users_record(users, sample)
+        held = written.get("digest", "everyone" if written["sampled"] == users else str(written["sampled"]))
+        if written["users"] == users and held in ("everyone", wanted["digest"], str(wanted["sampled"])):
             return  # everyone's rows, or the same sample's
         raise FailedPrecondition(
-            f"the offline feature store's training snapshots hold {written['ranking_users']:,} of "
+            f"the offline feature store's training snapshots hold {written['sampled']:,} of "
             f"{written['users']:,} users' rows (training.ranking_users when 'endcap features' ran); "
-            f"training now asks for {min(ranking_users, users):,} of {users:,}: run 'endcap features' again"
+            f"training now asks for {wanted['sampled']:,} of {users:,} (another sample or log): "
+            "run 'endcap features' again"
         )
 
     def users(self, user_ids: Sequence[str], as_of: Sequence[pd.Timestamp]) -> list[dict[str, Any]]:

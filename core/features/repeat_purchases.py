@@ -34,7 +34,9 @@ class RepeatProfile:
 
 
 def measure(log: pd.DataFrame) -> RepeatProfile:
-    """The repeat shares of a canonical log (``user_id``, ``item_id``, ``basket_id``, ``timestamp``)."""
+    """The repeat shares of a canonical log (``user_id``, ``item_id``, ``basket_id``, ``timestamp``),
+    or of one with ``basket_index`` in place of ``basket_id`` and any ids (the training data's
+    :func:`endcap.data.training_data.coded_log`)."""
     if log.empty:
         return RepeatProfile(0.0, 0.0, 0)
     frame = add_basket_index(log) if "basket_index" not in log.columns else log

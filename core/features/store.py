@@ -1,4 +1,4 @@
-"""The Feast adapter: configuration, ``apply`` + ``materialize``, and the online reads serving needs.
+"""The Feast adapter: configuration, ``apply``, the online store's writes, and the reads serving needs.
 
 ``import feast`` costs seconds, so this module is imported only by the commands that use Feast.
 """
@@ -90,7 +90,8 @@ class MaterializeSummary:
     tables: Mapping[str, int]
     as_of: pd.Timestamp
     materialized_from: pd.Timestamp
-    """Start of the materialized window: the previous run's newest snapshot when incremental."""
+    """Start of the window a materialization would move: the previous run's newest snapshot
+    (``full``: the oldest). The online store gets the newest snapshot, which holds everyone."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +105,15 @@ class WrittenTables:
     """The newest snapshot (every user and product of the log): what the online store holds."""
 
 
-def write_tables(workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataFrame]]) -> WrittenTables:
+def write_tables(
+    workspace: Workspace,
+    snapshots: Iterable[Mapping[str, pd.DataFrame]],
+    training_users: Mapping[str, Any] | None = None,
+) -> WrittenTables:
     """Write the offline tables one snapshot at a time (a row group each), so memory holds one
     snapshot, not all of them (and the newest, kept for the online store); each file is moved
-    into place when complete."""
+    into place when complete, and ``training_users`` (whose rows the training snapshots hold,
+    see :func:`training_users_record`) is recorded beside them as they are."""
     import pyarrow.parquet as pq
 
     workspace.features.mkdir(parents=True, exist_ok=True)
@@ -135,6 +141,11 @@ def write_tables(workspace: Workspace, snapshots: Iterable[Mapping[str, pd.DataF
             writer.close()
     for name in writers:
         os.replace(workspace.features / f"{name}.parquet.partial", workspace.features / f"{name}.parquet")
+    record = workspace.features / TRAINING_USERS_FILE
+    if training_users is None:
+        record.unlink(missing_ok=True)
+    else:
+        record.write_text(json.dumps(training_users))
     return WrittenTables(rows, oldest, as_of, newest)
 
 
@@ -174,6 +185,7 @@ def write_and_materialize(
     full: bool = False,
     expected: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     feature_store: FeatureStoreConfig | None = None,
+    training_users: Mapping[str, Any] | None = None,
 ) -> MaterializeSummary:
     """Write the offline tables, ``apply`` the definitions (Endcap's and ``extra_objects`` from
     plugins), and fill the online store.
@@ -193,7 +205,7 @@ def write_and_materialize(
     """
     from endcap.features.coverage import IncompleteMaterialization, missing_ids
 
-    written = write_tables(workspace, snapshots)
+    written = write_tables(workspace, snapshots, training_users)
     as_of = written.as_of
     store = open_store(workspace, feature_store)
     endcap_views = definitions.build(workspace.root)
@@ -254,17 +266,24 @@ def build_features(
         workspace, feature_store
     ):  # real-time purchases not yet in the log stay in the online rows
         snapshots = iter_snapshots(log, cutoffs=cutoffs, training_users=sample)
-        summary = write_and_materialize(workspace, snapshots, extra, full, expected, feature_store)
-    users = len(expected[definitions.USER_STATS])
-    (workspace.features / TRAINING_USERS_FILE).write_text(
-        json.dumps({"ranking_users": min(training.ranking_users, users), "users": users})
-    )
-    return summary
+        record = training_users_record(len(expected[definitions.USER_STATS]), sample)
+        return write_and_materialize(workspace, snapshots, extra, full, expected, feature_store, record)
 
 
 TRAINING_USERS_FILE = "training_users.json"
-"""Whose rows the offline store's training snapshots hold: ``training.ranking_users`` of how many
-users, when ``endcap features`` ran (see :meth:`HistoricalFeatures.require_training_users`)."""
+"""Whose rows the offline store's training snapshots hold (:func:`training_users_record`),
+checked by :meth:`HistoricalFeatures.require_training_users`."""
+
+
+def training_users_record(users: int, sample: np.ndarray | None) -> dict[str, Any]:
+    """The log's number of users, and the sample of them (``training.ranking_users``) whose rows
+    the training snapshots hold: its size and a digest of its ids; everyone when ``None``."""
+    import hashlib
+
+    if sample is None:
+        return {"users": users, "sampled": users, "digest": "everyone"}
+    digest = hashlib.sha256("\n".join(map(str, sample)).encode()).hexdigest()
+    return {"users": users, "sampled": len(sample), "digest": digest}
 
 
 def _after_previous_run(workspace: Workspace, cutoffs: list[pd.Timestamp]) -> list[pd.Timestamp]:

@@ -2,7 +2,7 @@
 
 Every table carries ``event_timestamp`` (the snapshot time: the statistics use only purchases
 before it) and ``created_timestamp`` (when they were computed). The offline store keeps every
-snapshot, for point-in-time joins; the online store is materialized from the newest.
+snapshot, for point-in-time joins; the online store is written from the newest.
 """
 
 from __future__ import annotations

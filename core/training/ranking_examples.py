@@ -67,7 +67,7 @@ def build_ranking_examples(
     names: tuple[str, ...] = ()
     label_items = 0
     sampled = sampled_users(log_frame["user_id"], config.training.ranking_users)
-    historical.require_training_users(config.training.ranking_users, data.catalog.n_users)
+    historical.require_training_users(data.catalog.n_users, None if sampled is None else data.catalog.user_ids[sampled])
     if sampled is not None:
         log.info(
             "ranking_examples_sampled", users=sampled.size, of=data.catalog.n_users, setting="training.ranking_users"
