@@ -15,6 +15,7 @@ everything. Each user's
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,11 +26,14 @@ import endcap
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import structlog
 from endcap.evaluation.metrics import ranking_metrics
 from endcap.plugins._shared import BestFirstRows, best_first_order
 from endcap.plugins.user_neighbours import NeighbourSearch, Search, is_approximate, nearest_neighbours
 from endcap.types import TrainingData, run_offsets
 from pydantic import Field
+
+log = structlog.get_logger("endcap.plugins.tifuknn")
 
 
 class TifuKnnCandidatesConfig(endcap.ComponentConfig):
@@ -254,6 +258,7 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
             "alpha": self.config.alpha,
         }
         tuning: dict[str, Any] = {}
+        started = time.perf_counter()
         if self.config.tune:
             tuning = self._tune(data)
             chosen = {
@@ -261,6 +266,7 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
                 "neighbours": tuning["neighbours"],
                 "alpha": tuning["alpha"],
             }
+        tuned = time.perf_counter()
         vectors = personal_vectors(data.interactions, data.user_items.shape, self.config, chosen["group_decay"])
         config = self.config
         blended = chosen["neighbours"]
@@ -275,10 +281,19 @@ class TifuKnnCandidates(endcap.CandidateGenerator):
             config.probes,
             config.threads,
         )
+        indexed = time.perf_counter()
         asked = data.asked_users  # only these users' answers are wanted (their neighbours: anyone)
         rows = np.arange(vectors.shape[0]) if asked is None else np.unique(asked)
         ranked_rows(vectors, search, chosen["alpha"], config.keep_per_user, rows, threads=config.threads).save(
             directory
+        )
+        log.info(
+            "tifuknn_fit",
+            users=int(rows.size),
+            neighbours=blended,
+            tune_s=round(tuned - started, 1),
+            vectors_and_index_s=round(indexed - tuned, 1),
+            search_and_blend_s=round(time.perf_counter() - indexed, 1),
         )
         return {
             **self.config.model_dump(exclude={"group_decay_grid", "neighbours_grid", "alpha_grid"}),
