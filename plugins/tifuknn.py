@@ -181,6 +181,9 @@ def ranked_rows(
     release the GIL); the answer is the same for any number."""
     lengths = np.zeros(vectors.shape[0], dtype=np.int64)
     chunks = [rows[start : start + block] for start in range(0, rows.size, block)]
+    # room for every row's k answers; only the pages written become memory (no copy at the end)
+    ids, scores = np.empty(rows.size * k, dtype=np.int32), np.empty(rows.size * k, dtype=np.float32)
+    filled = 0
 
     def blend(chunk: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         top_ids, top_scores = blended_top(vectors, near, alpha, k, chunk)
@@ -188,19 +191,21 @@ def ranked_rows(
         lengths[chunk] = kept.sum(axis=1)
         return top_ids[kept], top_scores[kept]
 
-    answers: list[tuple[np.ndarray, np.ndarray]] = []
+    def keep(answer: tuple[np.ndarray, np.ndarray]) -> None:
+        nonlocal filled
+        ids[filled : filled + answer[0].size], scores[filled : filled + answer[0].size] = answer
+        filled += answer[0].size
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
         for chunk in chunks:
             pending.append(pool.submit(blend, chunk, search.neighbours(chunk)))
             if len(pending) > threads:  # at most ``threads`` blocks' neighbours waiting
-                answers.append(pending.popleft().result())
-        answers += [future.result() for future in pending]
+                keep(pending.popleft().result())
+        while pending:
+            keep(pending.popleft().result())
     starts = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)])
-    empty = np.zeros(0, dtype=np.int32)
-    ids = np.concatenate([a[0] for a in answers]) if answers else empty
-    scores = np.concatenate([a[1] for a in answers]) if answers else empty.astype(np.float32)
-    return BestFirstRows(starts, ids, scores.astype(np.float32))
+    return BestFirstRows(starts, ids[:filled], scores[:filled])
 
 
 def _only(frame: pd.DataFrame, users: np.ndarray) -> pd.DataFrame:
