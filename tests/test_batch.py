@@ -17,7 +17,10 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["user_id", "rank"]).reset_index(drop=True)
 
 
-def test_spark_engine_writes_what_the_local_engine_writes(synthetic_workspace: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("broadcast_mb", ["512", "0"])  # the version broadcast, or read from the workspace
+def test_spark_engine_writes_what_the_local_engine_writes(
+    synthetic_workspace: Path, tmp_path: Path, broadcast_mb: str
+) -> None:
     run_cli("batch", "--out", str(tmp_path / "local"), "--k", "7", workspace=synthetic_workspace)
     said = run_cli(
         "batch",
@@ -30,6 +33,7 @@ def test_spark_engine_writes_what_the_local_engine_writes(synthetic_workspace: P
         "--k",
         "7",
         workspace=synthetic_workspace,
+        env={"ENDCAP_SPARK_BROADCAST_MB": broadcast_mb},
     ).stdout
     assert "spark engine" in said
     local, spark = _sorted(pd.read_parquet(tmp_path / "local")), _sorted(pd.read_parquet(tmp_path / "spark"))

@@ -1,10 +1,13 @@
 """``endcap batch --engine spark``: the same batch job on Apache Spark.
 
 The model version's artifacts (catalogue, ALS factors, similarity matrices, ranker) are
-broadcast; each Python worker unpacks them once into a local directory, checks them against the
-manifest's checksums and loads them. Executors therefore need no access to the model registry,
-only to the workspace's configuration and feature store (``endcap.yaml`` and the Feast registry
-at the same path on every node, the Redis online store in production). Users are partitioned
+broadcast when they are smaller than ``ENDCAP_SPARK_BROADCAST_MB`` (default 512); each Python
+worker unpacks them once into a local directory, checks them against the manifest's checksums
+and loads them, so executors need no access to the model registry, only to the workspace's
+configuration and feature store (``endcap.yaml`` and the Feast registry at the same path on every
+node, the Redis online store in production). A larger version (a million users' is gigabytes,
+more than a driver's default heap can broadcast) is read by each worker from the workspace's
+model registry, which must then be at the same path on every node too. Users are partitioned
 across executors and scored with ``mapInPandas`` through the same serving pipeline the local
 engine uses, so both engines write the same recommendations. Output is a Parquet directory
 partitioned by ``user_bucket``, put in place by :func:`endcap.batch.output.publish`.
@@ -31,6 +34,10 @@ _PIPELINES: dict[tuple[str, str], Pipeline] = {}
 """Loaded pipelines per (workspace, version) in this Python worker: one load per worker."""
 
 
+BROADCAST_MB_ENV = "ENDCAP_SPARK_BROADCAST_MB"
+"""Model versions up to this many MiB are broadcast to the workers (default 512)."""
+
+
 class _JobSettings(TypedDict):
     """What every worker needs besides the model files."""
 
@@ -54,8 +61,9 @@ def unpack_version(files: Mapping[str, bytes], version: str, root: Path) -> Path
     return root
 
 
-def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str, bytes]]) -> Pipeline:
-    """This worker's pipeline for ``version``; the first call unpacks ``files()`` (the broadcast)."""
+def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str, bytes] | None]) -> Pipeline:
+    """This worker's pipeline for ``version``; the first call unpacks ``files()`` (the broadcast),
+    or, when nothing was broadcast, loads the version from the workspace's registry."""
     key = (workspace_root, version)
     if key not in _PIPELINES:
         from endcap.config import load_config
@@ -69,9 +77,13 @@ def _pipeline(workspace_root: str, version: str, files: Callable[[], Mapping[str
         workspace = Workspace(Path(workspace_root))
         config = load_config(workspace.root)
         online = OnlineFeatures(workspace, config.feature_store)
-        with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
-            registry = ModelRegistry(unpack_version(files(), version, Path(local)))
-            model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)
+        packed = files()
+        if packed is None:
+            model = load_serving_model(workspace, PluginHost(config), online, version)
+        else:
+            with tempfile.TemporaryDirectory(prefix="endcap-model-") as local:  # loaded into memory, then removed
+                registry = ModelRegistry(unpack_version(packed, version, Path(local)))
+                model = load_serving_model(workspace, PluginHost(config), online, version, registry=registry)
         _PIPELINES[key] = Pipeline(model, online.user, config.serving, budgets=False, read_users=online.users)
     return _PIPELINES[key]
 
@@ -103,7 +115,9 @@ def run(workspace_root: Path, version_dir: Path, user_ids: list[str], k: int, ou
     try:
         job_settings: _JobSettings = {"workspace": str(workspace_root), "version": version_dir.name, "k": k}
         job = spark.sparkContext.broadcast(job_settings)
-        model = spark.sparkContext.broadcast(pack_version(version_dir))
+        size = sum(path.stat().st_size for path in version_dir.rglob("*") if path.is_file())
+        small = size <= float(os.environ.get(BROADCAST_MB_ENV, "512")) * 2**20
+        model = spark.sparkContext.broadcast(pack_version(version_dir) if small else None)
 
         def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             from endcap.batch.local import recommend_users
