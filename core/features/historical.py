@@ -51,10 +51,8 @@ class HistoricalFeatures:
         if not marker.exists():  # written before samples were: every user's rows
             return
         written = json.loads(marker.read_text())
-        written.setdefault("sampled", written.get("ranking_users"))  # a record without the ids' digest
         wanted = training_users_record(users, sample)
-        held = written.get("digest", "everyone" if written["sampled"] == users else str(written["sampled"]))
-        if written["users"] == users and held in ("everyone", wanted["digest"], str(wanted["sampled"])):
+        if written["users"] == users and written["digest"] in ("everyone", wanted["digest"]):
             return  # everyone's rows, or the same sample's
         raise FailedPrecondition(
             f"the offline feature store's training snapshots hold {written['sampled']:,} of "

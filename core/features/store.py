@@ -145,7 +145,8 @@ def write_tables(
     if training_users is None:
         record.unlink(missing_ok=True)
     else:
-        record.write_text(json.dumps(training_users))
+        record.with_suffix(".partial").write_text(json.dumps(training_users))
+        os.replace(record.with_suffix(".partial"), record)  # whole, like the tables beside it
     return WrittenTables(rows, oldest, as_of, newest)
 
 
