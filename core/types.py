@@ -213,6 +213,13 @@ class CandidateBlock:
         start, stop = int(self.offsets[j]), int(self.offsets[j + 1])
         return Candidates(self.ids[start:stop], self.scores[start:stop])
 
+    def first(self, n: npt.NDArray[np.int64]) -> CandidateBlock:
+        """Each row cut to its first ``n[j]`` candidates."""
+        lengths = np.minimum(self.lengths, np.maximum(n.astype(np.int64), 0))
+        offsets = run_offsets(lengths)
+        positions = np.repeat(self.offsets[:-1] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return CandidateBlock(self.ids[positions], self.scores[positions], offsets)
+
     @classmethod
     def join(cls, rows: Sequence[Candidates]) -> CandidateBlock:
         """One block from each row's :class:`Candidates`."""

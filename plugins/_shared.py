@@ -11,7 +11,17 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from endcap.types import CandidateBlock, Candidates, IndexArray, Query, ScoreArray, UserFeatures, read_only, run_offsets
+from endcap.types import (
+    CandidateBlock,
+    Candidates,
+    IndexArray,
+    Query,
+    ScoreArray,
+    UserBlock,
+    UserFeatures,
+    read_only,
+    run_offsets,
+)
 
 
 def top_n(ids: IndexArray, scores: ScoreArray, n: int) -> Candidates:
@@ -120,19 +130,88 @@ def user_row(query: Query, user: UserFeatures, user_items: sp.csr_matrix) -> sp.
 
 
 def neighbour_scores(similarity: sp.csr_matrix, items: IndexArray, weights: npt.NDArray[Any], n: int) -> Candidates:
-    """The ``n`` best items of ``weights @ similarity[items]`` (an items × items matrix whose
-    row ``i`` holds the neighbours of ``i``), gathered straight from the CSR arrays."""
-    starts = similarity.indptr[items]
-    lengths = similarity.indptr[items + 1] - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return Candidates.empty()
-    # positions of every stored neighbour of every item, in one array
-    positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
-    contributions = similarity.data[positions] * np.repeat(weights, lengths)
-    dense = np.bincount(similarity.indices[positions], contributions, minlength=similarity.shape[1])
-    ids = np.flatnonzero(dense)
-    return top_n(ids.astype(np.int32), dense[ids].astype(np.float32), n)
+    """The ``n`` best items of ``weights @ similarity[items]`` (:func:`neighbour_tops` of one user)."""
+    history = sp.csr_matrix(
+        (weights, items, np.array([0, items.size])), shape=(1, similarity.shape[0]), dtype=np.float64
+    )
+    return neighbour_tops(similarity, history, n).row(0)
+
+
+def neighbour_tops(similarity: sp.csr_matrix, histories: sp.csr_matrix, n: int) -> CandidateBlock:
+    """Each row's ``n`` best items of ``histories @ similarity`` (users × items purchase weights
+    times an items × items matrix whose row ``i`` holds the neighbours of ``i``): summed in
+    float64 in the order of each row's history, best first, ties by item index."""
+    owner, _, item, score = top_of_product(histories, similarity, n)
+    return CandidateBlock(item, score, run_offsets(np.bincount(owner, minlength=histories.shape[0])))
+
+
+def top_of_product(left: sp.csr_matrix, right: sp.csr_matrix, k: int) -> tuple[npt.NDArray[Any], ...]:
+    """:func:`top_of_rows` of ``left @ right``, multiplied and summed in float64 and rounded to
+    float32 before ranking (sums that are equal stay equal)."""
+    scores = left.astype(np.float64, copy=False) @ right.astype(np.float64, copy=False)
+    scores.data = scores.data.astype(np.float32)
+    scores.eliminate_zeros()
+    scores.sort_indices()
+    return top_of_rows(scores, k)
+
+
+def top_of_rows(scores: sp.csr_matrix, k: int, rows_at_once: int = 64) -> tuple[np.ndarray, ...]:
+    """Each row's ``k`` largest positive entries of ``scores`` (sorted indices), best first, ties
+    by column: ``(row, rank, column, score)``. Only entries at or above their row's ``k``-th
+    largest are sorted, the floor found by one partition of the longer rows, ``rows_at_once``
+    of about the same length at a time (little padding)."""
+    counts = np.diff(scores.indptr)
+    floor = np.zeros(scores.shape[0], dtype=scores.data.dtype)
+    longer = np.flatnonzero(counts > k)
+    longer = longer[np.argsort(counts[longer], kind="stable")]
+    for start in range(0, longer.size, rows_at_once):
+        part = longer[start : start + rows_at_once]
+        lengths = counts[part]
+        width = int(lengths.max())
+        offsets = run_offsets(lengths)
+        column = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        # scores are positive: a negative pad never rises to the floor. The pads are distinct
+        # and shuffled: a partition slows to a crawl among many equal or ordered values.
+        pads = -1.0 - np.random.default_rng(width).permutation(width).astype(scores.data.dtype)
+        padded = np.tile(pads, (part.size, 1))
+        padded[np.repeat(np.arange(part.size), lengths), column] = scores.data[
+            np.repeat(scores.indptr[part], lengths) + column
+        ]
+        floor[part] = np.partition(padded, width - k, axis=1)[:, width - k]
+    kept = (scores.data >= np.repeat(floor, counts)) & (scores.data > 0)
+    owner = np.repeat(np.arange(scores.shape[0], dtype=np.int64), counts)[kept]
+    item, score = scores.indices[kept], scores.data[kept]
+    order = best_first_order(owner, score)
+    owner, item, score = owner[order], item[order], score[order]
+    rank = np.arange(owner.size) - run_offsets(np.bincount(owner, minlength=scores.shape[0]))[owner]
+    top = rank < k
+    return owner[top], rank[top], item[top], score[top]
+
+
+def known_users_together(
+    block: UserBlock,
+    n: npt.NDArray[np.int64],
+    known_tops: Callable[[IndexArray, int], CandidateBlock],
+    generate: Callable[[Query, UserFeatures, int], Candidates],
+) -> CandidateBlock:
+    """:meth:`CandidateGenerator.generate_block` from one call of ``known_tops(user_indices, n)``
+    for the block's known users (each one's ``max(n)`` best, best first, cut to the row's ``n``);
+    users the model does not know are answered by ``generate`` one at a time."""
+    known = block.user_indices >= 0
+    wanted = int(n[known].max(initial=0))
+    if wanted > 0:
+        found = known_tops(block.user_indices[known], wanted).first(n[known])
+    else:
+        found = CandidateBlock.join([Candidates.empty()] * int(known.sum()))
+    if known.all():
+        return found
+    answers = iter(range(found.lengths.size))
+    return CandidateBlock.join(
+        [
+            found.row(next(answers)) if is_known else generate(query, user, int(m))
+            for query, user, m, is_known in zip(block.queries, block.users, n.tolist(), known.tolist(), strict=True)
+        ]
+    )
 
 
 def similar_from(model: Any, item_index: int, n: int) -> Candidates:

@@ -9,16 +9,12 @@ from typing import Any
 import endcap
 import numpy as np
 import numpy.typing as npt
-from endcap.plugins._shared import KnownUserMemo, similar_from, top_n, user_row
-from endcap.types import Candidates, IndexArray, TrainingData
+from endcap.plugins._shared import KnownUserMemo, known_users_together, similar_from, top_n, user_row
+from endcap.types import IndexArray, TrainingData
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.topk import topk
 from implicit.nearest_neighbours import bm25_weight
 from pydantic import Field
-
-
-def _first(candidates: Candidates, n: int) -> Candidates:
-    return Candidates(candidates.ids[:n], candidates.scores[:n])
 
 
 class AlsCandidatesConfig(endcap.ComponentConfig):
@@ -77,36 +73,26 @@ class AlsCandidates(endcap.CandidateGenerator):
         scores = self.model.item_factors @ self.model.user_factors[user_index]
         return top_n(np.arange(scores.size, dtype=np.int32), scores, n)
 
-    def _block_top(self, user_indices: IndexArray, n: int) -> list[Candidates]:
-        """The ``n`` best items of each known user, scored and selected together by implicit's
-        own batched top-k (the block's scores never exist as one users × catalogue array)."""
-        ids, scores = topk(self.model.item_factors, self.model.user_factors[user_indices], n, num_threads=1)
-        ids, scores = ids.astype(np.int32), scores.astype(np.float32)
-        return [Candidates(i, s) for i, s in zip(ids, scores, strict=True)]
-
     def prefetch(self, user_indices: IndexArray, n: int) -> None:
-        """A block of known users at once, kept in the memo."""
+        """A block of known users at once (:meth:`generate_block`'s product), kept in the memo."""
+        self._known_tops(user_indices, n)
+
+    def _known_tops(self, user_indices: IndexArray, n: int) -> endcap.CandidateBlock:
+        """The ``n`` best of each known user by implicit's batched top-k, kept in the memo, so
+        that a request for one of them right after gets the same answer (a matrix-vector product
+        can round a last bit differently from the block's matrix product)."""
         n = min(n, self.user_items.shape[1])
-        for user_index, candidates in zip(user_indices.tolist(), self._block_top(user_indices, n), strict=True):
-            self._known_user.put(user_index, n, candidates)
+        ids, scores = topk(self.model.item_factors, self.model.user_factors[user_indices], n, num_threads=1)
+        offsets = np.arange(user_indices.size + 1, dtype=np.int64) * n
+        found = endcap.CandidateBlock(ids.ravel().astype(np.int32), scores.ravel().astype(np.float32), offsets)
+        for j, user_index in enumerate(user_indices.tolist()):
+            self._known_user.put(user_index, n, found.row(j))
+        return found
 
     def generate_block(self, block: endcap.UserBlock, n: npt.NDArray[np.int64]) -> endcap.CandidateBlock:
-        """The block's known users scored together (see :meth:`prefetch`); the rows answered
-        from the memo, new users folded in one at a time."""
-        known = block.user_indices
-        known = known[known >= 0]
-        rows = [Candidates.empty()] * len(block)
-        if known.size and n.size:
-            wanted = min(int(n.max()), self.user_items.shape[1])
-            found = dict(zip(known.tolist(), self._block_top(known, wanted), strict=True))
-            for j, (user_index, m) in enumerate(zip(block.user_indices.tolist(), n.tolist(), strict=True)):
-                if user_index >= 0:
-                    self._known_user.put(user_index, wanted, found[user_index])
-                    rows[j] = found[user_index] if m >= wanted else _first(found[user_index], m)
-        for j, (query, user) in enumerate(zip(block.queries, block.users, strict=True)):
-            if query.user_index < 0:
-                rows[j] = self.generate(query, user, int(n[j]))
-        return endcap.CandidateBlock.join(rows)
+        """The block's known users scored and selected together (see :meth:`_known_tops`); new
+        users folded in one at a time."""
+        return known_users_together(block, n, self._known_tops, self.generate)
 
     def generate(self, query: endcap.Query, user: endcap.UserFeatures, n: int) -> endcap.Candidates:
         n = min(n, self.user_items.shape[1])  # implicit pads with repeats past the catalogue

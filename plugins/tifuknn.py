@@ -28,9 +28,9 @@ import pandas as pd
 import scipy.sparse as sp
 import structlog
 from endcap.evaluation.metrics import ranking_metrics
-from endcap.plugins._shared import BestFirstRows, best_first_order
+from endcap.plugins._shared import BestFirstRows, top_of_product
 from endcap.plugins.user_neighbours import NeighbourSearch, Search, is_approximate, nearest_neighbours
-from endcap.types import TrainingData, run_offsets
+from endcap.types import TrainingData
 from pydantic import Field
 
 log = structlog.get_logger("endcap.plugins.tifuknn")
@@ -126,43 +126,10 @@ def blended_top(
             ),
             shape=(users, n),
         )
-        scores = mixing @ wide  # in float64, then rounded: equal blends stay equal in float32
-        scores.data = scores.data.astype(np.float32)
-        scores.eliminate_zeros()
-        scores.sort_indices()
-        owner, rank, item, score = top_of_rows(scores, k)
+        owner, rank, item, score = top_of_product(mixing, wide, k)
         out[chunk][owner, rank] = item
         values[chunk][owner, rank] = score
     return out, values
-
-
-def top_of_rows(scores: sp.csr_matrix, k: int, rows_at_once: int = 1024) -> tuple[np.ndarray, ...]:
-    """Each row's ``k`` largest positive entries of ``scores`` (sorted indices), best first, ties
-    by column: ``(row, rank, column, score)``. Only entries at or above their row's ``k``-th
-    largest are sorted, the floor found by one partition of the longer rows, ``rows_at_once``
-    at a time."""
-    counts = np.diff(scores.indptr)
-    floor = np.zeros(scores.shape[0], dtype=scores.data.dtype)
-    longer = np.flatnonzero(counts > k)
-    for start in range(0, longer.size, rows_at_once):
-        part = longer[start : start + rows_at_once]
-        lengths = counts[part]
-        width = int(lengths.max())
-        offsets = run_offsets(lengths)
-        column = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
-        padded = np.zeros((part.size, width), dtype=scores.data.dtype)  # scores are positive: 0 never rises
-        padded[np.repeat(np.arange(part.size), lengths), column] = scores.data[
-            np.repeat(scores.indptr[part], lengths) + column
-        ]
-        floor[part] = np.partition(padded, width - k, axis=1)[:, width - k]
-    kept = (scores.data >= np.repeat(floor, counts)) & (scores.data > 0)
-    owner = np.repeat(np.arange(scores.shape[0], dtype=np.int64), counts)[kept]
-    item, score = scores.indices[kept], scores.data[kept]
-    order = best_first_order(owner, score)
-    owner, item, score = owner[order], item[order], score[order]
-    rank = np.arange(owner.size) - run_offsets(np.bincount(owner, minlength=scores.shape[0]))[owner]
-    top = rank < k
-    return owner[top], rank[top], item[top], score[top]
 
 
 def ranked_rows(

@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from endcap.data.training_data import build_training_data
-from endcap.plugins._shared import BestFirstRows
+from endcap.plugins._shared import BestFirstRows, top_of_rows
 from endcap.plugins.tifuknn import (
     TifuKnnCandidates,
     TifuKnnCandidatesConfig,
     blended_top,
     ranked_rows,
-    top_of_rows,
 )
 from endcap.plugins.user_neighbours import NeighbourSearch, compact_users, nearest_neighbours, unit_rows
 
