@@ -10,9 +10,9 @@ import endcap
 import numpy as np
 import numpy.typing as npt
 from endcap.plugins._shared import KnownUserMemo, known_users_together, similar_from, top_n, user_row
+from endcap.plugins.inner_product_top import NormOrderedItems
 from endcap.types import IndexArray, TrainingData
 from implicit.cpu.als import AlternatingLeastSquares
-from implicit.cpu.topk import topk
 from implicit.nearest_neighbours import bm25_weight
 from pydantic import Field
 
@@ -59,6 +59,7 @@ class AlsCandidates(endcap.CandidateGenerator):
 
     def load(self, context: endcap.ModelContext) -> None:
         self.model = AlternatingLeastSquares.load(str(context.directory / "als.npz"))
+        self._by_norm = NormOrderedItems(self.model.item_factors)
         self.user_items = self._weighted(context.user_items)
         # BM25 statistics of the training matrix, to weight the row of a user it has not seen
         # (weighting that one row on its own would give every item a negative idf)
@@ -69,22 +70,19 @@ class AlsCandidates(endcap.CandidateGenerator):
         self._known_user = KnownUserMemo(self.config.memo_users)
 
     def _score_known_user(self, user_index: int, n: int) -> endcap.Candidates:
-        """One matrix-vector product over the catalogue, then the ``n`` best."""
-        scores = self.model.item_factors @ self.model.user_factors[user_index]
-        return top_n(np.arange(scores.size, dtype=np.int32), scores, n)
+        """The ``n`` best items by the factors' inner product (see :mod:`endcap.plugins.inner_product_top`)."""
+        return self._by_norm.top(self.model.user_factors[user_index : user_index + 1], n).row(0)
 
     def prefetch(self, user_indices: IndexArray, n: int) -> None:
         """A block of known users at once (:meth:`generate_block`'s product), kept in the memo."""
         self._known_tops(user_indices, n)
 
     def _known_tops(self, user_indices: IndexArray, n: int) -> endcap.CandidateBlock:
-        """The ``n`` best of each known user by implicit's batched top-k, kept in the memo, so
-        that a request for one of them right after gets the same answer (a matrix-vector product
-        can round a last bit differently from the block's matrix product)."""
+        """The ``n`` best of each known user, scored together, kept in the memo so that a request
+        for one of them right after gets the same answer (one user's product can round a last
+        bit differently from the block's)."""
         n = min(n, self.user_items.shape[1])
-        ids, scores = topk(self.model.item_factors, self.model.user_factors[user_indices], n, num_threads=1)
-        offsets = np.arange(user_indices.size + 1, dtype=np.int64) * n
-        found = endcap.CandidateBlock(ids.ravel().astype(np.int32), scores.ravel().astype(np.float32), offsets)
+        found = self._by_norm.top(self.model.user_factors[user_indices], n)
         for j, user_index in enumerate(user_indices.tolist()):
             self._known_user.put(user_index, n, found.row(j))
         return found
