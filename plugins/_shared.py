@@ -51,7 +51,10 @@ class BestFirstRows:
     """A users × items score matrix with each row ordered best first once, at load (ties by
     position in the row, as :func:`top_n` breaks them): a user's top ``n`` is then a slice."""
 
-    FILE = "ranked.npz"
+    ARRAYS = ("starts", "ids", "scores")
+    """Saved as ``ranked-<name>.npy`` each, memory-mapped at load: nothing is copied (a million
+    users' rows are gigabytes), the pages are shared by every process serving the version and
+    read as requests touch them."""
 
     def __init__(self, starts: npt.NDArray[Any], ids: IndexArray, scores: ScoreArray) -> None:
         self.starts = read_only(starts)
@@ -67,15 +70,20 @@ class BestFirstRows:
 
     def save(self, directory: Path) -> None:
         """Write the ordered arrays (at ``fit``: loading them then needs no sort)."""
-        np.savez(directory / self.FILE, starts=self.starts, ids=self.ids, scores=self.scores)
+        for name in self.ARRAYS:
+            np.save(directory / f"ranked-{name}.npy", getattr(self, name))
 
     @classmethod
     def load(cls, directory: Path) -> BestFirstRows:
-        """What :meth:`save` wrote; from a version saved before it, ``scores.npz``'s matrix, ordered."""
-        if not (directory / cls.FILE).exists():
-            return cls.ordered(cast(sp.csr_matrix, sp.load_npz(directory / "scores.npz")).tocsr())
-        with np.load(directory / cls.FILE) as arrays:
-            return cls(arrays["starts"], arrays["ids"], arrays["scores"])
+        """What :meth:`save` wrote, memory-mapped; from a version saved before, ``ranked.npz``'s
+        arrays, or ``scores.npz``'s matrix, ordered."""
+        if (directory / "ranked-ids.npy").exists():
+            starts, ids, scores = (np.load(directory / f"ranked-{name}.npy", mmap_mode="r") for name in cls.ARRAYS)
+            return cls(starts, ids, scores)
+        if (directory / "ranked.npz").exists():
+            with np.load(directory / "ranked.npz") as arrays:
+                return cls(arrays["starts"], arrays["ids"], arrays["scores"])
+        return cls.ordered(cast(sp.csr_matrix, sp.load_npz(directory / "scores.npz")).tocsr())
 
     def top_block(self, user_indices: IndexArray, n: IndexArray) -> CandidateBlock:
         """:meth:`top` of every user in ``user_indices`` (with ``n[j]`` for the ``j``-th), gathered

@@ -60,7 +60,9 @@ class AlsCandidates(endcap.CandidateGenerator):
     def load(self, context: endcap.ModelContext) -> None:
         self.model = AlternatingLeastSquares.load(str(context.directory / "als.npz"))
         self._by_norm = NormOrderedItems(self.model.item_factors)
-        self.user_items = self._weighted(context.user_items)
+        # the training matrix as is: only a new user's row is weighted (the model's own factors
+        # answer a known user), so weighting every row at load would cost seconds for nothing
+        self.user_items = context.user_items
         # BM25 statistics of the training matrix, to weight the row of a user it has not seen
         # (weighting that one row on its own would give every item a negative idf)
         users, items = context.user_items.shape

@@ -153,25 +153,34 @@ class LightGbmRanker(endcap.Ranker):
         return self.score(block.queries[0], features) if len(block) else np.empty(0, dtype=np.float32)
 
 
+LONG_CALL_ROWS = 2048
+"""From this many rows (a batch block) a call lets go of the GIL while it scores."""
+
+
 def _entry_point(compiled: Any) -> Callable[[Rows], Rows]:
     """The compiled trees' entry point, called straight with the array's address.
 
     ``lleaves.Model.predict`` converts and checks its input and builds two ctypes pointers on
     every call, which costs as much as scoring a request's candidates; :meth:`score` already
-    hands over a C-ordered float64 array of the model's columns. The call keeps the GIL: it
-    lasts tens of microseconds, less than handing the GIL to another thread and back."""
+    hands over a C-ordered float64 array of the model's columns. A request's call keeps the GIL:
+    it lasts tens of microseconds, less than handing the GIL to another thread and back. A batch
+    block's call (:data:`LONG_CALL_ROWS` rows or more) lasts tens of milliseconds and lets the
+    other threads run meanwhile."""
     if not compiled.use_fp64 or compiled.num_model_per_iteration() != 1:
         return lambda values: compiled.predict(values, n_jobs=1)
     address = ctypes.cast(compiled._c_entry_func, ctypes.c_void_p).value
     if address is None:
         raise ValueError("the compiled model has no entry point")
-    entry = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)(address)
+    signature = (None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
+    short_call = ctypes.PYFUNCTYPE(*signature)(address)
+    long_call = ctypes.CFUNCTYPE(*signature)(address)
     columns = compiled.num_feature()
 
     def predict(values: Rows, compiled: Any = compiled) -> Rows:  # the model owns the machine code
         if values.shape[1:] != (columns,) or values.dtype != np.float64 or not values.flags.c_contiguous:
             raise ValueError(f"expected C-ordered float64 rows of {columns} features; got {values.dtype}{values.shape}")
         scores = np.empty(values.shape[0], dtype=np.float64)
+        entry = long_call if values.shape[0] >= LONG_CALL_ROWS else short_call
         entry(values.ctypes.data, scores.ctypes.data, 0, values.shape[0])
         return scores
 

@@ -251,9 +251,10 @@ def test_als_folds_in_a_new_user_like_the_same_history_seen_in_training(
     assert len(set(folded.ids.tolist()) & set(known.ids.tolist())) >= 15
 
 
-def test_best_first_rows_load_what_was_saved_and_a_version_saved_before_as_a_matrix(tmp_path: Path) -> None:
-    """Repurchase and TIFU-KNN save their rows ordered at fit; a model version saved before that
-    (a ``scores.npz`` matrix) still loads, ordered at load, to the same rows."""
+def test_best_first_rows_load_what_was_saved_and_versions_saved_before(tmp_path: Path) -> None:
+    """Repurchase and TIFU-KNN save their rows ordered at fit and load them memory-mapped; model
+    versions saved before (the arrays in one ``ranked.npz``, or a ``scores.npz`` matrix ordered
+    at load) still load to the same rows."""
     import scipy.sparse as sp
     from endcap.plugins._shared import BestFirstRows
 
@@ -264,10 +265,16 @@ def test_best_first_rows_load_what_was_saved_and_a_version_saved_before_as_a_mat
     BestFirstRows.ordered(matrix).save(tmp_path / "new")
     (tmp_path / "old").mkdir()
     sp.save_npz(tmp_path / "old" / "scores.npz", matrix)
+    (tmp_path / "npz").mkdir()
+    saved = BestFirstRows.ordered(matrix)
+    np.savez(tmp_path / "npz" / "ranked.npz", starts=saved.starts, ids=saved.ids, scores=saved.scores)
     new, old = BestFirstRows.load(tmp_path / "new"), BestFirstRows.load(tmp_path / "old")
+    npz = BestFirstRows.load(tmp_path / "npz")
+    assert all(isinstance(array, np.memmap) for array in (new.starts, new.ids, new.scores))
     for user in range(30):
-        top, before = new.top(user, 8), old.top(user, 8)
+        top, before, one_file = new.top(user, 8), old.top(user, 8), npz.top(user, 8)
         assert np.array_equal(top.ids, before.ids) and np.array_equal(top.scores, before.scores)
+        assert np.array_equal(top.ids, one_file.ids) and np.array_equal(top.scores, one_file.scores)
         row = matrix[user].toarray()[0]
         expected = np.lexsort((np.arange(50), -row))[: len(top)]
         assert top.ids.tolist() == expected.tolist(), "best first, equal scores by item index"
