@@ -3,7 +3,7 @@ called once per user, and against the floor, implicit's own batched ``recommend`
 model's ALS factors, all in this one process.
 
     .venv/bin/python bench/batch_engine.py                    # the demo workspace (.endcap)
-    .venv/bin/python bench/batch_engine.py --workspace PATH --k 10 --threads 2
+    .venv/bin/python bench/batch_engine.py --workspace PATH --k 10 --processes 2 --threads 1
 
 Prints users per second for each, and where the block engine's time goes per block (one
 thread): reading the users' rows, each source's ``generate_block``, merge and features, the
@@ -27,7 +27,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=".endcap")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=1, help="threads of each process")
     parser.add_argument("--users", type=int, default=0, help="answer only the first N users (0: all)")
     options = parser.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> int:
         for start in range(0, len(users), BLOCK_USERS):
             answer_block(pipeline, users[start : start + BLOCK_USERS], k)
     else:
-        recommend_all(pipeline, k, threads=options.threads, progress=False)
+        recommend_all(pipeline, k, threads=options.threads, processes=options.processes, progress=False)
     block_rate = len(users) / (time.perf_counter() - started)
 
     sample = users[: min(len(users), 4 * BLOCK_USERS)]
@@ -94,8 +95,9 @@ def main() -> int:
         stages["ranker"] += time.perf_counter() - tick
 
     print("\n| engine | users/s |\n|---|---:|")
-    threads = 1 if options.users else options.threads  # --users answers its blocks one after another
-    print(f"| block engine, {threads} thread{'s' if threads > 1 else ''} | {block_rate:,.0f} |")
+    # --users answers its blocks one after another, here
+    processes, threads = (1, 1) if options.users else (options.processes, options.threads)
+    print(f"| block engine, {processes} process(es) x {threads} thread(s) | {block_rate:,.0f} |")
     print(f"| request pipeline once per user, 1 thread | {request_rate:,.0f} |")
     if reference:
         print(f"| implicit ALS recommend (top 100), the floor | {reference} |")

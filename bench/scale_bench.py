@@ -8,8 +8,8 @@
 Generates a purchase log (user_id,item_id,timestamp) with power-law product popularity, per-user
 staples and a few baskets per user over four weeks, then runs each step as the ``endcap``
 command a user would run, each in its own process, with the **default** configuration (no
-``endcap.yaml``), and prints wall time, peak memory (the largest resident set in the step's
-process tree) and, for the batch steps, users per second as a table.
+``endcap.yaml``), and prints wall time, peak memory (the largest proportional set size of the
+step's process tree: shared pages counted once) and, for the batch steps, users per second as a table.
 
 The reference row is the floor for a batch engine: implicit's own batched ``recommend`` (top
 100, the model's ALS factors, every user) in a process of its own in the same run.
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -77,10 +78,22 @@ Result = tuple[str, float, float, int]
 """Step name, wall seconds, peak GiB, users answered (0: not a batch step)."""
 
 
+def _memory(process: Any) -> int:
+    """The process's proportional set size in bytes (its resident set without smaps_rollup)."""
+    try:
+        for line in Path(f"/proc/{process.pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(process.memory_info().rss)
+
+
 def step(name: str, command: list[str], results: list[Result], logs: Path, users: int = 0) -> None:
     """Run ``command``; record wall seconds and the peak memory of its whole process tree (the
-    sum of resident sets of the process and its descendants, e.g. Spark's JVM and Python
-    workers), sampled every 0.2 s."""
+    process and its descendants, e.g. forked batch workers or Spark's JVM and Python workers),
+    sampled every 0.2 s: the sum of their proportional set sizes, which count a page shared by
+    several processes once (resident sets where the system does not report it)."""
     import psutil
 
     print(f"-- {name}: {' '.join(command)}", flush=True)
@@ -93,7 +106,7 @@ def step(name: str, command: list[str], results: list[Result], logs: Path, users
         while process.poll() is None:
             try:
                 tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                peak = max(peak, sum(_memory(p) for p in tree if p.is_running()))
             except psutil.Error:
                 pass
             time.sleep(0.2)

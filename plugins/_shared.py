@@ -168,6 +168,9 @@ def top_of_rows(scores: sp.csr_matrix, k: int, rows_at_once: int = 64) -> tuple[
     by column: ``(row, rank, column, score)``. Only entries at or above their row's ``k``-th
     largest are sorted, the floor found by one partition of the longer rows, ``rows_at_once``
     of about the same length at a time (little padding)."""
+    if k <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, scores.indices[:0], scores.data[:0]
     counts = np.diff(scores.indptr)
     floor = np.zeros(scores.shape[0], dtype=scores.data.dtype)
     longer = np.flatnonzero(counts > k)

@@ -241,3 +241,20 @@ def test_users_without_an_online_row_are_answered_one_at_a_time_and_the_same(bui
 
     pipeline = _batch_pipeline(built.workspace, users=read)
     assert _same_as_each_request(pipeline, users, 10) == len(missing)
+
+
+def test_batch_workers_forked_after_the_model_loads_write_the_same_rows(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recommend_all`` on two forked processes of two threads each (every worker opening its own
+    feature-store connection) gives exactly the rows of one process, in the same order."""
+    from endcap.batch import local
+    from endcap.batch.local import recommend_all
+
+    monkeypatch.setattr(local, "BLOCK_USERS", 16)  # many blocks, so that every worker answers some
+    pipeline = _batch_pipeline(built.workspace)
+    alone = recommend_all(pipeline, 5, progress=False)  # type: ignore[arg-type]
+    pipeline.users_of(pipeline.model.catalog.user_ids.tolist()[:3])  # type: ignore[attr-defined]  # a connection to inherit
+    forked = recommend_all(pipeline, 5, threads=2, processes=2, progress=False)  # type: ignore[arg-type]
+    assert len(alone) == 5 * len(pipeline.model.catalog.user_ids)  # type: ignore[attr-defined]
+    pd.testing.assert_frame_equal(forked, alone)

@@ -197,3 +197,9 @@ def test_top_of_rows_keeps_each_rows_best_with_ties_by_column(rows_at_once: int)
         mine = owner == row
         assert item[mine].tolist() == expected.tolist() and rank[mine].tolist() == list(range(expected.size))
         np.testing.assert_array_equal(score[mine], dense[row, expected])
+
+
+def test_top_of_rows_with_none_wanted_is_empty() -> None:
+    scores = sp.random(4, 40, density=0.5, format="csr", random_state=5, dtype=np.float32)
+    owner, rank, item, score = top_of_rows(scores, 0)
+    assert owner.size == rank.size == item.size == score.size == 0

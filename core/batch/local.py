@@ -9,8 +9,10 @@ how it is put in place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import numpy as np
 import pandas as pd
@@ -52,18 +54,56 @@ def recommend_users(pipeline: Pipeline, user_ids: Sequence[str], k: int) -> pd.D
     )
 
 
-def recommend_all(pipeline: Pipeline, k: int, threads: int = 2, progress: bool | None = None) -> pd.DataFrame:
-    """Every known user, in catalogue order. ``progress``: ``None`` shows a bar on a terminal only."""
+def recommend_all(
+    pipeline: Pipeline, k: int, threads: int = 1, processes: int = 1, progress: bool | None = None
+) -> pd.DataFrame:
+    """Every known user, in catalogue order, on ``processes`` processes of ``threads`` threads.
+    ``progress``: ``None`` shows a bar on a terminal only.
+
+    Several processes are forked from this one once the model is loaded, so they share its
+    memory (the large arrays are never written) and none waits for another's GIL; where ``fork``
+    is not available the blocks are answered here."""
     from tqdm import tqdm
 
     users = pipeline.model.catalog.user_ids.tolist()
     blocks = [users[i : i + BLOCK_USERS] for i in range(0, len(users), BLOCK_USERS)]
     bar = tqdm(total=len(users), unit="user", desc="batch", disable=None if progress is None else not progress)
-    with bar, ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="endcap-batch") as pool:
-        frames = []
-        for block, frame in zip(blocks, pool.map(lambda b: recommend_users(pipeline, b, k), blocks), strict=True):
-            frames.append(frame)
-            bar.update(len(block))
+    threads = max(1, threads)
+    tasks = [blocks[i : i + threads] for i in range(0, len(blocks), threads)]
+    if processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        log.warning("batch_processes_unavailable", processes=processes, reason="this platform cannot fork")
+        processes = 1
+    frames: list[pd.DataFrame] = []
+    global _forked
+    _forked = (pipeline, k)
+    try:
+        with bar, ExitStack() as stack:
+            answers: Iterator[list[pd.DataFrame]]
+            if processes > 1:
+                answers = stack.enter_context(multiprocessing.get_context("fork").Pool(processes)).imap(
+                    _answer_task, tasks
+                )
+            else:
+                answers = map(_answer_task, tasks)
+            for task, answered in zip(tasks, answers, strict=True):
+                frames.extend(answered)
+                bar.update(sum(len(block) for block in task))
+    finally:
+        _forked = None
     if not frames:
         return recommend_users(pipeline, [], k)
     return pd.concat(frames, ignore_index=True)
+
+
+_forked: tuple[Pipeline, int] | None = None
+"""The pipeline and ``k`` of the running :func:`recommend_all`, which forked workers inherit."""
+
+
+def _answer_task(blocks: list[list[str]]) -> list[pd.DataFrame]:
+    """A task's blocks, each on its own thread."""
+    assert _forked is not None, "recommend_all sets the pipeline before handing out tasks"
+    pipeline, k = _forked
+    if len(blocks) == 1:
+        return [recommend_users(pipeline, blocks[0], k)]
+    with ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="endcap-batch") as pool:
+        return list(pool.map(lambda block: recommend_users(pipeline, block, k), blocks))

@@ -96,7 +96,7 @@ def _local_batch(args: argparse.Namespace, workspace: Workspace, out: Path) -> t
     online = OnlineFeatures(workspace, config.feature_store)
     model = load_serving_model(workspace, host, online)
     pipeline = Pipeline(model, online.user, config.serving, budgets=False, read_users=online.users)
-    frame = recommend_all(pipeline, pipeline.resolve_k(args.k), threads=args.threads)
+    frame = recommend_all(pipeline, pipeline.resolve_k(args.k), threads=args.threads, processes=args.processes)
     write_frame(frame, out)
     return len(frame), frame["user_id"].nunique(), model.version
 
@@ -125,4 +125,11 @@ def add_commands(commands: CommandTable) -> None:
     batch.add_argument("--k", type=int, default=10)
     batch.add_argument("--engine", choices=("local", "spark"), default="local", help="where to run (default local)")
     batch.add_argument("--master", default="local[*]", help="Spark master URL for --engine spark (default local[*])")
-    batch.add_argument("--threads", type=int, default=2, help="threads of the local engine (default 2)")
+    batch.add_argument(
+        "--processes",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="processes of the local engine, forked once the model is loaded, sharing its memory "
+        "(default: the CPUs this process may use)",
+    )
+    batch.add_argument("--threads", type=int, default=1, help="threads of each local engine process (default 1)")

@@ -10,6 +10,7 @@ that its key encoding is Feast's own.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import threading
@@ -87,10 +88,12 @@ class SqliteRows:
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection; a process forked from one that had a connection
+        (batch workers) opens its own, as SQLite connections must not cross a fork."""
         connection = getattr(self._local, "connection", None)
-        if connection is None:
+        if connection is None or self._local.pid != os.getpid():
             connection = sqlite3.connect(f"{self.database.resolve().as_uri()}?mode=ro", uri=True)
-            self._local.connection = connection
+            self._local.connection, self._local.pid = connection, os.getpid()
         return connection
 
     def _fetch(self, sql: str, parameters: Sequence[object]) -> list[Any]:
