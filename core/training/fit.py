@@ -7,6 +7,7 @@ figures in (``endcap train`` runs that); this module only writes what it is give
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version as distribution_version
@@ -145,7 +146,11 @@ def fit_components(
         kind = kind_of(type(component))
         directory = component_dir(staging, kind, component.name)
         directory.mkdir(parents=True)
+        started = time.perf_counter()
         params = host.manager.hook.endcap_train_component(component=component, data=data, directory=directory)
+        log.info(
+            "component_trained", component=f"{kind}/{component.name}", seconds=round(time.perf_counter() - started, 1)
+        )
         if component is built.ranker and data.ranking_examples is not None:
             data = replace(data, reference_scores=reference_scores(component, data, directory))
         registered = host.registry.find(type(component))

@@ -13,6 +13,7 @@ them as of the earliest label day.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,10 +80,17 @@ def build_ranking_examples(
             labels = labels[labels["user_id"].isin(sampled)]
         historical.require_snapshots(day_cutoffs(labels["label_time"]))
         depth = DepthExamples(host, config, data, historical, exclude_purchased)
+        started = time.perf_counter()
         depth_blocks, names, lines = depth.build(truncated, labels)
         blocks += depth_blocks
         label_items += lines
-        log.info("ranking_examples_depth", depth=level, users=len(depth_blocks), label_items=lines)
+        log.info(
+            "ranking_examples_depth",
+            depth=level,
+            users=len(depth_blocks),
+            label_items=lines,
+            seconds=round(time.perf_counter() - started, 1),
+        )
     examples = stack_blocks(blocks, names)
     log.info(
         "ranking_examples",
@@ -193,7 +201,14 @@ def train_serving_side(
     for component in serving_side:
         target = component_dir(directory, kind_of(type(component)), component.name)
         target.mkdir(parents=True)
+        started = time.perf_counter()
         host.manager.hook.endcap_train_component(component=component, data=history, directory=target)
+        log.info(
+            "component_trained",
+            component=f"{kind_of(type(component))}/{component.name}",
+            seconds=round(time.perf_counter() - started, 1),
+            on="history before the label baskets",
+        )
     load_components(serving_side, directory, history.catalog, history.user_items, products)
 
 
