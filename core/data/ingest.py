@@ -22,6 +22,7 @@ itself (its columns, writing and reading it back) is :mod:`endcap.data.canonical
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
@@ -102,6 +103,7 @@ class _Table:
         """Once every column is read: keep only the rejected rows' raw cells (what
         :meth:`rejected` reports), so the raw table's memory is not held beside the parsed one."""
         self.frame = self.frame.loc[sorted(self.problems)]
+        gc.collect()  # pandas' caches tie columns to frames in cycles: freed only by a collection
 
     def integers(self, column: str, minimum: int, default: int | None = None) -> np.ndarray:
         if column not in self.frame.columns:
@@ -236,7 +238,7 @@ def _instacart(table: _Table) -> pd.DataFrame:
         }
     )
     table.drop_accepted()
-    frame = frame.drop(index=sorted(table.problems))  # quarantined rows must not shape the timeline
+    frame = _without(frame, table.problems)  # quarantined rows must not shape the timeline
     orders = frame.drop_duplicates("basket_id")[["basket_id", "user_id", "order_number", "gap_days", "hour"]]
     owners = frame.groupby("basket_id", sort=False)["user_id"].nunique()
     if (owners > 1).any():
@@ -253,6 +255,15 @@ def _instacart(table: _Table) -> pd.DataFrame:
     return frame[list(CANONICAL_COLUMNS)]
 
 
+def _without(frame: pd.DataFrame, rows: dict[int, Any], renumber: bool = False) -> pd.DataFrame:
+    """``frame`` without the rejected ``rows`` (numbered from 0 again with ``renumber``); the
+    frame itself when there are none (dropping nothing still copies every column: gigabytes at scale)."""
+    if not rows:
+        return frame
+    kept = frame.drop(index=sorted(rows))
+    return kept.reset_index(drop=True) if renumber else kept
+
+
 def _generic(table: _Table) -> pd.DataFrame:
     timestamps = table.timestamps("timestamp")
     users = table.ids("user_id")
@@ -266,9 +277,10 @@ def _generic(table: _Table) -> pd.DataFrame:
             "basket_id": users + "@" + _utc_days(timestamps),
             "timestamp": timestamps,
             "quantity": quantity,
-        }
+        },
+        copy=False,
     )
-    return frame.drop(index=sorted(table.problems)).reset_index(drop=True)
+    return _without(frame, table.problems, renumber=True)
 
 
 def read_purchase_log(path: Path, fmt: str = "auto") -> tuple[pd.DataFrame, str]:
@@ -302,13 +314,14 @@ def read_purchase_log_quarantining(
         raise InputFileError(str(path), 1, 0, f"{chosen} format needs column(s) {', '.join(missing)}")
     frame = _instacart(table) if chosen == "instacart" else _generic(table)
     rejected = table.rejected()  # each format's frame already leaves the rejected rows out
-    del table  # the raw cells: at scale, gigabytes the sort below does not need
+    del table
     if frame.empty:
         raise InputFileError(
             str(path), 0, 0, f"no valid rows ({len(rejected)} rejected; the first: {rejected['reason'].iloc[0]})"
         )
     lines = CodedLines.of(frame)
-    del frame  # the codes hold everything the canonical log is built from
+    del frame  # the codes hold everything the canonical log is built from: at scale, gigabytes
+    gc.collect()  # that the sort below does not need, freed only by a collection (see drop_accepted)
     return lines.canonical(), chosen, rejected
 
 
