@@ -17,7 +17,14 @@ from endcap.plugins.tifuknn import (
     blended_top,
     ranked_rows,
 )
-from endcap.plugins.user_neighbours import NeighbourSearch, compact_users, nearest_neighbours, unit_rows
+from endcap.plugins.user_neighbours import (
+    NeighbourSearch,
+    compact_users,
+    inverted_file,
+    nearest_neighbours,
+    searched_neighbours,
+    unit_rows,
+)
 
 
 def clustered_users(
@@ -203,3 +210,34 @@ def test_top_of_rows_with_none_wanted_is_empty() -> None:
     scores = sp.random(4, 40, density=0.5, format="csr", random_state=5, dtype=np.float32)
     owner, rank, item, score = top_of_rows(scores, 0)
     assert owner.size == rank.size == item.size == score.size == 0
+
+
+@pytest.mark.parametrize("probes", [1, 4])
+def test_the_cell_search_finds_what_faiss_finds_in_the_same_cells(probes: int) -> None:
+    """One matrix product per cell gives the neighbours faiss's own inverted-file search gives
+    over the same cells (up to scores equal within rounding), best first, without the user
+    itself; -1 where the cells hold fewer."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    users = np.repeat(rng.standard_normal((10_000, 16)).astype(np.float32), 2, axis=0)  # twins: equal scores
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    index = inverted_file(users, probes)
+    reference = faiss.IndexIVFFlat(index.quantizer, 16, index.starts.size - 1, faiss.METRIC_INNER_PRODUCT)
+    reference.is_trained = True
+    reference.add(users)
+    reference.nprobe = probes
+    rows = np.arange(0, 20_000, 37)
+    k = 100  # more than one cell of about 70 users holds
+    found = searched_neighbours(index, k, rows)
+    _, theirs = reference.search(users[rows], k + 1)
+    for row, mine, their in zip(rows, found, theirs, strict=True):
+        expected = their[(their != row) & (their >= 0)][:k]
+        assert (mine[: expected.size] >= 0).all() and (mine[expected.size :] == -1).all()
+        mine_scores = users[mine[: expected.size]] @ users[row]
+        assert (np.diff(mine_scores) <= 1e-6).all(), "best first"
+        twins = np.flatnonzero(mine_scores[1:] == mine_scores[:-1])
+        assert (mine[twins] < mine[twins + 1]).all(), "equal scores ordered by user index"
+        # the same neighbours, up to the order of scores equal within float rounding
+        np.testing.assert_allclose(mine_scores, np.sort(users[expected] @ users[row])[::-1], atol=1e-5)
+    assert (found == -1).any() == (probes == 1), "one probed cell holds fewer than k users"
