@@ -317,6 +317,18 @@ class RankingExamples:
 
 
 @dataclass(frozen=True)
+class EarlierFit:
+    """A component's fit earlier in the same training run, on the history before the ranker's
+    label baskets (the log without each user's newest basket): what stays valid on the whole log,
+    such as tuned hyperparameters or factors to start from, need not be found again."""
+
+    params: Mapping[str, Any]
+    """What that ``fit`` returned."""
+    directory: Path
+    """What that ``fit`` wrote (removed when the training run ends)."""
+
+
+@dataclass(frozen=True)
 class TrainingData:
     """The ingested purchase log, as components see it at training time."""
 
@@ -335,6 +347,10 @@ class TrainingData:
     ranker's examples are built, only their shoppers' (a sample at scale, see
     ``training.ranking_users``). A generator that computes every user's answers at ``fit`` may
     compute only these; ``None``: any user may be asked."""
+    earlier_fit: EarlierFit | None = None
+    """This component's fit on the history before the label baskets, when the ranker's examples
+    were built in this run (``None`` otherwise, and during that fit itself). A fit may start from
+    it; the model must still be one of the whole log."""
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,58 @@ def test_epoch_seconds_beyond_year_9999_are_refused_not_crashed(tmp_path: Path) 
     path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,i,999999999999999999999999999999\n")
     with pytest.raises(InputFileError, match="not an ISO-8601 time or epoch seconds"):
         read_purchase_log(path)
+
+
+AWKWARD_CSV = (
+    "\ufeffuser_id, item_id ,timestamp,note,note\r\n"
+    'u1,"p,1",2024-03-01T08:00:00Z,"said ""hi""",a\r\n'
+    "\r\n"
+    "  u2 ,p2,1709280000,,b\r\n"
+    "ü3,p\u00e93,2024-03-02 09:00:00+01:00,NA,NULL\r\n"
+    "u4,p4,2024-03-03,\"\",c\r\n"
+)
+
+
+def test_the_fast_csv_reader_reads_every_cell_as_pandas_does(tmp_path: Path) -> None:
+    from endcap.data.canonical_log import ID_DTYPE
+    from endcap.data.ingest import _read_csv_with_arrow
+
+    path = tmp_path / "awkward.csv"
+    path.write_bytes(AWKWARD_CSV.encode())
+    fast = _read_csv_with_arrow(path)
+    assert fast is not None
+    expected = pd.read_csv(path, dtype=ID_DTYPE, keep_default_na=False, encoding="utf-8")
+    assert list(fast.columns) == list(expected.columns) == ["user_id", " item_id ", "timestamp", "note", "note.1"]
+    pd.testing.assert_frame_equal(fast, expected)
+    assert fast["note"].tolist() == ['said "hi"', "", "NA", ""]  # nothing became missing
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("user_id,item_id,timestamp\nu1,p1,2024-03-01\nu2,p2\nu3,p3,2024-03-02\n", 3),  # a short row
+        ("user_id,item_id,timestamp\nu1,p1,2024-03-01\nu2,p2,2024-03-01,extra\n", 3),  # a long one
+    ],
+)
+def test_a_row_the_fast_reader_refuses_is_read_by_pandas_and_located(tmp_path: Path, text: str, line: int) -> None:
+    from endcap.data.ingest import _read_csv_with_arrow
+
+    path = tmp_path / "uneven.csv"
+    path.write_text(text)
+    assert _read_csv_with_arrow(path) is None
+    with pytest.raises(InputFileError) as raised:
+        read_purchase_log(path)
+    assert raised.value.line == line
+
+
+@pytest.mark.parametrize("span", [10, 2**40, 2**60])  # the last too wide to pack: lexsort itself
+def test_order_by_is_lexsorts_order(span: int) -> None:
+    import numpy as np
+    from endcap.data.integer_codes import order_by
+
+    rng = np.random.default_rng(span)
+    first = rng.integers(-5, 50, 5000)  # negative keys (times before 1970) and many ties
+    second = rng.integers(-span, span, 5000)
+    third = rng.integers(0, 7, 5000)
+    assert np.array_equal(order_by(first, second, third), np.lexsort((third, second, first)))
+    assert order_by(np.empty(0, np.int64), np.empty(0, np.int64)).size == 0

@@ -83,6 +83,45 @@ def test_no_promote_keeps_the_current_version(workspace: Workspace) -> None:
         registry.set_current("v0")
 
 
+class RecordsEarlierFits:
+    """Trains ALS itself, writing a file and returning params that name the run's fits so far, and
+    records the ``earlier_fit`` each of TIFU-KNN's and ALS's fits is given."""
+
+    def __init__(self) -> None:
+        self.fits = 0
+        self.given: list[tuple[str, Any, str | None]] = []
+
+    @endcap.hookimpl
+    def endcap_train_component(self, component: Any, data: Any, directory: Path) -> Any:
+        if component.name not in ("als", "tifuknn"):
+            return None
+        earlier = data.earlier_fit
+        written = (earlier.directory / "fit.txt").read_text() if earlier and component.name == "als" else None
+        self.given.append((component.name, None if earlier is None else dict(earlier.params), written))
+        if component.name == "tifuknn":
+            return component.fit(data, directory)
+        self.fits += 1
+        component.fit(data, directory)
+        (directory / "fit.txt").write_text(f"fit {self.fits}")
+        return {"fit": self.fits}
+
+
+def test_the_whole_logs_fit_is_given_its_own_fit_on_the_history(workspace: Workspace) -> None:
+    plugin = RecordsEarlierFits()
+    manifest = train(workspace, PluginHost(EndcapConfig(), extra_plugins={"records": plugin}), validate=False)
+    # first on the history before the label baskets (nothing earlier), then on the whole log
+    assert [(name, params, written) for name, params, written in plugin.given if name == "als"] == [
+        ("als", None, None),
+        ("als", {"fit": 1}, "fit 1"),
+    ]
+    tifu_history, tifu_whole = [(params) for name, params, _ in plugin.given if name == "tifuknn"]
+    assert tifu_history is None and tifu_whole is not None
+    chosen = manifest.components["candidates/tifuknn"].params
+    assert chosen["tuned_on"] == "history before the label baskets"
+    for name in ("group_decay", "neighbours", "alpha", "tuning_ndcg@10"):
+        assert chosen[name] == tifu_whole[name]
+
+
 def test_failed_training_leaves_no_partial_version(workspace: Workspace) -> None:
     class Broken:
         @endcap.hookimpl

@@ -228,6 +228,7 @@ def render() -> str:
         types.RequestRecord,
         types.Event,
         types.TrainingData,
+        types.EarlierFit,
         types.RankingExamples,
         types.ModelContext,
         types.Catalog,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from endcap.data.integer_codes import run_starts, sorted_codes, utc_microseconds
+from endcap.data.integer_codes import order_by, run_starts, sorted_codes_of, utc_microseconds
 from endcap.errors import FailedPrecondition
 from endcap.workspace import Workspace
 
@@ -60,7 +60,7 @@ class CodedLines:
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> CodedLines:
-        ids = {column: sorted_codes(_strings(frame[column])) for column in ID_COLUMNS}
+        ids = sorted_codes_of({column: _strings(frame[column]) for column in ID_COLUMNS})
         return cls(
             codes={column: codes for column, (codes, _) in ids.items()},
             strings={column: uniques for column, (_, uniques) in ids.items()},
@@ -71,14 +71,14 @@ class CodedLines:
     def canonical(self) -> pd.DataFrame:
         """The canonical log of these lines."""
         user, basket, item = (self.codes[column] for column in ("user_id", "basket_id", "item_id"))
-        order = np.lexsort((item, basket, user))
+        order = order_by(user, basket, item)
         user, basket, item = user[order], basket[order], item[order]
         first = run_starts(user, basket, item)
         times = np.minimum.reduceat(self.times[order], first) if first.size else self.times
         quantity = np.add.reduceat(self.quantity[order], first) if first.size else self.quantity
         del order
         user, basket, item = user[first], basket[first], item[first]
-        final = np.lexsort((item, basket, times, user))
+        final = order_by(user, times)  # the rows are in (user, basket, item) order: ties keep it
         return pd.DataFrame(
             {
                 "user_id": self.strings["user_id"].take(user[final]),

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from endcap.data.canonical_log import (
     CANONICAL_COLUMNS,
@@ -176,12 +177,36 @@ def _utc_days(timestamps: pd.DatetimeIndex) -> pd.Series:
     return pd.Series(per_row, dtype=ID_DTYPE)
 
 
+def _read_csv_with_arrow(path: Path) -> pd.DataFrame | None:
+    """Every cell of the CSV file ``path`` as a string, read by Arrow's multi-threaded reader
+    under the names pandas gives the header; ``None`` when Arrow refuses the file (a row of
+    another length, bad UTF-8, a value over several lines): pandas' reader then reads it, and
+    its errors name the line."""
+    try:
+        names = [str(c) for c in pd.read_csv(path, nrows=0, encoding="utf-8").columns]
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowException, ValueError, UnicodeDecodeError, pd.errors.ParserError):
+        return None
+    frame: pd.DataFrame = table.to_pandas(types_mapper={pa.string(): ID_DTYPE}.get)
+    return frame
+
+
 def _read_raw(path: Path, is_csv: bool) -> pd.DataFrame:
     if not path.exists():
         raise InputFileError(str(path), 0, 0, "no such file")
     try:
         if is_csv:
-            frame = pd.read_csv(path, dtype=ID_DTYPE, keep_default_na=False, encoding="utf-8")
+            frame = _read_csv_with_arrow(path)
+            if frame is None:
+                frame = pd.read_csv(path, dtype=ID_DTYPE, keep_default_na=False, encoding="utf-8")
         else:
             frame = pd.read_parquet(path).astype(str).astype(ID_DTYPE)
     except UnicodeDecodeError as exc:

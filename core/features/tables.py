@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from endcap.data.baskets import add_basket_index
-from endcap.data.integer_codes import run_starts, sorted_codes, utc_microseconds
+from endcap.data.integer_codes import order_by, run_starts, sorted_codes_of, utc_microseconds
 
 PRODUCT_STATS_VIEW = "product_stats"
 """The Feast view of :data:`PRODUCT_STATS_COLUMNS` (keyed on the ``product`` entity)."""
@@ -103,10 +103,10 @@ class _CodedLog:
     @classmethod
     def of(cls, log: pd.DataFrame) -> _CodedLog:
         log = add_basket_index(log) if "basket_index" not in log.columns else log
-        user, user_ids = sorted_codes(log["user_id"])
-        item, item_ids = sorted_codes(log["item_id"])
+        coded = sorted_codes_of({"user": log["user_id"], "item": log["item_id"]})
+        (user, user_ids), (item, item_ids) = coded["user"], coded["item"]
         basket_index = log["basket_index"].to_numpy(np.int64)
-        order = np.lexsort((basket_index, item, user))
+        order = order_by(user, item, basket_index)
         user, item, basket_index = user[order], item[order], basket_index[order]
         baskets_per_user = np.zeros(len(user_ids), np.int64)
         np.maximum.at(baskets_per_user, user, basket_index + 1)

@@ -7,7 +7,7 @@ figures in (``endcap train`` runs that); this module only writes what it is give
 from __future__ import annotations
 
 import json
-import time
+import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version as distribution_version
@@ -26,7 +26,13 @@ from endcap.features.store import existing_store
 from endcap.model_versions import ComponentManifest, Manifest, ModelRegistry, component_dir, save_catalog
 from endcap.plugin_host import Components, PluginHost
 from endcap.registry import kind_of
-from endcap.training.ranking_examples import build_ranking_examples
+from endcap.training.ranking_examples import (
+    HISTORY,
+    HistoryFits,
+    build_ranking_examples,
+    component_key,
+    train_component,
+)
 from endcap.training.version_record import Validation, model_configuration, save_holdout_scores
 from endcap.types import FeatureMatrix, ModelContext, Query, Ranker, TrainingData
 from endcap.workspace import Workspace
@@ -102,15 +108,23 @@ def fit_version(
     staging = registry.staging_dir()
     try:
         built = host.build_components()
-        if any(c.needs_ranking_examples for c in built.all()):
-            examples = build_ranking_examples(
-                workspace, host, host.config, data, excluded, feature_store or host.config.feature_store
-            )
-            data = replace(data, ranking_examples=examples)
-        save_catalog(staging, data.catalog, data.user_items)
-        if validation is not None:
-            save_holdout_scores(staging, validation.scores)
-        components = fit_components(host, built, data, staging)
+        with tempfile.TemporaryDirectory(prefix=HISTORY) as kept:
+            history_fits = HistoryFits(Path(kept))
+            if any(c.needs_ranking_examples for c in built.all()):
+                examples = build_ranking_examples(
+                    workspace,
+                    host,
+                    host.config,
+                    data,
+                    excluded,
+                    feature_store or host.config.feature_store,
+                    history_fits,
+                )
+                data = replace(data, ranking_examples=examples)
+            save_catalog(staging, data.catalog, data.user_items)
+            if validation is not None:
+                save_holdout_scores(staging, validation.scores)
+            components = fit_components(host, built, data, staging, history_fits)
         manifest = Manifest(
             version=registry.new_version_name(),
             trained_at=datetime.now(UTC).isoformat(),
@@ -137,27 +151,29 @@ def fit_version(
 
 
 def fit_components(
-    host: PluginHost, built: Components, data: TrainingData, staging: Path
+    host: PluginHost,
+    built: Components,
+    data: TrainingData,
+    staging: Path,
+    history_fits: HistoryFits | None = None,
 ) -> dict[str, ComponentManifest]:
-    """Train each component into its directory under ``staging`` through the training hook; the
-    ranker's reference scores (:func:`reference_scores`) go to the components trained after it."""
+    """Train each component into its directory under ``staging`` through the training hook,
+    each given its own fit on the history when ``history_fits`` has one
+    (:attr:`TrainingData.earlier_fit`); the ranker's reference scores (:func:`reference_scores`)
+    go to the components trained after it."""
     components: dict[str, ComponentManifest] = {}
     for component in built.all():
         kind = kind_of(type(component))
-        directory = component_dir(staging, kind, component.name)
-        directory.mkdir(parents=True)
-        started = time.perf_counter()
-        params = host.manager.hook.endcap_train_component(component=component, data=data, directory=directory)
-        log.info(
-            "component_trained", component=f"{kind}/{component.name}", seconds=round(time.perf_counter() - started, 1)
-        )
+        earlier = history_fits.earlier_fit(component) if history_fits else None
+        params = train_component(host, component, replace(data, earlier_fit=earlier), staging)
         if component is built.ranker and data.ranking_examples is not None:
+            directory = component_dir(staging, kind, component.name)
             data = replace(data, reference_scores=reference_scores(component, data, directory))
         registered = host.registry.find(type(component))
-        components[f"{kind}/{component.name}"] = ComponentManifest(
+        components[component_key(component)] = ComponentManifest(
             kind=kind,
             type=registered.type_name if registered else type(component).__qualname__,
             plugin=registered.plugin if registered else type(component).__module__,
-            params=dict(params or {}),
+            params=dict(params),
         )
     return components

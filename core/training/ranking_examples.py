@@ -12,10 +12,11 @@ them as of the earliest label day.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from endcap.registry import kind_of
 from endcap.serving.block_prepare import prepare_block
 from endcap.serving.model import ProductReader, ServingModel, assemble, load_components
 from endcap.serving.pipeline import Pipeline
-from endcap.types import Query, RankingExamples, TrainingData, UserBlock, UserFeatures
+from endcap.types import Component, EarlierFit, Query, RankingExamples, TrainingData, UserBlock, UserFeatures
 from endcap.workspace import Workspace
 
 log = structlog.get_logger("endcap.training")
@@ -55,13 +56,15 @@ def build_ranking_examples(
     data: TrainingData,
     exclude_purchased: bool = False,
     feature_store: FeatureStoreConfig | None = None,
+    history_fits: HistoryFits | None = None,
 ) -> RankingExamples:
     """Examples from each user's label baskets at every depth of ``training.label_baskets``
     (:func:`label_depths`: at depth ``k`` the log without each user's newest ``k`` baskets, and
     its newest basket, or newest quarter of lines in a no-repeat log); with ``exclude_purchased``
     the candidates leave out what the user bought before, as serving will, so the ranker learns
     among the rest. The log is ``data``'s, grouped and split by its integer indices (see
-    :func:`coded_log`): no string id is hashed until a label basket's user is read."""
+    :func:`coded_log`): no string id is hashed until a label basket's user is read. With
+    ``history_fits``, the newest depth's serving side is trained into it and kept there."""
     log_frame = coded_log(data)
     historical = HistoricalFeatures(workspace, feature_store or config.feature_store)
     blocks: list[Block] = []
@@ -81,7 +84,7 @@ def build_ranking_examples(
         historical.require_snapshots(day_cutoffs(labels["label_time"]))
         depth = DepthExamples(host, config, data, historical, exclude_purchased)
         started = time.perf_counter()
-        depth_blocks, names, lines = depth.build(truncated, labels)
+        depth_blocks, names, lines = depth.build(truncated, labels, history_fits if level == 0 else None)
         blocks += depth_blocks
         label_items += lines
         log.info(
@@ -118,8 +121,12 @@ class DepthExamples:
         self.host, self.config, self.data, self.historical = host, config, data, historical
         self.exclude_purchased = exclude_purchased
 
-    def build(self, log_frame: pd.DataFrame, label_rows: pd.DataFrame) -> tuple[list[Block], tuple[str, ...], int]:
-        """``(blocks, feature names, label lines)`` for the users of ``label_rows``."""
+    def build(
+        self, log_frame: pd.DataFrame, label_rows: pd.DataFrame, kept: HistoryFits | None = None
+    ) -> tuple[list[Block], tuple[str, ...], int]:
+        """``(blocks, feature names, label lines)`` for the users of ``label_rows``; the serving
+        side is trained into ``kept`` (and recorded there) when given, else into a temporary
+        directory."""
         history_log, label_lines = split_history(log_frame, label_rows)
         labels = label_rows.drop_duplicates("user_id").reset_index(drop=True)
         catalog = self.data.catalog
@@ -133,9 +140,14 @@ class DepthExamples:
         names: tuple[str, ...] = ()
         cutoffs = day_cutoffs(labels["label_time"])
         products = PointInTimeProducts(self.historical, list(catalog.item_ids), cutoffs)
-        with tempfile.TemporaryDirectory(prefix="endcap-history-") as tmp:
+        with contextlib.ExitStack() as stack:
+            directory = (
+                kept.directory if kept else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=HISTORY)))
+            )
             first = products.reader(min(cutoffs, default=None))
-            train_serving_side(self.host, components, history, Path(tmp), first)
+            fitted = train_serving_side(self.host, components, history, directory, first)
+            if kept:
+                kept.params.update(fitted)
             user_ids = catalog.user_ids[asked]
             user_rows = self.historical.users(user_ids.tolist(), labels["label_time"].tolist())
             label_starts = np.searchsorted(label_lines["user_id"].to_numpy(), asked)  # lines sorted by user
@@ -194,22 +206,60 @@ def train_serving_side(
     history: TrainingData,
     directory: Path,
     products: ProductReader | None = None,
-) -> None:
+) -> dict[str, Mapping[str, Any]]:
     """Train the candidate generators, filters and feature providers on ``history`` into
-    ``directory`` and load them (``products`` is what ``ModelContext.product_features`` reads)."""
+    ``directory`` and load them (``products`` is what ``ModelContext.product_features`` reads);
+    what each fit returned, by ``kind/name``."""
     serving_side = [*components.candidates.values(), *components.filters.values(), *components.features.values()]
-    for component in serving_side:
-        target = component_dir(directory, kind_of(type(component)), component.name)
-        target.mkdir(parents=True)
-        started = time.perf_counter()
-        host.manager.hook.endcap_train_component(component=component, data=history, directory=target)
-        log.info(
-            "component_trained",
-            component=f"{kind_of(type(component))}/{component.name}",
-            seconds=round(time.perf_counter() - started, 1),
-            on="history before the label baskets",
+    fitted = {
+        component_key(component): train_component(
+            host, component, history, directory, "history before the label baskets"
         )
+        for component in serving_side
+    }
     load_components(serving_side, directory, history.catalog, history.user_items, products)
+    return fitted
+
+
+def component_key(component: Component) -> str:
+    """``kind/name``: how manifests and logs name a configured component."""
+    return f"{kind_of(type(component))}/{component.name}"
+
+
+def train_component(
+    host: PluginHost, component: Component, data: TrainingData, directory: Path, on: str = "the whole log"
+) -> Mapping[str, Any]:
+    """Train ``component`` through the training hook into its own directory under ``directory``
+    (created), logging how long it took; what its ``fit`` returned."""
+    target = component_dir(directory, kind_of(type(component)), component.name)
+    target.mkdir(parents=True)
+    started = time.perf_counter()
+    params = host.manager.hook.endcap_train_component(component=component, data=data, directory=target)
+    log.info(
+        "component_trained", component=component_key(component), seconds=round(time.perf_counter() - started, 1), on=on
+    )
+    return dict(params or {})
+
+
+HISTORY = "endcap-history-"
+"""Prefix of the temporary directories the serving side is trained into on the history."""
+
+
+@dataclass
+class HistoryFits:
+    """Where the newest depth's serving side is trained on the history before the label
+    baskets and kept for the rest of the training run, and what each fit returned by
+    ``kind/name``: the whole log's fits start from them (:attr:`TrainingData.earlier_fit`)."""
+
+    directory: Path
+    params: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def earlier_fit(self, component: Component) -> EarlierFit | None:
+        """``component``'s fit on the history, when it had one."""
+        key = component_key(component)
+        if key not in self.params:
+            return None
+        return EarlierFit(self.params[key], component_dir(self.directory, kind_of(type(component)), component.name))
 
 
 BLOCK_USERS = 512
