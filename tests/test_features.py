@@ -106,3 +106,52 @@ def test_an_unreadable_online_store_names_the_file_and_the_fix(tmp_path: Path) -
     rows = SqliteRows(missing, "endcap_user_stats", lambda user_id: user_id.encode(), ["orders"])
     with pytest.raises(FailedPrecondition, match=r"online\.db .*run 'endcap features'"):
         rows.read("u1")
+
+
+def _online_rows(store: object, view: object) -> list[tuple[object, ...]]:
+    import sqlite3
+    from contextlib import closing
+
+    from endcap.features.sqlite_rows import feast_table
+
+    database, table, _ = feast_table(store, view, view.entity_columns[0].name)  # type: ignore[attr-defined]
+    columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
+    with closing(sqlite3.connect(database)) as connection:
+        return connection.execute(f'SELECT {columns} FROM "{table}" ORDER BY entity_key, feature_name').fetchall()
+
+
+def test_the_bulk_writer_stores_what_feasts_own_writer_stores(tmp_path: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    from conftest import make_generic_log
+    from endcap.data.ingest import ingest, load_interactions
+    from endcap.feature_repo import definitions
+    from endcap.features.sqlite_rows import feast_table
+    from endcap.features.sqlite_writer import bulk_writer
+    from endcap.features.store import build_features, open_store
+
+    log = make_generic_log(users=40, items=30, baskets=4)
+    odd = pd.DataFrame(  # a one-basket user (no gap between orders) and ids beyond ASCII
+        {"user_id": ["ü-1", "ü-1"], "item_id": ["é", "x y"], "timestamp": ["1999-12-31T23:00:00Z"] * 2}
+    )
+    pd.concat([log, odd], ignore_index=True).to_csv(tmp_path / "log.csv", index=False)
+    workspace = Workspace.resolve(tmp_path / "ws")
+    ingest(tmp_path / "log.csv", workspace)
+    build_features(workspace, load_interactions(workspace))
+    store = open_store(workspace)
+    views = {view.name: store.get_feature_view(view.name) for view in definitions.build(workspace.root).views()}
+    for name, view in views.items():
+        assert bulk_writer(store, view) is not None  # the embedded store is written in bulk
+        written = _online_rows(store, view)
+        assert len(written) == len(view.features) * load_interactions(workspace)[view.entity_columns[0].name].nunique()
+        lists = [text for _, feature, _, text, _, _ in written if feature == "item_ids"]
+        assert len(lists) == (len(written) // len(view.features) if name == definitions.USER_STATS else 0)
+        assert all(text is None for text in lists)  # Feast keeps no text for a list
+        offline = pd.read_parquet(workspace.features / f"{name}.parquet")
+        newest = offline[offline["event_timestamp"] == offline["event_timestamp"].max()]
+        database, table, _ = feast_table(store, view, view.entity_columns[0].name)
+        with closing(sqlite3.connect(database)) as connection, connection:
+            connection.execute(f'DELETE FROM "{table}"')
+        store.write_to_online_store(name, newest)  # Feast's own writer, the same rows
+        assert _online_rows(store, view) == written

@@ -22,6 +22,7 @@ import yaml
 from endcap.errors import FailedPrecondition
 from endcap.feature_repo import definitions
 from endcap.features import feast_env  # noqa: F401  (before Feast: keeps our metrics in memory)
+from endcap.features.sqlite_writer import bulk_writer
 from endcap.features.tables import PRODUCT_STATS_COLUMNS, USER_CLOCK_COLUMNS, USER_PRODUCT_COLUMNS, USER_STATS_COLUMNS
 from endcap.workspace import Workspace
 from feast import FeatureStore, RepoConfig
@@ -155,11 +156,17 @@ ONLINE_BATCH_ROWS = 20_000
 protobuf object, so memory follows the batch, not the million users."""
 
 
-def write_online(store: FeatureStore, snapshot: Mapping[str, pd.DataFrame]) -> None:
-    """``snapshot``'s tables into the online store through their views, a batch at a time."""
-    for view, frame in snapshot.items():
+def write_online(store: FeatureStore, snapshot: Mapping[str, pd.DataFrame], views: Mapping[str, Any]) -> None:
+    """``snapshot``'s tables into the online store through their ``views`` (by name), a batch at
+    a time: in bulk into SQLite (:mod:`endcap.features.sqlite_writer`), else through Feast."""
+    for name, frame in snapshot.items():
+        bulk = bulk_writer(store, views[name])
         for start in range(0, len(frame), ONLINE_BATCH_ROWS):
-            store.write_to_online_store(view, frame.iloc[start : start + ONLINE_BATCH_ROWS])
+            rows = frame.iloc[start : start + ONLINE_BATCH_ROWS]
+            if bulk is None:
+                store.write_to_online_store(name, rows)
+            else:
+                bulk(rows)
 
 
 def _offline_table(frame: pd.DataFrame) -> Any:
@@ -222,7 +229,8 @@ def write_and_materialize(
         start = as_of
     ours = [view.name for view in endcap_views.views()]
     log.info("writing_online_store", views=ours, as_of=as_of.isoformat())
-    write_online(store, {view: frame for view, frame in written.newest.items() if view in ours})
+    views = {view.name: view for view in endcap_views.views()}
+    write_online(store, {view: frame for view, frame in written.newest.items() if view in ours}, views)
     theirs = [view.name for view in extra_objects if hasattr(view, "entities") and view.name not in ours]
     if theirs:
         store.materialize(start_date=ALL_TIME[0], end_date=ALL_TIME[1], feature_views=theirs)
