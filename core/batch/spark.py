@@ -8,8 +8,9 @@ configuration and feature store (``endcap.yaml`` and the Feast registry at the s
 node, the Redis online store in production). A larger version (a million users' is gigabytes,
 more than a driver's default heap can broadcast) is read by each worker from the workspace's
 model registry, which must then be at the same path on every node too. Users are partitioned
-across executors and scored with ``mapInPandas`` through the same serving pipeline the local
-engine uses, so both engines write the same recommendations. Output is a Parquet directory
+across executors in the local engine's blocks and scored with ``mapInPandas`` through the same
+serving pipeline the local engine uses, so both engines write the same recommendations, each
+block's products rounded alike. Output is a Parquet directory
 partitioned by ``user_bucket``, put in place by :func:`endcap.batch.output.publish`.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import pandas as pd
+from endcap.batch.local import BLOCK_USERS
 from endcap.batch.output import BUCKETS, publish, user_buckets
 from endcap.errors import FailedPrecondition
 
@@ -125,10 +127,14 @@ def run(workspace_root: Path, version_dir: Path, user_ids: list[str], k: int, ou
             settings = job.value
             pipeline = _pipeline(settings["workspace"], settings["version"], lambda: model.value)
             for batch in batches:
-                frame = recommend_users(pipeline, batch["user_id"].tolist(), settings["k"])
-                yield frame.assign(user_bucket=user_buckets(frame["user_id"]))
+                for block in batch["user_ids"]:
+                    frame = recommend_users(pipeline, list(block), settings["k"])
+                    yield frame.assign(user_bucket=user_buckets(frame["user_id"]))
 
-        users = spark.createDataFrame(pd.DataFrame({"user_id": user_ids}), schema="user_id string")
+        # one row per block of the local engine's: each block's users are answered together on
+        # either engine, so a product over the block rounds the same way on both
+        blocks = [user_ids[start : start + BLOCK_USERS] for start in range(0, len(user_ids), BLOCK_USERS)]
+        users = spark.createDataFrame(pd.DataFrame({"user_ids": blocks}), schema="user_ids array<string>")
         users = users.repartition(max(1, spark.sparkContext.defaultParallelism * 2))
         result = users.mapInPandas(score, schema=OUTPUT_SCHEMA)
         rows = 0
