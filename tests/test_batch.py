@@ -105,3 +105,15 @@ def test_a_crash_between_the_renames_is_repaired_by_the_next_run(tmp_path: Path)
     with pytest.raises(RuntimeError):
         publish(out, failing)
     assert pd.read_parquet(out)["item_id"].tolist() == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("command", "value", "said"), [("batch", "0", "got 0"), ("batch", "-2", "got -2"), ("serve", "two", "got 'two'")]
+)
+def test_a_count_of_processes_below_one_is_refused_by_name(tmp_path: Path, command: str, value: str, said: str) -> None:
+    extra = ["--out", str(tmp_path / "out.parquet")] if command == "batch" else []
+    result = run_cli(command, *extra, "--processes", value, workspace=tmp_path / "ws", check=False)
+    assert result.returncode == 2
+    assert f"argument --processes: expected a whole number of at least 1, {said}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.parquet").exists()

@@ -32,6 +32,18 @@ class CommandTable:
         return sub
 
 
+def positive_int(text: str) -> int:
+    """An option's whole number of at least 1 (processes, threads); argparse names the option
+    and the value when it is not one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
 def say(message: str) -> None:
     print(message, flush=True)
 

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from endcap.cli.commands import CommandTable, limit_blas_threads, load_host, say
+from endcap.cli.commands import CommandTable, limit_blas_threads, load_host, positive_int, say
 from endcap.errors import FailedPrecondition, InvalidArgument
 from endcap.workspace import Workspace
 
@@ -127,9 +127,11 @@ def add_commands(commands: CommandTable) -> None:
     batch.add_argument("--master", default="local[*]", help="Spark master URL for --engine spark (default local[*])")
     batch.add_argument(
         "--processes",
-        type=int,
+        type=positive_int,
         default=len(os.sched_getaffinity(0)),
         help="processes of the local engine, forked once the model is loaded, sharing its memory "
         "(default: the CPUs this process may use)",
     )
-    batch.add_argument("--threads", type=int, default=1, help="threads of each local engine process (default 1)")
+    batch.add_argument(
+        "--threads", type=positive_int, default=1, help="threads of each local engine process (default 1)"
+    )

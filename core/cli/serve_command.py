@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from endcap.cli.commands import CommandTable, limit_blas_threads, load_host
+from endcap.cli.commands import CommandTable, limit_blas_threads, load_host, positive_int
 from endcap.cli.cpu_pinning import pin_to, worker_cpus
 from endcap.cli.supervisor import serve_processes
 from endcap.workspace import Workspace
@@ -103,7 +103,9 @@ def add_commands(commands: CommandTable) -> None:
         action="store_true",
         help="serve bearer tokens (auth: in endcap.yaml) on a port without tls: (tokens cross the network in clear)",
     )
-    serve.add_argument("--processes", type=int, default=1, help="server processes sharing the port (default 1)")
+    serve.add_argument(
+        "--processes", type=positive_int, default=1, help="server processes sharing the port (default 1)"
+    )
     serve.add_argument(
         "--pin-cpus",
         action="store_true",
