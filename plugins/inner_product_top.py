@@ -8,7 +8,10 @@ thousand of a hundred thousand items usually settle a user's top 100; a user the
 not settle is scored on a prefix twice as long, up to the whole catalogue.
 
 The answer is exactly the full scoring's top-k (ties by item index), whatever the data; only
-the time depends on how skewed the norms are.
+the time depends on how skewed the norms are. Scores are summed in float64 and rounded to
+float32, so an item's score does not depend on where the BLAS kernel's tiling puts it: equal
+items score equal on any CPU (an AVX-512 kernel's float32 sums differ in the last bit from one
+position to another), and a block of users gets each user's own answer.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class NormOrderedItems:
     def __init__(self, item_factors: npt.NDArray[np.float32], first_prefix: int = 8192) -> None:
         norms = np.linalg.norm(item_factors.astype(np.float64), axis=1)
         self.order = np.argsort(-norms, kind="stable").astype(np.int32)
-        self.factors = np.ascontiguousarray(item_factors[self.order])
+        self.factors = np.ascontiguousarray(item_factors[self.order], dtype=np.float64)
         # the bound for a prefix of p items is the norm of item p (zero past the last)
         self.next_norm = np.append(norms[self.order], 0.0)
         self.first_prefix = first_prefix
@@ -47,7 +50,7 @@ class NormOrderedItems:
         # the pending users' best so far (none before the first prefix)
         best_ids, best_scores = np.empty((pending.size, 0), np.int32), np.empty((pending.size, 0), np.float32)
         while pending.size:
-            found = users[pending] @ self.factors[start:stop].T
+            found = (users[pending].astype(np.float64) @ self.factors[start:stop].T).astype(np.float32)
             found = np.hstack((best_scores, found))
             kth = np.partition(found, found.shape[1] - k, axis=1)[:, found.shape[1] - k]
             best_ids, best_scores = self._best(found, kth, k, best_ids, start)

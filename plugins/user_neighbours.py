@@ -152,7 +152,9 @@ class CellIndex:
     members: np.ndarray
     """User indices ordered by cell: cell ``c`` holds ``members[starts[c]:starts[c + 1]]``."""
     grouped: np.ndarray
-    """``users[members]``."""
+    """``users[members]`` in float64: a cell's scores are summed in float64 and rounded to
+    float32, so they do not depend on how many users ask at once (an AVX-512 BLAS kernel's
+    float32 sums differ in the last bit with the block's shape, which reorders ties)."""
     starts: np.ndarray
     probes: int
     """Cells searched per user: the nearest ones."""
@@ -173,7 +175,7 @@ def inverted_file(users: np.ndarray, probes: int) -> CellIndex:
     members = np.argsort(nearest[:, 0], kind="stable")
     starts = np.searchsorted(nearest[members, 0], np.arange(cells + 1))
     log.info("user_neighbours_approximate", users=n, dimensions=width, cells=cells, probes=min(probes, cells))
-    return CellIndex(quantizer, users, members, users[members], starts, min(probes, cells))
+    return CellIndex(quantizer, users, members, users[members].astype(np.float64), starts, min(probes, cells))
 
 
 def searched_neighbours(index: CellIndex, k: int, rows: np.ndarray) -> np.ndarray:
@@ -184,6 +186,7 @@ def searched_neighbours(index: CellIndex, k: int, rows: np.ndarray) -> np.ndarra
     wanted = k + 1
     queries = index.users[rows]
     _, probed = index.quantizer.search(queries, index.probes)
+    queries = queries.astype(np.float64)
     pair_row = np.repeat(np.arange(rows.size), probed.shape[1])
     pair_cell = probed.ravel()
     pair_row, pair_cell = pair_row[pair_cell >= 0], pair_cell[pair_cell >= 0]
@@ -197,7 +200,8 @@ def searched_neighbours(index: CellIndex, k: int, rows: np.ndarray) -> np.ndarra
         low, high = index.starts[cell], index.starts[cell + 1]
         if low == high:
             continue
-        scores = np.concatenate([best[asking], queries[asking] @ index.grouped[low:high].T], axis=1)
+        cell_scores = (queries[asking] @ index.grouped[low:high].T).astype(np.float32)
+        scores = np.concatenate([best[asking], cell_scores], axis=1)
         ids = np.concatenate([found[asking], np.broadcast_to(index.members[low:high], (asking.size, high - low))], 1)
         top = np.argpartition(-scores, wanted - 1, axis=1)[:, :wanted]
         best[asking], found[asking] = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)

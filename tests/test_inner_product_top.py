@@ -8,8 +8,9 @@ from endcap.plugins.inner_product_top import NormOrderedItems
 
 
 def full_scoring_top(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every item scored, each row's ``k`` best by score, then item index."""
-    scores = users @ items.T
+    """Every item scored (the exact products rounded to float32), each row's ``k`` best by
+    score, then item index."""
+    scores = (users.astype(np.float64) @ items.astype(np.float64).T).astype(np.float32)
     order = np.array([np.lexsort((np.arange(items.shape[0]), -row))[:k] for row in scores])
     return order, np.take_along_axis(scores, order, axis=1)
 
