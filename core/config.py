@@ -38,6 +38,7 @@ BUILTIN_PLUGINS = (
     "drift",
     "metrics_recorder",
     "ranking_features",
+    "cart_position",
 )
 
 
@@ -229,6 +230,7 @@ def _default_features() -> dict[str, ComponentBlock]:
         "user_product": ComponentBlock(type="user_product"),
         "cadence": ComponentBlock(type="cadence"),
         "calendar": ComponentBlock(type="calendar"),
+        "cart_position": ComponentBlock(type="cart_position"),
     }
 
 

@@ -335,7 +335,9 @@ class TrainingData:
     catalog: Catalog
     interactions: pd.DataFrame
     """Columns ``user_index``, ``item_index`` (int32), ``basket_index`` (per-user order number,
-    0-based, int32), ``timestamp`` (UTC), ``quantity`` (int32), sorted by user then time."""
+    0-based, int32), ``timestamp`` (UTC), ``quantity`` (int32), sorted by user then time; and
+    ``cart_position`` (int32: 1 for the first line put in the basket, 0 where not known) when
+    the log says where each line went into its basket."""
     user_items: sp.csr_matrix
     """Users × items purchase counts (float32)."""
     ranking_examples: RankingExamples | None = None

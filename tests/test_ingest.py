@@ -193,3 +193,61 @@ def test_order_by_is_lexsorts_order(span: int) -> None:
     third = rng.integers(0, 7, 5000)
     assert np.array_equal(order_by(first, second, third), np.lexsort((third, second, first)))
     assert order_by(np.empty(0, np.int64), np.empty(0, np.int64)).size == 0
+
+
+def test_instacart_orders_fall_on_their_weekdays_and_capped_gaps_are_widened_to_them(tmp_path: Path) -> None:
+    # user 1: Sunday, then 3 days later (Wednesday), then "30 days or more" to a Monday; user 2
+    # orders on Fridays only. Instacart's order_dow counts from Sunday = 0.
+    path = write(
+        tmp_path / "orders.csv",
+        "order_id,user_id,order_number,order_dow,days_since_prior_order,order_hour_of_day,product_id\n"
+        "10,1,1,0,,8,100\n11,1,2,3,3.0,9,100\n12,1,3,1,30.0,10,101\n20,2,1,5,,11,102\n21,2,2,5,7.0,12,102\n",
+    )
+    frame, _ = read_purchase_log(path)
+    orders = frame.drop_duplicates("basket_id").set_index("basket_id")["timestamp"]
+    assert {basket: orders[basket].day_name() for basket in orders.index} == {
+        "10": "Sunday",
+        "11": "Wednesday",
+        "12": "Monday",
+        "20": "Friday",
+        "21": "Friday",
+    }
+    assert orders["11"] - orders["10"] == pd.Timedelta(days=3, hours=1)
+    assert orders["12"].normalize() - orders["11"].normalize() == pd.Timedelta(days=33)  # 30 days or more: 33
+    assert orders["21"].normalize() - orders["20"].normalize() == pd.Timedelta(days=7)
+    for last in ("12", "21"):  # each user's last order: the latest day of its weekday up to the anchor
+        assert pd.Timedelta(0) <= INSTACART_ANCHOR - orders[last].normalize() < pd.Timedelta(days=7)
+
+
+def test_add_to_cart_order_becomes_the_cart_position_and_a_log_without_it_has_none(tmp_path: Path) -> None:
+    instacart = write(
+        tmp_path / "orders.csv",
+        "order_id,user_id,order_number,product_id,add_to_cart_order\n10,1,1,100,2\n10,1,1,101,1\n11,1,2,100,\n",
+    )
+    frame, _ = read_purchase_log(instacart)
+    positions = frame.set_index(["basket_id", "item_id"])["cart_position"]
+    assert positions.to_dict() == {("10", "100"): 2, ("10", "101"): 1, ("11", "100"): 0}  # blank: not known
+    generic = write(
+        tmp_path / "log.csv",
+        "user_id,item_id,timestamp,add_to_cart_order\na,x,2024-01-01T10:00:00Z,3\na,x,2024-01-01T10:05:00Z,1\n",
+    )
+    frame, _ = read_purchase_log(generic)
+    assert frame["cart_position"].tolist() == [1]  # one line of the basket twice: its earliest position
+    plain = write(tmp_path / "plain.csv", "user_id,item_id,timestamp\na,x,2024-01-01\n")
+    assert "cart_position" not in read_purchase_log(plain)[0].columns
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "column", "words"),
+    [
+        ("order_id,user_id,order_number,product_id,order_dow", "1,5,1,7,7", 5, "order_dow must be 0 (Sunday) to 6"),
+        ("order_id,user_id,order_number,product_id,add_to_cart_order", "1,5,1,7,0", 5, "add_to_cart_order must be"),
+    ],
+)
+def test_an_optional_column_out_of_range_is_refused_where_it_is(
+    tmp_path: Path, header: str, row: str, column: int, words: str
+) -> None:
+    path = write(tmp_path / "orders.csv", f"{header}\n1,5,1,8,1\n{row}\n")
+    with pytest.raises(InputFileError) as raised:
+        read_purchase_log(path)
+    assert (raised.value.line, raised.value.column) == (3, column) and words in str(raised.value)

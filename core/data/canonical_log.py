@@ -1,6 +1,9 @@
 """The canonical purchase log: ``user_id, item_id, basket_id`` (strings), ``timestamp`` (UTC) and
 ``quantity`` (int32), one row per basket line, sorted by user and time; written atomically to the
 workspace with its description in ``data/ingest.json``, and read back with ids in Arrow buffers.
+
+A log whose input said where each line went into the basket also has ``cart_position`` (int32,
+1 for the first line added, 0 where not known): see :data:`OPTIONAL_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from endcap.errors import FailedPrecondition
 from endcap.workspace import Workspace
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "basket_id", "timestamp", "quantity")
+OPTIONAL_COLUMNS = ("cart_position",)
+"""Columns a canonical log has only when its input gave them (0 in a line that did not)."""
 ID_COLUMNS = ("user_id", "item_id", "basket_id")
 ID_DTYPE = pd.StringDtype("pyarrow")
 """Strings held in Arrow buffers: the input's cells and the canonical log's ids."""
@@ -47,6 +52,11 @@ def canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return CodedLines.of(frame).canonical()
 
 
+def log_columns(frame: pd.DataFrame) -> list[str]:
+    """The canonical columns, then the optional ones ``frame`` has."""
+    return [*CANONICAL_COLUMNS, *(column for column in OPTIONAL_COLUMNS if column in frame.columns)]
+
+
 @dataclass(frozen=True)
 class CodedLines:
     """A log's lines as integer codes: each id column numbered in string order (so sorting the
@@ -57,6 +67,8 @@ class CodedLines:
     strings: dict[str, pd.Index]
     times: np.ndarray
     quantity: np.ndarray
+    positions: np.ndarray | None = None
+    """Each line's ``cart_position`` (0: not known); ``None`` when the lines have none."""
 
     @classmethod
     def of(cls, frame: pd.DataFrame) -> CodedLines:
@@ -66,6 +78,9 @@ class CodedLines:
             strings={column: uniques for column, (_, uniques) in ids.items()},
             times=utc_microseconds(frame["timestamp"]),
             quantity=frame["quantity"].to_numpy(dtype=np.int64),
+            positions=(
+                frame["cart_position"].fillna(0).to_numpy(dtype=np.int64) if "cart_position" in frame.columns else None
+            ),
         )
 
     def canonical(self) -> pd.DataFrame:
@@ -76,6 +91,7 @@ class CodedLines:
         first = run_starts(user, basket, item)
         times = np.minimum.reduceat(self.times[order], first) if first.size else self.times
         quantity = np.add.reduceat(self.quantity[order], first) if first.size else self.quantity
+        positions = None if self.positions is None else _first_position(self.positions[order], first)
         del order
         user, basket, item = user[first], basket[first], item[first]
         final = order_by(user, times)  # the rows are in (user, basket, item) order: ties keep it
@@ -86,9 +102,20 @@ class CodedLines:
                 "basket_id": self.strings["basket_id"].take(basket[final]),
                 "timestamp": pd.DatetimeIndex(times[final].astype("datetime64[us]")).tz_localize("UTC"),
                 "quantity": quantity[final].astype(np.int32),
+                **({} if positions is None else {"cart_position": positions[final].astype(np.int32)}),
             },
             copy=False,  # each column is new: a copy would only double the peak
         )
+
+
+def _first_position(positions: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The earliest known cart position of each run of repeated lines starting at ``first`` (0
+    when no line of the run knows it)."""
+    if not first.size:
+        return positions
+    unknown = np.iinfo(np.int64).max
+    earliest = np.minimum.reduceat(np.where(positions > 0, positions, unknown), first)
+    return np.where(earliest == unknown, 0, earliest)
 
 
 def _strings(values: pd.Series) -> pd.Series:
@@ -101,7 +128,7 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
 
     The id columns are hashed as categoricals, which pandas hashes exactly like their strings
     but with each distinct string hashed once."""
-    hashed_columns = frame[list(CANONICAL_COLUMNS)].astype({column: "category" for column in ID_COLUMNS})
+    hashed_columns = frame[log_columns(frame)].astype({column: "category" for column in ID_COLUMNS})
     hashed = pd.util.hash_pandas_object(hashed_columns, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 

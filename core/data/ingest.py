@@ -3,12 +3,18 @@
 Two input formats, CSV or Parquet:
 
 * ``instacart``: ``order_id,user_id,order_number,product_id`` (+ optional
-  ``days_since_prior_order``, ``order_hour_of_day``, ``quantity``). Instacart has no absolute
-  dates, so each user's orders are laid on a timeline from the gaps between them, ending at
-  :data:`INSTACART_ANCHOR`.
-* ``generic``: ``user_id,item_id,timestamp[,quantity]``; timestamps are ISO-8601 or epoch
-  seconds; a basket is one user's purchases on one UTC day (a ratings or clicks log becomes
-  day-long sessions).
+  ``days_since_prior_order``, ``order_hour_of_day``, ``order_dow``, ``add_to_cart_order``,
+  ``quantity``). Instacart has no absolute dates, so each user's orders are laid on a timeline
+  from the gaps between them, ending in the week before :data:`INSTACART_ANCHOR`. With
+  ``order_dow`` (0 = Sunday) every order falls on its own weekday: the last order on the latest
+  such day, and a gap written as :data:`GAP_CAP_DAYS` ("that long or longer") widened to the
+  first day of the order's weekday.
+* ``generic``: ``user_id,item_id,timestamp[,quantity][,add_to_cart_order]``; timestamps are
+  ISO-8601 or epoch seconds; a basket is one user's purchases on one UTC day (a ratings or
+  clicks log becomes day-long sessions).
+
+``add_to_cart_order`` (1 for the first line put in the basket) becomes the canonical log's
+``cart_position``; a log without it has no such column.
 
 Columns a format does not use (a rating, a price, ...) are ignored and named in the summary.
 
@@ -54,9 +60,19 @@ FORMATS = ("auto", "instacart", "generic")
 ON_ERROR = ("fail", "quarantine")
 EPOCH_SECONDS_LIMIT = 253_402_300_800
 INSTACART_ANCHOR = pd.Timestamp("2017-06-01", tz="UTC")
+GAP_CAP_DAYS = 30
+"""Instacart writes any gap of 30 days or more as 30."""
+CART_POSITION = "add_to_cart_order"
 KNOWN_COLUMNS = {
-    "instacart": (*INSTACART_REQUIRED, "days_since_prior_order", "order_hour_of_day", "quantity"),
-    "generic": (*GENERIC_REQUIRED, "quantity"),
+    "instacart": (
+        *INSTACART_REQUIRED,
+        "days_since_prior_order",
+        "order_hour_of_day",
+        "order_dow",
+        "quantity",
+        CART_POSITION,
+    ),
+    "generic": (*GENERIC_REQUIRED, "quantity", CART_POSITION),
 }
 
 
@@ -259,25 +275,62 @@ def _instacart(table: _Table) -> pd.DataFrame:
             "order_number": table.integers("order_number", 1),
             "gap_days": table.floats("days_since_prior_order", 0.0),
             "hour": table.integers("order_hour_of_day", 0, default=12),
+            "weekday": _weekdays(table),
             "quantity": table.integers("quantity", 1, default=1),
+            **_cart_positions(table),
         }
     )
     table.drop_accepted()
     frame = _without(frame, table.problems)  # quarantined rows must not shape the timeline
-    orders = frame.drop_duplicates("basket_id")[["basket_id", "user_id", "order_number", "gap_days", "hour"]]
+    orders = frame.drop_duplicates("basket_id")[["basket_id", "user_id", "order_number", "gap_days", "hour", "weekday"]]
     owners = frame.groupby("basket_id", sort=False)["user_id"].nunique()
     if (owners > 1).any():
         basket = owners.index[int(np.argmax((owners > 1).to_numpy()))]
         row = int(frame.index[np.flatnonzero(frame["basket_id"].to_numpy() == basket)[0]])  # the input's row
         raise table.fail(row, "order_id", f"order {basket} belongs to more than one user_id")
     orders = orders.sort_values(["user_id", "order_number"], kind="stable")
-    gaps = orders["gap_days"].fillna(0.0)
-    day = gaps.groupby(orders["user_id"], sort=False).cumsum()
-    last_day = day.groupby(orders["user_id"], sort=False).transform("max")
-    offset = pd.to_timedelta(last_day - day, unit="D")
-    orders["timestamp"] = INSTACART_ANCHOR - offset + pd.to_timedelta(orders["hour"], unit="h")
+    days_before_last = _days_before_last(orders)
+    orders["timestamp"] = (
+        INSTACART_ANCHOR
+        - pd.to_timedelta(days_before_last, unit="D")
+        + pd.to_timedelta(orders["hour"].to_numpy(), unit="h")
+    )
     frame = frame.merge(orders[["basket_id", "timestamp"]], on="basket_id", how="left")
-    return frame[list(CANONICAL_COLUMNS)]
+    return frame[[*CANONICAL_COLUMNS, *(["cart_position"] if "cart_position" in frame.columns else [])]]
+
+
+def _weekdays(table: _Table) -> np.ndarray:
+    """``order_dow`` as Monday-first weekdays (Instacart's 0 is Sunday); -1 where not given."""
+    sunday_first = table.integers("order_dow", 0, default=-1)
+    table.reject(
+        sunday_first > 6, "order_dow", lambda row: f"order_dow must be 0 (Sunday) to 6, got {sunday_first[row]}"
+    )
+    return np.where((sunday_first >= 0) & (sunday_first <= 6), (sunday_first + 6) % 7, -1)
+
+
+def _cart_positions(table: _Table) -> dict[str, np.ndarray]:
+    """``{"cart_position": ...}`` when the input has ``add_to_cart_order`` (blank: 0, not known)."""
+    if CART_POSITION not in table.header:
+        return {}
+    return {"cart_position": table.integers(CART_POSITION, 1, default=0)}
+
+
+def _days_before_last(orders: pd.DataFrame) -> np.ndarray:
+    """Days from each order (sorted by user and number) to the day :data:`INSTACART_ANCHOR`
+    stands for in its user's timeline: the anchor itself, or with weekdays the latest day
+    before it on the last order's weekday. With weekdays a capped gap is widened to the order's
+    weekday."""
+    users = orders["user_id"]
+    gaps = orders["gap_days"].fillna(0.0).to_numpy()
+    weekday = orders["weekday"].to_numpy()
+    before = pd.Series(weekday, index=orders.index).groupby(users, sort=False).shift().fillna(-1).to_numpy()
+    capped = (gaps >= GAP_CAP_DAYS) & (weekday >= 0) & (before >= 0)
+    gaps = np.where(capped, gaps + (weekday - before - np.round(gaps)) % 7, gaps)
+    day = pd.Series(gaps, index=orders.index).groupby(users, sort=False).cumsum()
+    last_day = day.groupby(users, sort=False).transform("max").to_numpy()
+    last_weekday = pd.Series(weekday, index=orders.index).groupby(users, sort=False).transform("last").to_numpy()
+    shift = np.where(last_weekday >= 0, (INSTACART_ANCHOR.weekday() - last_weekday) % 7, 0)
+    return np.asarray(last_day - day.to_numpy() + shift, dtype=np.float64)
 
 
 def _without(frame: pd.DataFrame, rows: dict[int, Any], renumber: bool = False) -> pd.DataFrame:
@@ -294,6 +347,7 @@ def _generic(table: _Table) -> pd.DataFrame:
     users = table.ids("user_id")
     items = table.ids("item_id")
     quantity = table.integers("quantity", 1, default=1)
+    positions = _cart_positions(table)
     table.drop_accepted()
     frame = pd.DataFrame(
         {
@@ -302,6 +356,7 @@ def _generic(table: _Table) -> pd.DataFrame:
             "basket_id": users + "@" + _utc_days(timestamps),
             "timestamp": timestamps,
             "quantity": quantity,
+            **positions,
         },
         copy=False,
     )

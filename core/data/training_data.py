@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from endcap.data.baskets import add_basket_index
+from endcap.data.canonical_log import OPTIONAL_COLUMNS
 from endcap.data.integer_codes import utc_microseconds
 from endcap.types import Catalog, TrainingData
 
@@ -29,6 +30,7 @@ def build_training_data(log: pd.DataFrame, catalog: Catalog | None = None) -> Tr
             "basket_index": log["basket_index"].to_numpy(np.int32),
             "timestamp": log["timestamp"].array,  # tz-aware, not an object array of Timestamps
             "quantity": log["quantity"].to_numpy(np.int32),
+            **_optional_columns(log),
         }
     )
     if not _by_user_and_time(interactions):  # the canonical log already is
@@ -53,7 +55,8 @@ def catalog_indices(values: pd.Series, ids: np.ndarray) -> np.ndarray:
 
 def indexed_training_data(interactions: pd.DataFrame, catalog: Catalog) -> TrainingData:
     """:class:`TrainingData` of ``interactions`` already in ``catalog``'s indices (``user_index,
-    item_index, basket_index, timestamp, quantity``, sorted by user and time)."""
+    item_index, basket_index, timestamp, quantity`` and the optional columns the log has, sorted
+    by user and time)."""
     user_items = sp.csr_matrix(
         (np.ones(len(interactions), dtype=np.float32), (interactions["user_index"], interactions["item_index"])),
         shape=(catalog.n_users, catalog.n_items),
@@ -73,6 +76,12 @@ def coded_log(data: TrainingData) -> pd.DataFrame:
             "basket_index": frame["basket_index"],
             "timestamp": frame["timestamp"],
             "quantity": frame["quantity"],
+            **_optional_columns(frame),
         },
         copy=False,
     )
+
+
+def _optional_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The optional log columns ``frame`` has (see :data:`OPTIONAL_COLUMNS`), as int32 arrays."""
+    return {column: frame[column].to_numpy(np.int32) for column in OPTIONAL_COLUMNS if column in frame.columns}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from endcap.data.baskets import add_basket_index
-from endcap.data.canonical_log import CANONICAL_COLUMNS
+from endcap.data.canonical_log import log_columns
 from endcap.errors import InvalidArgument
 
 PROTOCOLS = ("last-basket", "random-holdout")
@@ -64,7 +64,8 @@ def temporal_split(log_frame: pd.DataFrame, target: str) -> TargetSplit:
     is_target = evaluated & (frame["basket_index"] == target_basket)
     after_target = evaluated & (frame["basket_index"] > target_basket)
     training = frame[~is_target & ~after_target]
-    return TargetSplit(target, training[list(CANONICAL_COLUMNS)], frame[is_target][list(CANONICAL_COLUMNS)])
+    columns = log_columns(frame)
+    return TargetSplit(target, training[columns], frame[is_target][columns])
 
 
 def random_split(log_frame: pd.DataFrame, target: str, seed: int = DEFAULT_SEED) -> TargetSplit:
@@ -79,7 +80,7 @@ def random_split(log_frame: pd.DataFrame, target: str, seed: int = DEFAULT_SEED)
     """
     if target not in TARGETS:
         raise InvalidArgument(f"unknown holdout target {target!r}; choose one of {', '.join(TARGETS)}")
-    frame = log_frame[list(CANONICAL_COLUMNS)]
+    frame = log_frame[log_columns(log_frame)]
     pairs = frame[["user_id", "item_id"]].drop_duplicates().sort_values(["user_id", "item_id"], kind="stable")
     keys = np.random.default_rng(seed).random(len(pairs))
     pairs = pairs.assign(key=keys).sort_values(["user_id", "key"], kind="stable")
@@ -94,9 +95,7 @@ def random_split(log_frame: pd.DataFrame, target: str, seed: int = DEFAULT_SEED)
     held_out = {"test": ("test",), "validation": ("test", "validation")}[target]
     training = lines[~lines["slot"].isin(held_out)]
     targets = lines[lines["slot"] == target]
-    return TargetSplit(
-        target, training[list(CANONICAL_COLUMNS)], targets[list(CANONICAL_COLUMNS)], "random-holdout", seed
-    )
+    return TargetSplit(target, training[log_columns(frame)], targets[log_columns(frame)], "random-holdout", seed)
 
 
 def split_for(log_frame: pd.DataFrame, target: str, protocol: str, seed: int = DEFAULT_SEED) -> TargetSplit:
