@@ -1,5 +1,6 @@
 """What each feature provider, each candidate source and the candidate budget add to the
-pipeline: ``endcap evaluate``'s test target, once per variant of the configuration.
+pipeline, and what each opt-in provider would add: ``endcap evaluate``'s test target, once per
+variant of the configuration.
 
     .venv/bin/python bench/accuracy_ablations.py [--workspace DIR] [--target test|validation]
 
@@ -32,11 +33,21 @@ from endcap.logs import configure_logging
 from endcap.plugin_host import PluginHost
 from endcap.workspace import Workspace
 
+OPT_IN_FEATURES = ("cart_position",)
+"""Built-in feature providers that are not defaults: each measured as an addition."""
+
 
 def variants(base: EndcapConfig) -> dict[str, dict[str, Any]]:
     """Name → the change layered on the workspace's configuration."""
     changes: dict[str, dict[str, Any]] = {"full configuration": {}}
     changes.update({f"without features.{name}": {"features": {name: None}} for name in base.features})
+    changes.update(
+        {
+            f"with features.{name}": {"features": {name: {"type": name}}}
+            for name in OPT_IN_FEATURES
+            if name not in base.features
+        }
+    )
     changes.update(
         {
             f"without candidates.{name}": {"candidates": {name: None}}

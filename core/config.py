@@ -230,7 +230,6 @@ def _default_features() -> dict[str, ComponentBlock]:
         "user_product": ComponentBlock(type="user_product"),
         "cadence": ComponentBlock(type="cadence"),
         "calendar": ComponentBlock(type="calendar"),
-        "cart_position": ComponentBlock(type="cart_position"),
     }
 
 

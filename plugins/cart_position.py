@@ -11,6 +11,10 @@ afterthought. Positions are relative to the basket: 0 for the first line, 1 for 
 :data:`UNKNOWN` where there is nothing to measure: a candidate the user never bought, a product
 nobody's log line placed, a user the model has not seen, or a log without positions (its fit
 says so in its log line and its parameters; the ranker then learns nothing from the columns).
+
+Not a default: on the demo's validation and test baskets it changes NDCG@10 by less than its
+paired interval (``bench/accuracy_ablations.py``). Add it with
+``features: {cart_position: {type: cart_position}}``.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_train_writes_a_complete_version_and_makes_it_current(workspace: Workspa
     assert saved["components"]["candidates/popularity"]["params"] == {"trained_by": "hook"}
     assert (directory / "components/candidates/popularity/extra.txt").exists()
     monitors = {"request_log", "metrics", "health", "online_quality", "drift", "recorder"}
-    providers = {"user", "product", "user_product", "cadence", "calendar", "cart_position"}  # components too
+    providers = {"user", "product", "user_product", "cadence", "calendar"}  # feature providers are components too
     assert set(plugin.seen) == {
         "popularity",
         "repurchase",
