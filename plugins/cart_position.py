@@ -46,7 +46,8 @@ class CartPositionFeatures(endcap.FeatureProvider):
                 "cart_positions_unknown",
                 provider=self.name,
                 lines=len(frame),
-                reason="the log has no add_to_cart_order column (or none of its lines fills it)",
+                reason="the log has no add_to_cart_order column, or none of its lines fills it: ingest a log "
+                "with it, or drop this provider from features: in endcap.yaml",
             )
             np.savez(directory / TABLE, keys=np.zeros(0, np.int64), user_item=np.zeros(0, np.float32),
                      item=np.full(n_items, UNKNOWN, np.float32))  # fmt: skip

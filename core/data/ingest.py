@@ -48,6 +48,7 @@ from endcap.data.canonical_log import (
     IngestSummary,
     canonical,
     load_interactions,
+    log_columns,
     store_log,
 )
 from endcap.data.integer_codes import utc_microseconds
@@ -296,7 +297,7 @@ def _instacart(table: _Table) -> pd.DataFrame:
         + pd.to_timedelta(orders["hour"].to_numpy(), unit="h")
     )
     frame = frame.merge(orders[["basket_id", "timestamp"]], on="basket_id", how="left")
-    return frame[[*CANONICAL_COLUMNS, *(["cart_position"] if "cart_position" in frame.columns else [])]]
+    return frame[log_columns(frame)]
 
 
 def _weekdays(table: _Table) -> np.ndarray:
